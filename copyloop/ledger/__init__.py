@@ -1,0 +1,33 @@
+"""The ledger: products, variants, decisions, events, rewards, model snapshots and API keys.
+
+Tables are in `tables`, engines and sessions in `sessions`, shared reads and idempotent writes in
+`queries`. Schema changes go through Alembic (`copyloop db upgrade`, `copyloop.migrations`).
+"""
+
+from copyloop.ledger.sessions import is_sqlite, make_engine, make_sessionmaker
+from copyloop.ledger.tables import (
+    ApiKey,
+    Base,
+    Decision,
+    Event,
+    JobLease,
+    ModelSnapshot,
+    Product,
+    Reward,
+    Variant,
+)
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Decision",
+    "Event",
+    "JobLease",
+    "ModelSnapshot",
+    "Product",
+    "Reward",
+    "Variant",
+    "is_sqlite",
+    "make_engine",
+    "make_sessionmaker",
+]

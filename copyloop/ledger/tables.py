@@ -1,0 +1,162 @@
+"""The ledger's tables (SQLAlchemy 2 declarative models).
+
+Times are stored as float epoch seconds (`ts`, `*_at`): attribution windows are arithmetic on
+them, in SQL, and both SQLite and PostgreSQL index doubles well. Every write that can be replayed
+is keyed so that replaying it changes nothing: `event_id`, `decision_id`, `variant_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(128), default="")
+    description: Mapped[str] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Variant(Base):
+    """One candidate text of a product. `status` is `active` (servable), `rejected` (failed a
+    guardrail; `reject_reason` says which) or `retired` (was served, then withdrawn)."""
+
+    __tablename__ = "variants"
+
+    variant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    product_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("products.product_id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    style: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))  # control | rules | llm | manual
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    generator_version: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    retired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_variants_product_status", "product_id", "status"),)
+
+
+class Decision(Base):
+    """One served impression, as published by the API and ingested by the consumer.
+
+    `actions` is the full action set (variant ids, in the order VW saw them), `pmf` the
+    probability of each under the logging policy (holdout included), `probability` that of the
+    chosen one. `closed_at` is set once, when the attribution window is closed and the reward
+    row written.
+    """
+
+    __tablename__ = "decisions"
+
+    decision_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(128))
+    variant_id: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[str] = mapped_column(String(16))  # bandit | control | fallback
+    probability: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[int] = mapped_column(Integer)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actions: Mapped[list[Any]] = mapped_column(JSON)
+    pmf: Mapped[list[Any]] = mapped_column(JSON)
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    partition: Mapped[int] = mapped_column(Integer, default=0)
+    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index("ix_decisions_open", "closed_at", "ts"),
+        Index("ix_decisions_ts", "ts"),
+        Index("ix_decisions_product", "product_id", "ts"),
+    )
+
+
+class Event(Base):
+    """A storefront signal. Kept whatever its timing: `ts` decides whether it counts."""
+
+    __tablename__ = "events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    decision_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(16))  # click | add_to_cart | purchase
+    ts: Mapped[float] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_events_decision", "decision_id", "type"),)
+
+
+class Reward(Base):
+    """A closed decision's reward. `seq` orders learning: the model is the last snapshot plus a
+    replay of the rewards with a larger `seq`, so it is assigned by the single window closer."""
+
+    __tablename__ = "rewards"
+
+    decision_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("decisions.decision_id"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    reward: Mapped[float] = mapped_column(Float)
+    clicks: Mapped[int] = mapped_column(Integer, default=0)
+    add_to_carts: Mapped[int] = mapped_column(Integer, default=0)
+    purchases: Mapped[int] = mapped_column(Integer, default=0)
+    revenue: Mapped[float] = mapped_column(Float, default=0.0)
+    closed_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelSnapshot(Base):
+    """A saved VW model: `version` increases by one per snapshot; `last_seq` is the last reward
+    it has learned. `model` holds the bytes, or `path` names the file holding them."""
+
+    __tablename__ = "model_snapshots"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    vw_args: Mapped[str] = mapped_column(Text)
+    model: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobLease(Base):
+    """A named lease: whoever holds an unexpired row runs that job (window closing and learning,
+    scheduler jobs). Renewed by its holder, taken over when it expires."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)

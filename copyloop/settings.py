@@ -1,0 +1,169 @@
+"""Settings: read once at an entry point from the environment (and `.env`), then passed down.
+
+Every variable is `COPYLOOP_<FIELD>` in upper case; CONTRACT.md lists the public ones and their
+defaults. Nothing here is read at import time: call :func:`load_settings` in `main()`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class Settings(BaseSettings):
+    """All of copyloop's configuration, with the contract's defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COPYLOOP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # storage
+    database_url: str = Field(
+        "sqlite:///./var/copyloop.db", description="SQLAlchemy URL of the ledger."
+    )
+    snapshot_dir: str | None = Field(
+        None, description="Directory for model snapshot files; unset keeps them in the database."
+    )
+
+    # kafka
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset runs the embedded broker."
+    )
+    embedded_broker_port: int = Field(9092, description="Port of the embedded broker.")
+    topic_prefix: str = "copyloop"
+    topic_partitions: int = Field(4, ge=1, description="Partitions of each topic (all equal).")
+    consumer_group: str = "copyloop-consumer"
+
+    # rewards
+    reward_window_s: float = Field(1800.0, gt=0, description="Attribution window, seconds.")
+    clock_skew_s: float = Field(
+        120.0, ge=0, description="How much earlier than its decision an event's ts may read."
+    )
+    close_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="Wall-clock delay after a window's end before it is closed, so that events "
+        "still in flight (producer batching, consumer lag) are joined first.",
+    )
+    reward_click: float = Field(1.0, description="Reward of a decision with at least one click.")
+    reward_add_to_cart: float = Field(1.0, description="Added for at least one add-to-cart.")
+    reward_purchase: float = Field(3.0, description="Added for at least one purchase.")
+
+    # bandit
+    holdout: float = Field(0.1, description="Share of decisions served the control variant.")
+    bandit_explorer: str = Field(
+        "--epsilon 0.05", description="VW exploration arguments for --cb_explore_adf."
+    )
+    bandit_interactions: str = Field(
+        "UA UV", description="Space-separated namespace pairs crossed by VW (U=context, A=action)."
+    )
+    bandit_extra_args: str = Field("", description="More VW arguments, appended verbatim.")
+    snapshot_every_s: float = Field(5.0, gt=0, description="Seconds between model snapshots.")
+    snapshot_every_n: int = Field(
+        5000, ge=1, description="Learned decisions that force a snapshot sooner."
+    )
+    model_reload_s: float = Field(1.0, gt=0, description="How often the API looks for a newer model.")
+    seed: int = Field(0, description="Seed of every random generator that takes one.")
+
+    # generator
+    generator_backend: Literal["rules", "hf"] = "rules"
+    generator_model: str | None = None
+    variants_per_product: int = Field(4, ge=1, description="Candidates wanted per product.")
+    banned_terms: list[str] = Field(
+        default_factory=lambda: [
+            "best in the world",
+            "guaranteed",
+            "miracle",
+            "cure",
+            "risk-free",
+            "100% safe",
+            "lowest price",
+            "free",
+        ],
+        description="Terms no served copy may contain (case-insensitive, whole words).",
+    )
+    min_variant_chars: int = Field(20, ge=1)
+    max_variant_chars: int = Field(600, ge=1)
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `serve`/`up`.")
+    spool_dir: str = Field("./var/spool", description="Where undelivered Kafka messages wait.")
+    catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
+
+    # scheduler
+    scheduler_interval_s: float = Field(30.0, gt=0, description="Seconds between scheduler ticks.")
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout_in_unit(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"holdout must be in [0, 1], got {value}")
+        return value
+
+    @field_validator("banned_terms", mode="before")
+    @classmethod
+    def _split_terms(cls, value: object) -> object:
+        # Environment variables are strings: accept a comma-separated list as well as JSON.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> Settings:
+        if self.min_variant_chars >= self.max_variant_chars:
+            raise ValueError(
+                f"min_variant_chars ({self.min_variant_chars}) must be below "
+                f"max_variant_chars ({self.max_variant_chars})"
+            )
+        return self
+
+    @cached_property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap servers to use: the configured ones or the embedded broker's."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def decisions_topic(self) -> str:
+        return f"{self.topic_prefix}.decisions"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def reward_weights(self) -> dict[str, float]:
+        return {
+            "click": self.reward_click,
+            "add_to_cart": self.reward_add_to_cart,
+            "purchase": self.reward_purchase,
+        }
+
+    @property
+    def vw_args(self) -> str:
+        """The full VW command line of the bandit."""
+        pairs = " ".join(f"-q {p}" for p in self.bandit_interactions.split() if p)
+        return " ".join(
+            part
+            for part in ("--cb_explore_adf", self.bandit_explorer, pairs, self.bandit_extra_args)
+            if part
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (tests, the demo)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

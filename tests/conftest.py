@@ -1,0 +1,89 @@
+"""Shared fixtures: real databases (SQLite always, PostgreSQL when COPYLOOP_TEST_DATABASE_URL is
+set), a real Kafka-protocol broker (tansu) for the session, settings pointing at both."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from copyloop.broker import EmbeddedBroker, free_port
+from copyloop.ledger import make_engine, make_sessionmaker
+from copyloop.migrations import upgrade
+from copyloop.settings import Settings, load_settings
+
+PG_URL = os.environ.get("COPYLOOP_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+SAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated, empty ledger: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        upgrade(url)
+        yield url
+        return
+    assert PG_URL is not None
+    name = f"copyloop_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One real Kafka-protocol broker for the whole test session; tests isolate by topic prefix."""
+    with EmbeddedBroker(free_port()) as b:
+        yield b
+
+
+@pytest.fixture
+def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on the test's ledger, with a unique topic prefix; keyword overrides win."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "topic_prefix": prefix,
+            "consumer_group": f"{prefix}-consumer",
+            "spool_dir": str(tmp_path / "spool"),
+            "topic_partitions": 2,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def kafka_settings(make_settings: Callable[..., Settings], broker: EmbeddedBroker) -> Settings:
+    return make_settings(kafka_bootstrap=broker.bootstrap)
