@@ -6,7 +6,6 @@ defaults. Nothing here is read at import time: call :func:`load_settings` in `ma
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -124,7 +123,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @cached_property
+    @property
     def bootstrap(self) -> str:
         """Kafka bootstrap servers to use: the configured ones or the embedded broker's."""
         return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"

@@ -1,0 +1,134 @@
+"""The API's errors and the one place that maps exceptions to JSON error responses.
+
+Every error answer has the contract's shape::
+
+    {"error": {"code": "<snake_case>", "message": "<what and why>", "details": ...}}
+
+Routes and dependencies raise an `ApiError` subclass; FastAPI's validation errors, Starlette's
+HTTP errors (unknown path, wrong method) and anything unexpected are mapped here too, so no other
+module builds an error response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base of the API's errors: an HTTP status, a snake_case code, a message, details."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class Unauthorized(ApiError):
+    status_code, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code, code = 403, "forbidden"
+
+
+class ProductNotFound(ApiError):
+    status_code, code = 404, "product_not_found"
+
+
+class InvalidRequest(ApiError):
+    status_code, code = 422, "invalid_request"
+
+
+class BatchTooLarge(ApiError):
+    status_code, code = 413, "batch_too_large"
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The JSON of every error answer (declared in OpenAPI for each route)."""
+
+    error: ErrorBody
+
+
+#: OpenAPI `responses=` entries for the errors every authenticated route can answer.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key."},
+    403: {"model": ErrorResponse, "description": "The key's role may not call this route."},
+    422: {"model": ErrorResponse, "description": "Invalid request; `details` names each field."},
+}
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status_code: int, code: str, message: str, details: Any = None, headers: Any = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def field_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI error dicts as `[{"field": "body.context.x", "reason": "..."}]`."""
+    out = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append({"field": loc, "reason": reason})
+    return out
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = field_errors(exc.errors())
+    fields = ", ".join(d["field"] for d in details)
+    return error_response(422, "invalid_request", f"invalid request: {fields}", details)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the contract's JSON shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,347 @@
+"""The `copyloop` command line (CONTRACT.md lists it). Exit codes: 0 ok, 2 bad usage or bad
+input (stderr says what and where), 1 other failure.
+
+Settings are built here, once, from the environment, and passed down. Heavy imports (the API,
+VW, torch) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from copyloop.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="copyloop",
+    help="Learn which product copy sells: generate variants, serve with a bandit, learn from Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The product catalog.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+
+
+class BadInput(Exception):
+    """User input that is wrong: exit code 2 with the message."""
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        raise BadInput(f"bad settings: {exc}") from exc
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _parse_time(value: str | None, name: str) -> float | None:
+    """ISO-8601 or epoch seconds, for --since/--until."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"--{name}: expected ISO-8601 or epoch seconds, got {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+# -- running the parts ------------------------------------------------------------------------
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="API host.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port.")] = None,
+) -> None:
+    """Everything on embedded defaults: DB, broker (unless Kafka is set), API, consumer, scheduler."""
+    from copyloop.runner import run_until_signal
+
+    _logging()
+    overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    run_until_signal(_settings(**overrides))
+
+
+@app.command()
+def demo(
+    impressions: Annotated[int, typer.Option(min=1, help="Page views to simulate.")] = 20000,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated shoppers.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line: summary JSON.")] = False,
+) -> None:
+    """`up` plus a simulated storefront; ends with a bandit-vs-control table and the HTML report."""
+    from copyloop.demo import run_demo
+
+    summary = run_demo(_settings(), impressions=impressions, seed=seed, quiet=as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="API host.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port.")] = None,
+) -> None:
+    """The HTTP API alone."""
+    from api.server import serve as run_api
+
+    _logging()
+    overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    run_api(_settings(**overrides))
+
+
+@app.command()
+def consume() -> None:
+    """The Kafka consumer alone (one member of the consumer group)."""
+    from consumer.loop import main as run_consumer
+
+    _logging()
+    run_consumer(_settings())
+
+
+@app.command()
+def scheduler() -> None:
+    """The periodic jobs alone."""
+    from copyloop.scheduler import main as run_scheduler
+
+    _logging()
+    run_scheduler(_settings())
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="Port (default: COPYLOOP_EMBEDDED_BROKER_PORT).")]
+    = None,
+) -> None:
+    """The embedded Kafka-compatible broker (tansu, in memory) alone."""
+    import signal
+    import threading
+
+    from copyloop.broker import EmbeddedBroker, ensure_topics
+
+    _logging()
+    settings = _settings()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(port or settings.embedded_broker_port) as b:
+        ensure_topics(
+            b.bootstrap,
+            [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+            settings.topic_partitions,
+        )
+        logging.getLogger("copyloop").info("broker listening on %s", b.bootstrap)
+        stop.wait()
+
+
+# -- data -------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to COPYLOOP_DATABASE_URL."""
+    from copyloop.migrations import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    typer.echo(f"database at head: {settings.database_url}")
+
+
+@catalog_app.command("import")
+def catalog_import(
+    path: Annotated[Path, typer.Argument(help=".jsonl or .csv file of products.")],
+    generate: Annotated[
+        bool, typer.Option(help="Also generate rules variants for new or changed products.")
+    ] = True,
+) -> None:
+    """Upsert products (all or nothing: a bad row names its line and field)."""
+    from copyloop.catalog import CatalogError, read_catalog, upsert_products
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from copyloop.migrations import upgrade
+
+    settings = _settings()
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    try:
+        products = read_catalog(path)
+    except CatalogError as exc:
+        raise BadInput(str(exc)) from exc
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        result = upsert_products(sessions, products)
+        typer.echo(
+            f"products: {result.created} created, {result.updated} updated, "
+            f"{result.unchanged} unchanged"
+        )
+        if generate:
+            from generator.jobs import generate_variants
+
+            report = generate_variants(
+                sessions,
+                settings,
+                product_ids=[p.product_id for p in products],
+                backend="rules",
+            )
+            typer.echo(f"variants: {report}")
+    finally:
+        engine.dispose()
+
+
+class Backend(str, Enum):
+    rules = "rules"
+    hf = "hf"
+
+
+@app.command()
+def generate(
+    product_id: Annotated[
+        list[str] | None, typer.Option("--product-id", help="Only these products (repeatable).")
+    ] = None,
+    backend: Annotated[Backend | None, typer.Option(help="Generator backend.")] = None,
+    per_product: Annotated[int | None, typer.Option(min=1, help="Candidates per product.")] = None,
+) -> None:
+    """Create candidate variants (default: every product that has too few)."""
+    from rich.progress import Progress
+
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from generator import GeneratorError
+    from generator.jobs import generate_variants
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("generating", total=None)
+
+            def tick(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            try:
+                report = generate_variants(
+                    sessions,
+                    settings,
+                    product_ids=product_id or None,
+                    backend=backend.value if backend else None,
+                    per_product=per_product,
+                    progress=tick,
+                )
+            except GeneratorError as exc:
+                _fail(str(exc), 1)
+        typer.echo(f"variants: {report}")
+    finally:
+        engine.dispose()
+
+
+class ReportFormat(str, Enum):
+    html = "html"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def report(
+    format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = (
+        ReportFormat.json
+    ),
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+) -> None:
+    """The uplift report."""
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from copyloop.reports import to_csv, uplift_report
+    from copyloop.reports.html import to_html
+
+    settings = _settings()
+    since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+    engine = make_engine(settings.database_url)
+    try:
+        data = uplift_report(make_sessionmaker(engine), settings, since_ts, until_ts, product_id)
+    finally:
+        engine.dispose()
+    text = {
+        ReportFormat.json: lambda: json.dumps(data, indent=2),
+        ReportFormat.csv: lambda: to_csv(data),
+        ReportFormat.html: lambda: to_html(data),
+    }[format]()
+    if out is None:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"report written to {out}")
+
+
+class Role(str, Enum):
+    serve = "serve"
+    events = "events"
+    analyst = "analyst"
+    admin = "admin"
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[Role, typer.Option(help="What the key may do.")],
+    label: Annotated[str, typer.Option(help="A note stored with the key.")] = "",
+) -> None:
+    """Print a new API key alone on the last stdout line (only its hash is stored)."""
+    from api.auth import create_key
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from copyloop.migrations import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        key = create_key(make_sessionmaker(engine), role.value, label)
+    finally:
+        engine.dispose()
+    typer.echo(key)
+
+
+def main() -> None:
+    """Entry point: maps bad input to exit 2 and other failures to exit 1."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BadInput as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        show = getattr(exc, "show", None)
+        if show is not None and getattr(exc, "exit_code", None) == 2:  # a usage error
+            show()
+            sys.exit(2)
+        err.print(f"error: {type(exc).__name__}: {exc}", highlight=False, markup=False)
+        sys.exit(1)

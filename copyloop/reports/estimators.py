@@ -1,0 +1,166 @@
+"""Pure estimators over per-arm sufficient statistics and logged propensities.
+
+Every function returns a frozen result; rendering (JSON, CSV, HTML) belongs to the caller.
+Intervals are two-sided 95% (normal approximation, valid at the sample sizes reports run on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+Z95 = float(stats.norm.ppf(0.975))
+
+
+@dataclass(frozen=True, slots=True)
+class ArmStats:
+    """Sufficient statistics of one metric in one arm: n units, sum and sum of squares."""
+
+    n: int
+    total: float
+    total_sq: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def var_of_mean(self) -> float:
+        """Variance of the sample mean (unbiased sample variance / n)."""
+        if self.n < 2:
+            return math.nan
+        var = (self.total_sq - self.total * self.total / self.n) / (self.n - 1)
+        return max(var, 0.0) / self.n
+
+
+@dataclass(frozen=True, slots=True)
+class Uplift:
+    """Treatment vs control: absolute difference with its interval, relative lift (ratio − 1)
+    with a delta-method interval, and the two-sided p-value of a Welch z-test."""
+
+    absolute: float
+    relative: float | None
+    ci_low: float | None
+    ci_high: float | None
+    abs_ci_low: float | None
+    abs_ci_high: float | None
+    p_value: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def uplift(treatment: ArmStats, control: ArmStats) -> Uplift:
+    """Lift of `treatment` over `control`; `ci_low`/`ci_high` bound the relative lift.
+
+    >>> u = uplift(ArmStats(10000, 1200, 1200), ArmStats(10000, 1000, 1000))
+    >>> round(u.relative, 3), round(u.absolute, 3), u.p_value < 0.001
+    (0.2, 0.02, True)
+    """
+    diff = treatment.mean - control.mean
+    var_t, var_c = treatment.var_of_mean, control.var_of_mean
+    if math.isnan(var_t) or math.isnan(var_c):
+        return Uplift(diff, None, None, None, None, None, None)
+    se = math.sqrt(var_t + var_c)
+    abs_lo, abs_hi = diff - Z95 * se, diff + Z95 * se
+    if se > 0:
+        p_value = float(2 * stats.norm.sf(abs(diff) / se))
+    else:
+        p_value = 1.0 if diff == 0 else 0.0
+    if control.mean <= 0:
+        return Uplift(diff, None, None, None, abs_lo, abs_hi, p_value)
+    ratio = treatment.mean / control.mean
+    # Delta method for the ratio of two independent means.
+    se_ratio = math.sqrt(var_t / control.mean**2 + treatment.mean**2 * var_c / control.mean**4)
+    return Uplift(
+        absolute=diff,
+        relative=ratio - 1.0,
+        ci_low=ratio - 1.0 - Z95 * se_ratio,
+        ci_high=ratio - 1.0 + Z95 * se_ratio,
+        abs_ci_low=abs_lo,
+        abs_ci_high=abs_hi,
+        p_value=p_value,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatio:
+    """Sample-ratio check: observed control share against the configured holdout."""
+
+    expected_control_share: float
+    observed_control_share: float | None
+    p_value: float | None
+    mismatch: bool
+
+
+def sample_ratio(n_control: int, n_treatment: int, holdout: float) -> SampleRatio:
+    """Chi-square goodness of fit of the split; `mismatch` when p < 0.001.
+
+    >>> sample_ratio(1000, 9000, 0.1).mismatch, sample_ratio(2000, 8000, 0.1).mismatch
+    (False, True)
+    """
+    n = n_control + n_treatment
+    if n == 0 or holdout in (0.0, 1.0):
+        observed = n_control / n if n else None
+        return SampleRatio(holdout, observed, None, False)
+    expected = [n * holdout, n * (1 - holdout)]
+    p = float(stats.chisquare([n_control, n_treatment], expected).pvalue)
+    return SampleRatio(holdout, n_control / n, p, p < 0.001)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A policy value estimate with its 95% interval, sample size and effective sample size."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    ess: float
+
+
+def ips(rewards: ArrayLike, logged_p: ArrayLike, target_p: ArrayLike) -> Estimate:
+    """Inverse propensity scoring: mean of w·r with w = π(a|x) / μ(a|x)."""
+    r, w = _weights(rewards, logged_p, target_p)
+    n = r.size
+    if n == 0:
+        return Estimate(None, None, None, 0, 0.0)
+    terms = w * r
+    value = float(terms.mean())
+    se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return Estimate(value, value - Z95 * se, value + Z95 * se, n, _ess(w))
+
+
+def snips(rewards: ArrayLike, logged_p: ArrayLike, target_p: ArrayLike) -> Estimate:
+    """Self-normalised IPS: Σ w·r / Σ w, with a delta-method interval."""
+    r, w = _weights(rewards, logged_p, target_p)
+    n = r.size
+    if n == 0 or w.sum() <= 0:
+        return Estimate(None, None, None, n, 0.0)
+    value = float((w * r).sum() / w.sum())
+    wbar = w.mean()
+    se = float(np.sqrt(np.mean((w * (r - value)) ** 2) / n) / wbar) if n > 1 else math.nan
+    return Estimate(value, value - Z95 * se, value + Z95 * se, n, _ess(w))
+
+
+def _weights(
+    rewards: ArrayLike, logged_p: ArrayLike, target_p: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(rewards, dtype=np.float64)
+    mu = np.asarray(logged_p, dtype=np.float64)
+    pi = np.asarray(target_p, dtype=np.float64)
+    if not (r.shape == mu.shape == pi.shape):
+        raise ValueError(f"shapes differ: rewards {r.shape}, logged {mu.shape}, target {pi.shape}")
+    if np.any(mu <= 0):
+        raise ValueError("logged probabilities must be > 0")
+    return r, pi / mu
+
+
+def _ess(w: np.ndarray) -> float:
+    """Kish's effective sample size of importance weights."""
+    s2 = float((w * w).sum())
+    return float(w.sum() ** 2 / s2) if s2 > 0 else 0.0
