@@ -15,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import ResourcesDep
 from api.errors import Forbidden, Unauthorized
 from copyloop.ledger.tables import ApiKey
 
@@ -108,12 +109,12 @@ def require(*roles: str) -> Callable[..., Awaitable[str]]:
     allowed = frozenset(roles) | {"admin"}
 
     async def check(
-        request: Request,
+        resources: ResourcesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> str:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        keys: KeyCache = request.state.resources.keys
+        keys = resources.keys
         key_hash = hash_key(credentials.credentials)
         hit, role = keys.cached(key_hash)
         if not hit:

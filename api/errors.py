@@ -5,8 +5,9 @@ Every error answer has the contract's shape::
     {"error": {"code": "<snake_case>", "message": "<what and why>", "details": ...}}
 
 Routes and dependencies raise an `ApiError` subclass; FastAPI's validation errors, Starlette's
-HTTP errors (unknown path, wrong method) and anything unexpected are mapped here too, so no other
-module builds an error response.
+HTTP errors (unknown path, wrong method), the catalog's `CatalogError` (bad input: 422) and
+anything unexpected (500, logged) are mapped here too, so no other module builds an error
+response.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from copyloop.catalog import CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,12 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
+async def _catalog_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CatalogError)
+    details = {"field": exc.field} if exc.field else None
+    return error_response(422, "invalid_request", str(exc), details)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; see the server log")
@@ -130,5 +139,6 @@ def install(app: FastAPI) -> None:
     """Register the handlers that give every error the contract's JSON shape."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(CatalogError, _catalog_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

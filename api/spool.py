@@ -90,7 +90,7 @@ class Spool:
     def _open_new(self) -> _File:
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{SUFFIX}"
         path = self.directory / name
-        handle = open(path, "ab")  # noqa: SIM115 - kept open (and locked) while owned
+        handle = open(path, "ab")  # kept open (and locked) while owned
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         _fsync_dir(self.directory)
         return _File(path, handle)
@@ -122,12 +122,13 @@ class Spool:
         with self._lock:
             return bool(self._owned) or self._current is not None
 
-    def drain(self, send: Callable[[list[Record]], None], chunk: int = 500) -> int:
-        """Deliver every spooled record in order through `send`, which raises on failure.
+    def drain(self, send: Callable[[list[Record]], int], chunk: int = 500) -> int:
+        """Deliver spooled records in order through `send`, which returns how many leading
+        records of its batch it delivered.
 
-        A file is removed once all its records are delivered; progress inside a file is saved
-        after each successful chunk. Stops at the first failure, leaving the rest spooled.
-        Returns the number of records delivered.
+        Progress inside a file is saved after each chunk; a file is removed once all its records
+        are delivered. Stops at the first shortfall, leaving the rest spooled. Returns the number
+        of records delivered.
         """
         with self._lock:
             if self._current is not None:  # new appends go to a new file from here on
@@ -136,29 +137,37 @@ class Spool:
             files = list(self._owned)
         delivered = 0
         for file in files:
-            delivered += self._drain_file(file, send, chunk)
+            n, complete = self._drain_file(file, send, chunk)
+            delivered += n
+            if not complete:
+                break
             with self._lock:
                 self._owned.remove(file)
             _remove(file)
         return delivered
 
-    def _drain_file(self, file: _File, send: Callable[[list[Record]], None], chunk: int) -> int:
+    def _drain_file(
+        self, file: _File, send: Callable[[list[Record]], int], chunk: int
+    ) -> tuple[int, bool]:
         pos = _read_pos(file.path)
         delivered = 0
         with open(file.path, "rb") as fh:
             fh.seek(pos)
             while True:
-                batch, end = _read_chunk(fh, file.path, chunk)
+                batch, ends = _read_chunk(fh, file.path, chunk)
                 if not batch:
-                    if end != pos:
-                        _write_pos(file.path, end)
-                    return delivered
-                send(batch)  # raises: progress up to `pos` is kept
-                pos = end
-                _write_pos(file.path, pos)
-                delivered += len(batch)
-                with self._lock:
-                    self.pending = max(0, self.pending - len(batch))
+                    return delivered, True
+                n = send([r for r in batch if r is not None])
+                # `None` marks an unreadable line: count it as done so it is skipped.
+                done = _done_prefix(batch, n)
+                if done:
+                    pos = ends[done - 1]
+                    _write_pos(file.path, pos)
+                    delivered += n
+                    with self._lock:
+                        self.pending = max(0, self.pending - done)
+                if done < len(batch):
+                    return delivered, False
 
     def close(self) -> None:
         """Release this process's locks; undrained files stay for the next process."""
@@ -170,7 +179,7 @@ class Spool:
 
 def _try_lock(path: Path) -> _File | None:
     try:
-        handle = open(path, "ab")  # noqa: SIM115 - kept open (and locked) while owned
+        handle = open(path, "ab")  # kept open (and locked) while owned
     except FileNotFoundError:
         return None
     try:
@@ -183,24 +192,37 @@ def _try_lock(path: Path) -> _File | None:
     return _File(path, handle)
 
 
-def _read_chunk(fh: IO[bytes], path: Path, chunk: int) -> tuple[list[Record], int]:
-    """Up to `chunk` records from `fh`'s position; also the offset after them."""
-    batch: list[Record] = []
-    end = fh.tell()
+def _read_chunk(fh: IO[bytes], path: Path, chunk: int) -> tuple[list[Record | None], list[int]]:
+    """Up to `chunk` records from `fh`'s position, each with the file offset after it.
+    An unreadable line gives `None`; a torn last line (crash mid-append) ends the chunk."""
+    batch: list[Record | None] = []
+    ends: list[int] = []
     while len(batch) < chunk:
         line = fh.readline()
         if not line:
             break
         if not line.endswith(b"\n"):
             log.warning("skipping a torn record at the end of %s", path)
-            end = fh.tell()
             break
         try:
             batch.append(Record.from_line(line))
         except (ValueError, KeyError) as exc:
             log.warning("skipping an unreadable record in %s: %s", path, exc)
-        end = fh.tell()
-    return batch, end
+            batch.append(None)
+        ends.append(fh.tell())
+    return batch, ends
+
+
+def _done_prefix(batch: Sequence[Record | None], delivered: int) -> int:
+    """How many leading entries of `batch` are done when `delivered` real records were sent."""
+    done = 0
+    for item in batch:
+        if item is not None:
+            if delivered == 0:
+                break
+            delivered -= 1
+        done += 1
+    return done
 
 
 def _count_records(path: Path, pos: int) -> int:

@@ -6,10 +6,11 @@ defaults. Nothing here is read at import time: call :func:`load_settings` in `ma
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -56,10 +57,13 @@ class Settings(BaseSettings):
     # bandit
     holdout: float = Field(0.1, description="Share of decisions served the control variant.")
     bandit_explorer: str = Field(
-        "--epsilon 0.05", description="VW exploration arguments for --cb_explore_adf."
+        "--squarecb",
+        description="VW exploration arguments for --cb_explore_adf (bench/regret.py compared them).",
     )
     bandit_interactions: str = Field(
-        "UA UV", description="Space-separated namespace pairs crossed by VW (U=context, A=action)."
+        "UA UV PA",
+        description="Space-separated namespace pairs crossed by VW (U=context, P=product, "
+        "A=style and format, V=variant id).",
     )
     bandit_extra_args: str = Field("", description="More VW arguments, appended verbatim.")
     snapshot_every_s: float = Field(5.0, gt=0, description="Seconds between model snapshots.")
@@ -73,7 +77,7 @@ class Settings(BaseSettings):
     generator_backend: Literal["rules", "hf"] = "rules"
     generator_model: str | None = None
     variants_per_product: int = Field(4, ge=1, description="Candidates wanted per product.")
-    banned_terms: list[str] = Field(
+    banned_terms: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "best in the world",
             "guaranteed",
@@ -110,7 +114,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_terms(cls, value: object) -> object:
         # Environment variables are strings: accept a comma-separated list as well as JSON.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 

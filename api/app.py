@@ -1,0 +1,102 @@
+"""The application factory: `create_app(settings)` and the lifespan that owns its resources.
+
+Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
+first full load runs on its own thread; a request for a product not loaded yet reads it once);
+the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
+publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up).
+Shut-down stops them in reverse and flushes the publisher, spooling what Kafka did not take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.auth import KeyCache
+from api.catalog_cache import CatalogCache
+from api.deps import Resources
+from api.metrics import LatencyMiddleware, Metrics
+from api.policy_holder import PolicyHolder
+from api.publisher import Publisher
+from api.routes import decisions, events, health, products, reports
+from copyloop.ledger import make_engine, make_sessionmaker
+from copyloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The copyloop HTTP API on `settings` (nothing starts until the lifespan runs)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
+        resources = await run_in_threadpool(_start, settings, metrics)
+        try:
+            yield {"resources": resources}
+        finally:
+            await run_in_threadpool(_stop, resources)
+
+    app = FastAPI(
+        title="copyloop",
+        summary="Serve the product copy that sells; learn from storefront events.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    for module in (decisions, events, products, reports, health):
+        app.include_router(module.router)
+    return app
+
+
+def _start(settings: Settings, metrics: Metrics) -> Resources:
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    catalog = CatalogCache(sessions, settings.catalog_refresh_s)
+    policies = PolicyHolder(
+        sessions, holdout=settings.holdout, seed=settings.seed, reload_s=settings.model_reload_s
+    )
+    publisher = Publisher(
+        settings.bootstrap,
+        settings.spool_dir,
+        topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+        partitions=settings.topic_partitions,
+    )
+    resources = Resources(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        catalog=catalog,
+        policies=policies,
+        publisher=publisher,
+        keys=KeyCache(sessions),
+        metrics=metrics,
+    )
+    try:
+        catalog.start()
+        try:
+            policies.reload_once()
+        except SQLAlchemyError as exc:
+            log.warning("no model loaded at start (%s); serving the control copy meanwhile", exc)
+        policies.start()
+        publisher.start()
+        metrics.watch(publisher.stats, lambda: policies.version, lambda: len(catalog))
+    except BaseException:
+        _stop(resources)
+        raise
+    return resources
+
+
+def _stop(resources: Resources) -> None:
+    resources.metrics.unwatch()
+    resources.policies.close()
+    resources.catalog.close()
+    resources.publisher.close()
+    resources.engine.dispose()

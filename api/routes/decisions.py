@@ -1,0 +1,147 @@
+"""Serving: choose a variant for one page view and publish the decision.
+
+Both routes are `async def` on purpose: the VW workspace is not thread-safe, and running every
+`choose` on the event loop thread serialises them without a lock (a predict is ~100 µs of CPU).
+A cached product costs no database read; the decision goes to the publisher's queue, never to
+Kafka directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import require
+from api.catalog_cache import CatalogCache, CatalogEntry
+from api.deps import CatalogDep, MetricsDep, PoliciesDep, PublisherDep, SettingsDep
+from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
+from api.metrics import Metrics
+from api.publisher import Publisher
+from api.schemas import CONTEXT, DecisionOut, DecisionRequest
+from bandit import Choice, Policy
+from copyloop.messages import Decision
+from copyloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(
+    tags=["decisions"],
+    dependencies=[Depends(require("serve"))],
+    responses={
+        **AUTH_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown product (`product_not_found`)."},
+    },
+)
+
+
+@router.get("/v1/products/{product_id}/variant", response_model=DecisionOut)
+async def variant_for_page_view(
+    product_id: Annotated[str, Path(min_length=1, max_length=128)],
+    request: Request,
+    catalog: CatalogDep,
+    policies: PoliciesDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> DecisionOut:
+    """Serve one variant; every query parameter is a context feature (`?device=mobile&…`)."""
+    try:
+        context = CONTEXT.validate_python(dict(request.query_params))
+    except ValidationError as exc:
+        details = [{**d, "field": f"query.{d['field']}"} for d in field_errors(exc.errors())]
+        raise InvalidRequest("invalid context in the query string", details) from None
+    entry = await _entry(catalog, product_id)
+    return _decide(entry, product_id, context, policies.policy, publisher, settings, metrics)
+
+
+@router.post("/v1/decisions", response_model=DecisionOut)
+async def decide(
+    body: DecisionRequest,
+    catalog: CatalogDep,
+    policies: PoliciesDep,
+    publisher: PublisherDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> DecisionOut:
+    """Serve one variant of `product_id` for the page view described by `context`."""
+    entry = await _entry(catalog, body.product_id)
+    return _decide(
+        entry, body.product_id, body.context, policies.policy, publisher, settings, metrics
+    )
+
+
+async def _entry(catalog: CatalogCache, product_id: str) -> CatalogEntry:
+    entry = catalog.get(product_id)
+    if entry is None and not catalog.known_missing(product_id):
+        entry = await run_in_threadpool(catalog.load, product_id)  # a miss: read it once
+    if entry is None:
+        raise ProductNotFound(
+            f"no servable product {product_id!r} (unknown, or without an active control variant)",
+            {"product_id": product_id},
+        )
+    return entry
+
+
+def _decide(
+    entry: CatalogEntry,
+    product_id: str,
+    context: dict[str, Any],
+    policy: Policy | None,
+    publisher: Publisher,
+    settings: Settings,
+    metrics: Metrics,
+) -> DecisionOut:
+    """Choose, publish the decision (queue only), count it, answer it."""
+    choice = _choose(entry, context, policy)
+    decision_id = uuid.uuid4().hex
+    i = choice.index
+    message = Decision(
+        decision_id=decision_id,
+        product_id=product_id,
+        variant_id=choice.variant_id,
+        style=entry.styles[i],
+        policy=choice.policy,  # type: ignore[arg-type]  # Choice.policy is one of the three
+        probability=choice.probability,
+        model_version=choice.model_version,
+        context=context,
+        actions=entry.variant_ids,
+        pmf=list(choice.pmf),
+        ts=time.time(),
+    )
+    publisher.publish(settings.decisions_topic, decision_id, message.to_bytes())
+    metrics.decisions.labels(choice.policy).inc()
+    return DecisionOut(
+        decision_id=decision_id,
+        product_id=product_id,
+        variant_id=choice.variant_id,
+        text=entry.texts[i],
+        style=entry.styles[i],
+        policy=message.policy,
+        probability=choice.probability,
+        model_version=choice.model_version,
+    )
+
+
+def _choose(entry: CatalogEntry, context: dict[str, Any], policy: Policy | None) -> Choice:
+    """The policy's choice, or the control variant (`fallback`) without a usable model."""
+    if policy is not None:
+        try:
+            return policy.choose(context, entry.features, entry.arms, entry.control_index)
+        except Exception:  # a model that cannot score must not take serving down
+            log.exception("model %d failed to choose; serving the control variant", policy.version)
+    pmf = [0.0] * len(entry.arms)
+    pmf[entry.control_index] = 1.0
+    return Choice(
+        index=entry.control_index,
+        variant_id=entry.arms[entry.control_index].variant_id,
+        probability=1.0,
+        pmf=tuple(pmf),
+        policy="fallback",
+        model_version=0,
+    )

@@ -1,0 +1,144 @@
+"""Request and response bodies of the HTTP API (pydantic), as the contract and OpenAPI show them."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
+)
+
+from copyloop.messages import Id
+
+MAX_CONTEXT_KEYS = 64
+
+MAX_CONTEXT_CHARS = 256
+
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _context_scalar(value: Any) -> Any:
+    """A context value must be a scalar VW can turn into one feature; one clear message if not."""
+    if isinstance(value, str):
+        if len(value) > MAX_CONTEXT_CHARS:
+            raise ValueError(f"must be at most {MAX_CONTEXT_CHARS} characters, got {len(value)}")
+        return value
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError(
+        f"must be a string, a finite number, a boolean or null, got {type(value).__name__}"
+    )
+
+
+ContextValue = Annotated[
+    Any,
+    AfterValidator(_context_scalar),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_CONTEXT_CHARS},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+Context = Annotated[
+    dict[ContextKey, ContextValue],
+    Field(
+        max_length=MAX_CONTEXT_KEYS,
+        description="Page-view features (device, segment, locale, hour, referrer, any key): "
+        "flat, scalar values; each becomes a shared VW feature.",
+        examples=[{"device": "mobile", "segment": "returning", "locale": "en-GB"}],
+    ),
+]
+CONTEXT = TypeAdapter(Context)
+
+
+class DecisionRequest(BaseModel):
+    product_id: Id
+    context: Context = Field(default_factory=dict)
+
+
+class DecisionOut(BaseModel):
+    """One served decision (the contract's decision JSON)."""
+
+    decision_id: str = Field(description="uuid4 hex; events name it.")
+    product_id: str
+    variant_id: str
+    text: str
+    style: str
+    policy: Literal["bandit", "control", "fallback"]
+    probability: float = Field(description="Probability of this variant under the policy.")
+    model_version: int = Field(description="Model snapshot version; 0 under the fallback.")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class UpsertOut(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+
+
+class VariantStats(BaseModel):
+    """Outcomes of a variant's decisions: `clicks`/`add_to_carts`/`purchases` count decisions
+    with at least one such event; `revenue` sums purchase values."""
+
+    impressions: int = 0
+    clicks: int = 0
+    add_to_carts: int = 0
+    purchases: int = 0
+    revenue: float = 0.0
+    ctr: float | None = None
+    cvr: float | None = None
+
+
+class VariantOut(BaseModel):
+    variant_id: str
+    text: str
+    style: str
+    source: str
+    status: str
+    reject_reason: str | None
+    generator_version: str
+    created_at: float
+    retired_at: float | None
+    stats: VariantStats
+
+
+class ProductOut(BaseModel):
+    product_id: str
+    title: str
+    category: str
+    description: str
+    attributes: dict[str, Any]
+    created_at: float
+    updated_at: float
+    variants: list[VariantOut]
+
+
+class PublisherOut(BaseModel):
+    connected: bool
+    backlog: int
+    queued: int
+    sent: int
+    spooled: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"] = Field(description="`degraded`: Kafka away, spooling.")
+    model_version: int
+    catalog_products: int
+    publisher: PublisherOut

@@ -1,0 +1,398 @@
+"""The join: decisions and events in, ledger writes out. Kafka-free, so it is tested directly.
+
+Two verbs, each one database transaction:
+
+- `ingest(sessions, decisions, events)` stores a polled batch idempotently: a `decision_id` or an
+  `event_id` seen before changes nothing (first write wins), so a batch redelivered after a crash
+  is harmless. The loop commits Kafka offsets only after this returns.
+- `close_expired_windows(sessions, settings, now)` closes every open decision whose attribution
+  window ended before `now - close_grace_s`, computes its reward from the events whose `ts` lies
+  in `[ts - clock_skew_s, ts + reward_window_s]` (an SQL aggregate, so arrival order never
+  matters), writes `Reward` rows with consecutive `seq` and marks the decisions closed.
+
+`seq` is the learning order: the model is the newest snapshot plus a replay of the rewards after
+its `last_seq` (`closed_since`). Events outside their decision's span, or that arrived after it
+closed, are kept and listed by `late_events`, never learned from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumer.errors import BadBatch, LeaseLost, ledger_errors
+from consumer.records import DecisionRecord, EventRecord
+from copyloop.ledger.tables import Decision, Event, Reward
+from copyloop.settings import Settings
+
+#: Rows per multi-row INSERT / ids per IN list: far below SQLite's 32,766 bound parameters.
+_CHUNK = 500
+#: Decisions closed per transaction by default: bounds lock time and the learner's step.
+DEFAULT_CLOSE_LIMIT = 2000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one `ingest` call stored; duplicates are messages whose key was already there."""
+
+    decisions_new: int
+    decisions_duplicate: int
+    events_new: int
+    events_duplicate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedDecision:
+    """A decision whose window is closed, with its reward: what the learner replays, in `seq`
+    order. `reward` is the sum of the reward weights of the event types present."""
+
+    seq: int
+    decision_id: str
+    product_id: str
+    variant_id: str
+    context: Mapping[str, Any]
+    actions: tuple[str, ...]
+    probability: float
+    reward: float
+    clicks: int
+    add_to_carts: int
+    purchases: int
+    revenue: float
+
+    @property
+    def chosen(self) -> int:
+        """Index of the served variant in `actions` (VW's action order)."""
+        return self.actions.index(self.variant_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event kept but never learned: `reason` is `outside_window` or `after_close`."""
+
+    event_id: str
+    decision_id: str
+    type: str
+    ts: float
+    received_at: float
+    reason: str
+
+
+def ingest(
+    sessions: sessionmaker[Session],
+    decisions: Sequence[DecisionRecord],
+    events: Sequence[EventRecord],
+    *,
+    received_at: float | None = None,
+) -> IngestResult:
+    """Store a batch in one transaction, idempotently (`INSERT … ON CONFLICT DO NOTHING`).
+
+    Raises `LedgerUnavailable` (retry later) or `BadBatch` (the database refused some row: the
+    caller ingests the records one by one to find it).
+    """
+    now = time.time() if received_at is None else received_at
+    decision_rows = [_decision_row(d, now) for d in _first_of_each(decisions, "decision_id")]
+    event_rows = [_event_row(e, now) for e in _first_of_each(events, "event_id")]
+    new_decisions = new_events = 0
+    try:
+        with ledger_errors(), sessions.begin() as s:
+            insert = _insert_for(s)
+            for rows in _chunks(decision_rows, _CHUNK):
+                stmt = (
+                    insert(Decision)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["decision_id"])
+                    .returning(Decision.decision_id)  # multi-row rowcount is -1 on psycopg
+                )
+                new_decisions += len(s.execute(stmt).all())
+            for rows in _chunks(event_rows, _CHUNK):
+                stmt = (
+                    insert(Event)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["event_id"])
+                    .returning(Event.event_id)
+                )
+                new_events += len(s.execute(stmt).all())
+    except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
+        raise BadBatch(f"the ledger refused the batch: {str(exc).splitlines()[0]}") from exc
+    return IngestResult(
+        decisions_new=new_decisions,
+        decisions_duplicate=len(decisions) - new_decisions,
+        events_new=new_events,
+        events_duplicate=len(events) - new_events,
+    )
+
+
+def close_expired_windows(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    now: float,
+    *,
+    expected_last_seq: int | None = None,
+    limit: int = DEFAULT_CLOSE_LIMIT,
+) -> list[ClosedDecision]:
+    """Close up to `limit` open decisions with `now > ts + reward_window_s + close_grace_s`,
+    oldest first (`ts`, then `decision_id`), in one transaction; return them in `seq` order.
+
+    `now` is the time up to which the ledger is known to hold every event (the loop passes an
+    ingestion watermark, never ahead of the wall clock). With `expected_last_seq`, the caller
+    fences itself: if the newest `seq` in the ledger differs (another learner extended the
+    chain), nothing is written and `LeaseLost` is raised. Concurrent closers also collide on
+    the unique `seq` and on the reward's primary key; the loser gets `LeaseLost` too.
+    """
+    cutoff = now - settings.reward_window_s - settings.close_grace_s
+    closed_at = time.time()
+    weights = settings.reward_weights
+    try:
+        with ledger_errors(), sessions.begin() as s:
+            last_seq = s.scalar(select(func.coalesce(func.max(Reward.seq), 0))) or 0
+            if expected_last_seq is not None and last_seq != expected_last_seq:
+                raise LeaseLost(
+                    f"the reward chain is at seq {last_seq}, this learner at {expected_last_seq}"
+                )
+            due = s.execute(
+                select(
+                    Decision.decision_id,
+                    Decision.product_id,
+                    Decision.variant_id,
+                    Decision.context,
+                    Decision.actions,
+                    Decision.probability,
+                )
+                .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
+                .order_by(Decision.ts, Decision.decision_id)
+                .limit(limit)
+            ).all()
+            if not due:
+                return []
+            ids = [row.decision_id for row in due]
+            counts = _event_counts(s, ids, settings)
+            closed = []
+            for seq, row in enumerate(due, start=last_seq + 1):
+                clicks, carts, purchases, revenue = counts.get(row.decision_id, (0, 0, 0, 0.0))
+                reward = (
+                    (weights["click"] if clicks else 0.0)
+                    + (weights["add_to_cart"] if carts else 0.0)
+                    + (weights["purchase"] if purchases else 0.0)
+                )
+                closed.append(
+                    ClosedDecision(
+                        seq=seq,
+                        decision_id=row.decision_id,
+                        product_id=row.product_id,
+                        variant_id=row.variant_id,
+                        context=row.context or {},
+                        actions=tuple(row.actions),
+                        probability=row.probability,
+                        reward=reward,
+                        clicks=clicks,
+                        add_to_carts=carts,
+                        purchases=purchases,
+                        revenue=revenue,
+                    )
+                )
+            for chunk in _chunks(closed, _CHUNK):
+                s.execute(_insert_for(s)(Reward).values([_reward_row(c, closed_at) for c in chunk]))
+            for chunk_ids in _chunks(ids, _CHUNK):
+                marked = len(
+                    s.execute(
+                        update(Decision)
+                        .where(Decision.decision_id.in_(chunk_ids), Decision.closed_at.is_(None))
+                        .values(closed_at=closed_at)
+                        .returning(Decision.decision_id)
+                    ).all()
+                )
+                if marked != len(chunk_ids):
+                    raise LeaseLost("another closer closed some of these decisions first")
+    except sa_exc.IntegrityError as exc:
+        raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
+    return closed
+
+
+def closed_since(
+    sessions: sessionmaker[Session], after_seq: int, limit: int = DEFAULT_CLOSE_LIMIT
+) -> list[ClosedDecision]:
+    """The closed decisions with `seq > after_seq`, in `seq` order, at most `limit`: the replay
+    that brings a snapshot up to date."""
+    with ledger_errors(), sessions() as s:
+        rows = s.execute(
+            select(Reward, Decision)
+            .join(Decision, Decision.decision_id == Reward.decision_id)
+            .where(Reward.seq > after_seq)
+            .order_by(Reward.seq)
+            .limit(limit)
+        ).all()
+    return [
+        ClosedDecision(
+            seq=r.seq,
+            decision_id=d.decision_id,
+            product_id=d.product_id,
+            variant_id=d.variant_id,
+            context=d.context or {},
+            actions=tuple(d.actions),
+            probability=d.probability,
+            reward=r.reward,
+            clicks=r.clicks,
+            add_to_carts=r.add_to_carts,
+            purchases=r.purchases,
+            revenue=r.revenue,
+        )
+        for r, d in rows
+    ]
+
+
+def late_events(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    *,
+    since: float | None = None,
+    limit: int = 1000,
+) -> list[LateEvent]:
+    """Events of closed decisions that did not count: their `ts` is outside the decision's span
+    (`outside_window`), or they reached the ledger after it closed (`after_close`). `since`
+    filters on the event's receipt time. Oldest receipt first.
+
+    An event committed while its decision was being closed, with a receipt time just before the
+    closing time, is missed here; the ingestion watermark makes that window a rare race.
+    """
+    lower = Decision.ts - settings.clock_skew_s
+    upper = Decision.ts + settings.reward_window_s
+    outside = or_(Event.ts < lower, Event.ts > upper)
+    stmt = (
+        select(Event, case((outside, "outside_window"), else_="after_close").label("reason"))
+        .join(Decision, Decision.decision_id == Event.decision_id)
+        .where(
+            Decision.closed_at.is_not(None),
+            or_(outside, Event.received_at > Decision.closed_at),
+        )
+        .order_by(Event.received_at, Event.event_id)
+        .limit(limit)
+    )
+    if since is not None:
+        stmt = stmt.where(Event.received_at >= since)
+    with ledger_errors(), sessions() as s:
+        return [
+            LateEvent(e.event_id, e.decision_id, e.type, e.ts, e.received_at, reason)
+            for e, reason in s.execute(stmt).all()
+        ]
+
+
+def _event_counts(
+    s: Session, ids: Sequence[str], settings: Settings
+) -> dict[str, tuple[int, int, int, float]]:
+    """Per decision: clicks, add-to-carts, purchases and purchase revenue inside its span."""
+
+    def count(kind: str) -> Any:
+        return func.sum(case((Event.type == kind, 1), else_=0))
+
+    revenue = func.sum(case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0))
+    out: dict[str, tuple[int, int, int, float]] = {}
+    for chunk in _chunks(ids, _CHUNK):
+        rows = s.execute(
+            select(
+                Event.decision_id,
+                count("click"),
+                count("add_to_cart"),
+                count("purchase"),
+                revenue,
+            )
+            .join(Decision, Decision.decision_id == Event.decision_id)
+            .where(
+                Event.decision_id.in_(chunk),
+                Event.ts >= Decision.ts - settings.clock_skew_s,
+                Event.ts <= Decision.ts + settings.reward_window_s,
+            )
+            .group_by(Event.decision_id)
+        ).all()
+        for decision_id, clicks, carts, purchases, rev in rows:
+            out[decision_id] = (int(clicks), int(carts), int(purchases), float(rev or 0.0))
+    return out
+
+
+def _insert_for(s: Session) -> Any:
+    """The dialect's INSERT (both have `on_conflict_do_nothing`)."""
+    name = s.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite.insert
+    if name == "postgresql":
+        return postgresql.insert
+    raise NotImplementedError(f"no idempotent insert for the {name} dialect")
+
+
+def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:
+    return {
+        "decision_id": d.decision_id,
+        "product_id": d.product_id,
+        "variant_id": d.variant_id,
+        "policy": d.policy,
+        "probability": d.probability,
+        "model_version": d.model_version,
+        "context": dict(d.context),
+        "actions": list(d.actions),
+        "pmf": list(d.pmf),
+        "ts": d.ts,
+        "received_at": received_at,
+        "partition": d.partition,
+        "closed_at": None,
+    }
+
+
+def _event_row(e: EventRecord, received_at: float) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "decision_id": e.decision_id,
+        "type": e.type,
+        "ts": e.ts,
+        "value": e.value,
+        "received_at": received_at,
+    }
+
+
+def _reward_row(c: ClosedDecision, closed_at: float) -> dict[str, Any]:
+    return {
+        "decision_id": c.decision_id,
+        "seq": c.seq,
+        "reward": c.reward,
+        "clicks": c.clicks,
+        "add_to_carts": c.add_to_carts,
+        "purchases": c.purchases,
+        "revenue": c.revenue,
+        "closed_at": closed_at,
+    }
+
+
+def _first_of_each(records: Sequence[T], key: str) -> list[T]:
+    """The records in order, keeping the first of each key (first write wins in a batch too)."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        k = getattr(r, key)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+__all__ = [
+    "DEFAULT_CLOSE_LIMIT",
+    "ClosedDecision",
+    "IngestResult",
+    "LateEvent",
+    "close_expired_windows",
+    "closed_since",
+    "ingest",
+    "late_events",
+]

@@ -1,0 +1,347 @@
+"""The learner: one in-memory VW policy, kept equal to "newest snapshot + replay of the rewards
+after it", so that a crash anywhere loses no learning and learns nothing twice.
+
+    learner = Learner(sessions, settings)
+    learner.catch_up()                       # load the newest snapshot, replay seq > last_seq
+    learner.close_and_learn(now)             # close due windows (one transaction), learn them
+    learner.maybe_snapshot()                 # every snapshot_every_s / snapshot_every_n
+
+Rewards are learned strictly in `seq` order and `last_seq` only moves forward by one per
+reward, so the model never skips or repeats one. `close_and_learn` fences on the chain's tip:
+a learner that another one overtook fails with `LeaseLost` instead of forking the model.
+
+`ElectedLearner` drives a `Learner` in whichever process holds the `learner` lease (one per
+consumer group), with its own cadence, backoff and clean shutdown. Both are Kafka-free: the
+time windows are closed against comes in as a `clock` (the loop's ingestion watermark).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bandit import Arm, LoggedDecision, Policy, ProductFeatures
+from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
+from consumer.join import DEFAULT_CLOSE_LIMIT, ClosedDecision, close_expired_windows, closed_since
+from copyloop.ledger import leases, snapshots
+from copyloop.ledger.tables import Product, Variant
+from copyloop.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    """Closes windows and teaches the bandit; snapshots the model for the API and for restarts."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        *,
+        close_limit: int = DEFAULT_CLOSE_LIMIT,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._close_limit = close_limit
+        self._policy: Policy | None = None
+        self.last_seq = 0
+        self.learned = 0  # decisions taught to VW by this learner (replay included)
+        self.skipped = 0  # closed decisions whose variants are unknown: rewarded, not learnable
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        self._arms: dict[str, Arm] = {}
+        self._categories: dict[str, str] = {}
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            raise RuntimeError("call catch_up() first")
+        return self._policy
+
+    @property
+    def model_version(self) -> int:
+        return 0 if self._policy is None else self._policy.version
+
+    def catch_up(self, between_pages: Callable[[], None] | None = None) -> int:
+        """Load the newest snapshot (saving an untrained one first when there is none, so that
+        the API can start exploring) and replay every reward after it. Returns how many.
+        `between_pages` runs after each page of the replay (the loop renews its lease there)."""
+        snap = snapshots.load_latest(self._sessions)
+        if snap is None:
+            policy = Policy(self._settings.vw_args, seed=self._settings.seed)
+            policy.version = self._save(policy, 0)
+            log.info("no model snapshot yet: saved an untrained one as version %d", policy.version)
+        else:
+            if snap.vw_args != self._settings.vw_args:
+                log.warning(
+                    "snapshot %d was trained with %r, settings say %r: keeping the snapshot's",
+                    snap.version,
+                    snap.vw_args,
+                    self._settings.vw_args,
+                )
+            policy = Policy(
+                snap.vw_args, seed=self._settings.seed, model=snap.model, version=snap.version
+            )
+        if self._policy is not None:
+            self._policy.close()
+        self._policy = policy
+        self.last_seq = 0 if snap is None else snap.last_seq
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        replayed = 0
+        while batch := closed_since(self._sessions, self.last_seq, self._close_limit):
+            self.learn(batch)
+            replayed += len(batch)
+            if between_pages is not None:
+                between_pages()
+        log.info(
+            "model version %d caught up to seq %d (%d replayed)",
+            policy.version,
+            self.last_seq,
+            replayed,
+        )
+        return replayed
+
+    def close_and_learn(self, now: float) -> list[ClosedDecision]:
+        """Close the windows due at `now` (one transaction, at most `close_limit`) and learn
+        them. Raises `LeaseLost` when another learner moved the chain: drop this learner."""
+        if self._policy is None:  # fail before writing rewards that nobody would learn
+            raise RuntimeError("call catch_up() first")
+        closed = close_expired_windows(
+            self._sessions,
+            self._settings,
+            now,
+            expected_last_seq=self.last_seq,
+            limit=self._close_limit,
+        )
+        self.learn(closed)
+        return closed
+
+    def learn(self, closed: Sequence[ClosedDecision]) -> None:
+        """Teach VW `closed`, which must continue the chain (`seq` = last_seq + 1, + 2, …)."""
+        policy = self.policy
+        self._load_features(closed)
+        for c in closed:
+            if c.seq != self.last_seq + 1:
+                raise LeaseLost(f"reward seq {c.seq} does not follow {self.last_seq}")
+            logged = self._logged(c)
+            if logged is None:
+                self.skipped += 1
+                log.warning(
+                    "decision %s: a variant of %s is unknown, rewarded but not learned",
+                    c.decision_id,
+                    list(c.actions),
+                )
+            else:
+                policy.learn(logged, c.reward)
+                self.learned += 1
+            self.last_seq = c.seq
+            self._unsaved += 1
+
+    def maybe_snapshot(self, *, force: bool = False) -> int | None:
+        """Save a snapshot when something was learned since the last one and `snapshot_every_s`
+        passed or `snapshot_every_n` decisions piled up (or `force`). Returns its version."""
+        if self._unsaved == 0:
+            return None
+        due = (
+            force
+            or self._unsaved >= self._settings.snapshot_every_n
+            or time.monotonic() - self._saved_at >= self._settings.snapshot_every_s
+        )
+        if not due:
+            return None
+        policy = self.policy
+        policy.version = self._save(policy, self.last_seq)
+        self._unsaved = 0
+        self._saved_at = time.monotonic()
+        return policy.version
+
+    def close(self) -> None:
+        """Free the VW workspace (unsaved learning is in the ledger, replayed on restart)."""
+        if self._policy is not None:
+            self._policy.close()
+            self._policy = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _save(self, policy: Policy, last_seq: int) -> int:
+        try:
+            with ledger_errors():
+                return snapshots.save(
+                    self._sessions,
+                    policy.save(),
+                    last_seq,
+                    policy.vw_args,
+                    self._settings.snapshot_dir,
+                )
+        except sa_exc.IntegrityError as exc:  # two savers raced for the same version
+            raise LeaseLost(f"another learner saved a snapshot concurrently: {exc.orig}") from exc
+
+    def _load_features(self, closed: Iterable[ClosedDecision]) -> None:
+        """Fetch the variants and product categories `closed` needs that are not cached yet.
+        Variants are immutable (new text, new id), so the cache never goes stale."""
+        variant_ids = {a for c in closed for a in c.actions} - self._arms.keys()
+        product_ids = {c.product_id for c in closed} - self._categories.keys()
+        if not variant_ids and not product_ids:
+            return
+        with ledger_errors(), self._sessions() as s:
+            for ids in _chunks(sorted(variant_ids)):
+                for v in s.scalars(select(Variant).where(Variant.variant_id.in_(ids))):
+                    self._arms[v.variant_id] = Arm.from_variant(
+                        v.variant_id, v.text, v.style, v.source, v.generator_version
+                    )
+            for ids in _chunks(sorted(product_ids)):
+                rows = s.execute(
+                    select(Product.product_id, Product.category).where(Product.product_id.in_(ids))
+                )
+                self._categories.update({pid: category or "" for pid, category in rows})
+
+    def _logged(self, c: ClosedDecision) -> LoggedDecision | None:
+        arms = tuple(self._arms.get(a) for a in c.actions)
+        if any(arm is None for arm in arms):
+            return None
+        return LoggedDecision(
+            context=c.context,
+            product=ProductFeatures(c.product_id, self._categories.get(c.product_id, "")),
+            arms=arms,  # type: ignore[arg-type]  # no None left
+            chosen=c.chosen,
+            probability=c.probability,
+        )
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What one round of the elected learner did (`closed` windows this round)."""
+
+    closed: int
+    learned: int
+    last_seq: int
+    model_version: int
+
+
+class ElectedLearner:
+    """Drives a `Learner` while this process holds the `learner` lease, until `stop` is set.
+
+    Every `interval_s` it renews the lease (`lease_ttl_s`), closes the windows due at `clock()`
+    (the loop's ingestion watermark) and snapshots on cadence. Losing the lease, or being fenced
+    (`LeaseLost`), drops the model; whoever holds the lease next catches up from the ledger.
+    Retriable errors back off exponentially up to `max_backoff_s`. On stop it saves a final
+    snapshot of whatever it learned since the last one and releases the lease.
+    """
+
+    LEASE = "learner"
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        stop: threading.Event,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease_ttl_s: float = 10.0,
+        interval_s: float = 0.25,
+        close_limit: int = DEFAULT_CLOSE_LIMIT,
+        max_backoff_s: float = 2.0,
+        on_step: Callable[[StepReport], None] | None = None,
+    ) -> None:
+        if not interval_s < lease_ttl_s:
+            raise ValueError(f"interval_s ({interval_s}) must be below lease_ttl_s ({lease_ttl_s})")
+        self._sessions, self._settings, self._stop = sessions, settings, stop
+        self._clock, self._ttl, self._interval = clock, lease_ttl_s, interval_s
+        self._close_limit, self._max_backoff, self._on_step = close_limit, max_backoff_s, on_step
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._learner: Learner | None = None
+
+    def run(self) -> None:
+        backoff = Backoff(self._max_backoff)
+        try:
+            while not self._stop.is_set():
+                try:
+                    busy = self._step()
+                    backoff.reset()
+                    if not busy:
+                        self._stop.wait(self._interval)
+                except LeaseLost as exc:
+                    log.warning("learner fenced: %s; catching up again", exc)
+                    self._drop()
+                except ConsumerError as exc:
+                    delay = backoff.next()
+                    log.warning("learner: %s; retrying in %.1fs", exc, delay)
+                    self._stop.wait(delay)
+                except Exception:  # a bug or a VW failure: start over from the ledger
+                    delay = backoff.next()
+                    log.exception("learner failed; starting over in %.1fs", delay)
+                    self._drop()
+                    self._stop.wait(delay)
+        finally:
+            self._shutdown()
+
+    def _step(self) -> bool:
+        """One round; True when more windows may be due right away (a backlog)."""
+        if not self._renew():
+            if self._learner is not None:
+                log.warning("lost the learner lease: dropping the model")
+                self._drop()
+            return False
+        learner = self._learner
+        if learner is None:
+            learner = Learner(self._sessions, self._settings, close_limit=self._close_limit)
+            self._learner = learner
+            learner.catch_up(between_pages=self._renew_or_raise)
+        learned_before = learner.learned
+        closed = learner.close_and_learn(self._clock())
+        learner.maybe_snapshot()
+        if self._on_step is not None:
+            self._on_step(
+                StepReport(
+                    closed=len(closed),
+                    learned=learner.learned - learned_before,
+                    last_seq=learner.last_seq,
+                    model_version=learner.model_version,
+                )
+            )
+        return len(closed) >= self._close_limit
+
+    def _renew(self) -> bool:
+        with ledger_errors():
+            return leases.acquire(self._sessions, self.LEASE, self.holder, self._ttl)
+
+    def _renew_or_raise(self) -> None:
+        if not self._renew():
+            raise LeaseLost("the learner lease expired during catch-up")
+
+    def _drop(self) -> None:
+        if self._learner is not None:
+            self._learner.close()
+            self._learner = None
+
+    def _shutdown(self) -> None:
+        learner, self._learner = self._learner, None
+        try:
+            if learner is not None:
+                if self._renew():
+                    version = learner.maybe_snapshot(force=True)
+                    if version is not None:
+                        log.info("final snapshot: version %d at seq %d", version, learner.last_seq)
+                learner.close()
+            with ledger_errors():
+                leases.release(self._sessions, self.LEASE, self.holder)
+        except ConsumerError as exc:  # nothing is lost: the next learner replays the ledger
+            log.warning("learner shutdown incomplete: %s", exc)
+
+
+__all__ = ["ElectedLearner", "Learner", "StepReport"]

@@ -1,0 +1,364 @@
+"""The Kafka loop around `consumer.join`: a thin joiner, and an elected closer-learner.
+
+    run_consumer(settings, stop)          # until `stop` is set; `main(settings)` adds signals
+    python -m consumer.loop               # settings from the environment (COPYLOOP_*)
+
+Joiner (every group member; this thread): poll a batch from `{prefix}.decisions` and
+`{prefix}.events` → decode (bad messages become dead letters) → `ingest` in one transaction →
+publish the dead letters → commit the batch's offsets. Offsets are committed only after the
+database commit and the dead-letter acknowledgement, so a crash anywhere redelivers the batch
+and the idempotent ingest makes that harmless. A retriable failure (ledger or DLQ down) seeks
+back to the batch's start and backs off exponentially; the next poll re-reads it.
+
+Closer-learner (a thread; whoever holds the `learner` lease in the group does the work): close
+the windows that the ingestion watermark (`consumer.watermark`) has passed, learn them in `seq`
+order, snapshot. A crash loses nothing: the next holder loads the newest snapshot and replays.
+
+Stopping (`stop` set, SIGTERM or SIGINT in `main`): the joiner finishes its batch, commits the
+database and the offsets and leaves the group; the learner snapshots what it learned since the
+last snapshot and releases the lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumer.dlq import DeadLetter, DeadLetterQueue
+from consumer.errors import Backoff, BadBatch, BadMessage, ConsumerError
+from consumer.join import ingest
+from consumer.learner import ElectedLearner, StepReport
+from consumer.records import DecisionRecord, EventRecord, decode_decision, decode_event
+from consumer.watermark import IngestWatermark
+from copyloop.broker import ensure_topics
+from copyloop.ledger import make_engine, make_sessionmaker
+from copyloop.settings import Settings, load_settings
+
+log = logging.getLogger("consumer.loop")  # not "__main__" under python -m
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTuning:
+    """Knobs of the loop that operators rarely touch (times in seconds unless `_ms`)."""
+
+    poll_timeout_ms: int = 200
+    max_poll_records: int = 2000
+    max_poll_interval_ms: int = 5000  # short: tansu and Kafka wait this long on a group join
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    lease_ttl_s: float = 10.0  # a crashed learner is replaced after at most this long
+    close_interval_s: float = 0.25  # how often the learner looks for windows to close
+    close_limit: int = 2000  # decisions closed per transaction
+    max_backoff_s: float = 2.0  # below max_poll_interval: backing off must not cost the group
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Counters since this process started (`last_seq`, `model_version` are the learner's)."""
+
+    decisions: int = 0  # new decisions stored
+    events: int = 0  # new events stored
+    duplicates: int = 0  # redelivered or repeated decisions and events, ignored
+    dead_lettered: int = 0
+    closed: int = 0  # windows closed by this process
+    learned: int = 0  # decisions taught to the model, replay included
+    last_seq: int = 0
+    model_version: int = 0
+    watermark: float = 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Progress:
+    """Thread-safe counters; `on_progress` is called from the joiner and the learner threads."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._lock = threading.Lock()
+        self._value = Progress()
+        self._callback = callback
+
+    def add(self, **changes: int) -> None:
+        with self._lock:
+            self._value = replace(
+                self._value, **{k: getattr(self._value, k) + v for k, v in changes.items()}
+            )
+            value = self._value
+        if self._callback is not None:
+            self._callback(value)
+
+    def set_learner(self, last_seq: int, model_version: int, watermark: float) -> None:
+        with self._lock:
+            self._value = replace(
+                self._value, last_seq=last_seq, model_version=model_version, watermark=watermark
+            )
+
+
+# -- joiner ------------------------------------------------------------------------------------
+class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        stop: threading.Event,
+        progress: _Progress,
+        tuning: LoopTuning,
+    ) -> None:
+        self._settings, self._sessions, self._stop = settings, sessions, stop
+        self._progress, self._tuning = progress, tuning
+        self._backoff = Backoff(tuning.max_backoff_s)
+        self._pending: dict[TopicPartition, int] = {}  # DB-committed, not yet Kafka-committed
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            group_id=settings.consumer_group,
+            client_id=f"copyloop-consumer-{os.getpid()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=tuning.max_poll_records,
+            max_poll_interval_ms=tuning.max_poll_interval_ms,
+            session_timeout_ms=tuning.session_timeout_ms,
+            heartbeat_interval_ms=tuning.heartbeat_interval_ms,
+        )
+        self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
+
+    def run(self) -> None:
+        self._consumer.subscribe(
+            [self._settings.decisions_topic, self._settings.events_topic], listener=self
+        )
+        try:
+            while not self._stop.is_set():
+                batch = self._consumer.poll(timeout_ms=self._tuning.poll_timeout_ms)
+                if batch:
+                    self._handle(batch)
+                elif self._pending:
+                    self._commit({})
+        finally:
+            if self._pending:
+                self._commit({})
+            self._consumer.close(autocommit=False)
+            self._dlq.close()
+
+    def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        decisions: list[tuple[Any, DecisionRecord]] = []
+        events: list[tuple[Any, EventRecord]] = []
+        letters: list[DeadLetter] = []
+        for tp, records in batch.items():
+            for r in records:
+                try:
+                    if tp.topic == self._settings.decisions_topic:
+                        decisions.append((r, decode_decision(r.value, tp.partition)))
+                    else:
+                        events.append((r, decode_event(r.value, r.timestamp)))
+                except BadMessage as exc:
+                    letters.append(_letter(r, str(exc)))
+        try:
+            result = ingest(self._sessions, [d for _, d in decisions], [e for _, e in events])
+            stored = {
+                "decisions": result.decisions_new,
+                "events": result.events_new,
+                "duplicates": result.decisions_duplicate + result.events_duplicate,
+            }
+        except BadBatch as exc:
+            log.warning("%s; ingesting the batch message by message", exc)
+            stored = {"decisions": 0, "events": 0, "duplicates": 0}
+            try:
+                self._ingest_one_by_one(decisions, events, letters, stored)
+            except ConsumerError as one_exc:
+                self._retry_later(batch, one_exc)
+                return
+        except ConsumerError as exc:
+            self._retry_later(batch, exc)
+            return
+        try:
+            self._dlq.publish(letters)
+        except ConsumerError as exc:
+            self._retry_later(batch, exc)
+            return
+        self._backoff.reset()
+        self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        self._progress.add(dead_lettered=len(letters), **stored)
+
+    def _ingest_one_by_one(
+        self,
+        decisions: list[tuple[Any, DecisionRecord]],
+        events: list[tuple[Any, EventRecord]],
+        letters: list[DeadLetter],
+        stored: dict[str, int],
+    ) -> None:
+        """Find the records the database refuses (a `BadBatch`) and dead-letter them alone."""
+        for r, d in decisions:
+            try:
+                res = ingest(self._sessions, [d], [])
+                stored["decisions"] += res.decisions_new
+                stored["duplicates"] += res.decisions_duplicate
+            except BadBatch as exc:
+                letters.append(_letter(r, str(exc)))
+        for r, e in events:
+            try:
+                res = ingest(self._sessions, [], [e])
+                stored["events"] += res.events_new
+                stored["duplicates"] += res.events_duplicate
+            except BadBatch as exc:
+                letters.append(_letter(r, str(exc)))
+
+    def _retry_later(self, batch: dict[TopicPartition, list[Any]], exc: ConsumerError) -> None:
+        """Rewind to the batch's first offsets (the next poll re-reads it) and back off."""
+        delay = self._backoff.next()
+        log.warning("%s (retriable=%s); retrying the batch in %.1fs", exc, exc.retriable, delay)
+        for tp, records in batch.items():
+            self._consumer.seek(tp, records[0].offset)
+        self._stop.wait(delay)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self._pending.update(offsets)
+        try:
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in self._pending.items()}
+            )
+            self._pending.clear()
+        except CommitFailedError as exc:  # the group rebalanced: keep what is still ours
+            assigned = self._consumer.assignment()
+            self._pending = {tp: o for tp, o in self._pending.items() if tp in assigned}
+            log.warning(
+                "offset commit failed after a rebalance (%s); batch will be redelivered "
+                "to the partitions' new owners, idempotently",
+                exc,
+            )
+        except KafkaError as exc:
+            log.warning("offset commit failed (%s); retrying with the next batch", exc)
+
+    # ConsumerRebalanceListener. kafka-python runs these on its IO loop, where a blocking commit
+    # would stall heartbeats. Offsets are committed after every database commit, so only a
+    # failed commit can leave any behind; the partition's next owner re-ingests that batch
+    # idempotently.
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        lost = {tp: o for tp, o in self._pending.items() if tp in set(revoked)}
+        if lost:
+            log.info("partitions revoked with uncommitted offsets %s", lost)
+        for tp in lost:
+            self._pending.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+def _letter(record: Any, reason: str) -> DeadLetter:
+    return DeadLetter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+        key=record.key,
+        value=record.value,
+        reason=reason,
+    )
+
+
+# -- entry points ------------------------------------------------------------------------------
+def run_consumer(
+    settings: Settings,
+    stop: threading.Event,
+    on_progress: ProgressCallback | None = None,
+    tuning: LoopTuning | None = None,
+) -> None:
+    """Join, reward and learn until `stop` is set. `on_progress` gets cumulative `Progress`
+    (from the joiner and the learner threads: keep it quick and thread-safe)."""
+    tuning = tuning or LoopTuning()
+    ensure_topics(
+        settings.bootstrap,
+        [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    progress = _Progress(on_progress)
+    watermark = IngestWatermark(settings.bootstrap, settings.consumer_group, settings.events_topic)
+
+    def report(step: StepReport) -> None:
+        progress.set_learner(step.last_seq, step.model_version, watermark.value)
+        progress.add(closed=step.closed, learned=step.learned)
+
+    elected = ElectedLearner(
+        sessions,
+        settings,
+        stop,
+        clock=lambda: min(time.time(), watermark.advance()),
+        lease_ttl_s=tuning.lease_ttl_s,
+        interval_s=tuning.close_interval_s,
+        close_limit=tuning.close_limit,
+        max_backoff_s=tuning.max_backoff_s,
+        on_step=report,
+    )
+    learner = threading.Thread(target=elected.run, name="copyloop-learner")
+    learner.start()
+    try:
+        _Joiner(settings, sessions, stop, progress, tuning).run()
+    finally:
+        stop.set()
+        learner.join()
+        watermark.close()
+        engine.dispose()
+
+
+def main(settings: Settings, tuning: LoopTuning | None = None) -> int:
+    """`copyloop consume`: run until SIGTERM or SIGINT, then stop cleanly. Returns the exit code."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current batch", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_consumer(settings, stop, tuning=tuning)
+    except Exception:
+        log.exception("consumer failed")
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.loop",
+        description="Run the copyloop consumer; settings come from COPYLOOP_* variables.",
+    )
+    defaults = LoopTuning()
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=defaults.lease_ttl_s,
+        help="seconds before a dead learner's lease can be taken over",
+    )
+    parser.add_argument(
+        "--close-interval",
+        type=float,
+        default=defaults.close_interval_s,
+        help="seconds between looks for windows to close",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    tuning = replace(defaults, lease_ttl_s=args.lease_ttl, close_interval_s=args.close_interval)
+    return main(load_settings(), tuning)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())

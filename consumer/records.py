@@ -1,0 +1,128 @@
+"""Decoding Kafka message values into the ledger-ready records that `consumer.join` ingests.
+
+Kafka-free: bytes and the message's timestamp in, a frozen record out, or `BadMessage` with a
+reason that the loop writes to the dead-letter topic. Validation here goes beyond the message
+schemas in `copyloop.messages` to what the ledger's columns can hold, because a row the database
+refuses would otherwise poison a whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from consumer.errors import BadMessage
+from copyloop.messages import Decision, explain, parse_event
+
+#: Widths of the ledger's key columns (`copyloop.ledger.tables`).
+_DECISION_ID_MAX = 64
+_VARIANT_ID_MAX = 64
+#: A decision's `ts` (epoch seconds) outside 2000..2200 is a unit error (milliseconds, say).
+_MIN_TS, _MAX_TS = 946684800.0, 7258118400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A served decision as the ledger stores it. `actions[chosen]` is the served variant."""
+
+    decision_id: str
+    product_id: str
+    variant_id: str
+    policy: str
+    probability: float
+    model_version: int
+    context: Mapping[str, Any]
+    actions: tuple[str, ...]
+    pmf: tuple[float, ...]
+    ts: float
+    partition: int = 0
+
+    @property
+    def chosen(self) -> int:
+        return self.actions.index(self.variant_id)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A storefront event with its timestamp resolved (epoch seconds)."""
+
+    event_id: str
+    decision_id: str
+    type: str
+    ts: float
+    value: float | None = None
+
+
+def decode_decision(value: bytes | None, partition: int = 0) -> DecisionRecord:
+    """Validate one `{prefix}.decisions` message value; raises `BadMessage` saying why."""
+    if value is None:
+        raise BadMessage("empty message (tombstone)")
+    try:
+        msg = Decision.model_validate_json(value)
+    except ValidationError as exc:
+        raise BadMessage(explain(exc)) from None
+    problems = []
+    if len(msg.decision_id) > _DECISION_ID_MAX:
+        problems.append(f"decision_id: longer than {_DECISION_ID_MAX} characters")
+    if not 0 < len(msg.variant_id) <= _VARIANT_ID_MAX:
+        problems.append(f"variant_id: must have 1 to {_VARIANT_ID_MAX} characters")
+    if not msg.actions:
+        problems.append("actions: must not be empty")
+    elif msg.variant_id not in msg.actions:
+        problems.append(f"variant_id: {msg.variant_id!r} is not in actions")
+    if any(not a or len(a) > _VARIANT_ID_MAX for a in msg.actions):
+        problems.append(f"actions: every id must have 1 to {_VARIANT_ID_MAX} characters")
+    if len(msg.pmf) != len(msg.actions):
+        problems.append(f"pmf: has {len(msg.pmf)} entries for {len(msg.actions)} actions")
+    if any(not (math.isfinite(p) and 0.0 <= p <= 1.0) for p in msg.pmf):
+        problems.append("pmf: every probability must be in [0, 1]")
+    if not (math.isfinite(msg.ts) and _MIN_TS <= msg.ts <= _MAX_TS):
+        problems.append(f"ts: must be epoch seconds between 2000 and 2200, got {msg.ts!r}")
+    if any("\x00" in s for s in (msg.decision_id, msg.product_id, msg.variant_id)):
+        problems.append("ids must not contain NUL characters")
+    if problems:
+        raise BadMessage("; ".join(problems))
+    return DecisionRecord(
+        decision_id=msg.decision_id,
+        product_id=msg.product_id,
+        variant_id=msg.variant_id,
+        policy=msg.policy,
+        probability=msg.probability,
+        model_version=msg.model_version,
+        context=msg.context,
+        actions=tuple(msg.actions),
+        pmf=tuple(msg.pmf),
+        ts=msg.ts,
+        partition=partition,
+    )
+
+
+def decode_event(value: bytes | None, kafka_timestamp_ms: int | None = None) -> EventRecord:
+    """Validate one `{prefix}.events` message value. An event without `ts` takes the message's
+    Kafka timestamp (its receipt time), or the wall clock when the message has none."""
+    if value is None:
+        raise BadMessage("empty message (tombstone)")
+    try:
+        event = parse_event(value)
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from None
+    if "\x00" in event.event_id or "\x00" in event.decision_id:
+        raise BadMessage("ids must not contain NUL characters")
+    ts = event.ts
+    if ts is None:
+        ts = kafka_timestamp_ms / 1000.0 if kafka_timestamp_ms and kafka_timestamp_ms > 0 else None
+    return EventRecord(
+        event_id=event.event_id,
+        decision_id=event.decision_id,
+        type=event.type,
+        ts=time.time() if ts is None else ts,
+        value=event.value,
+    )
+
+
+__all__ = ["DecisionRecord", "EventRecord", "decode_decision", "decode_event"]

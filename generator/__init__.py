@@ -1,0 +1,38 @@
+"""The generator: candidate descriptions per product, each in a style, checked by guardrails.
+
+Modules: `facts` (what a product's data supports), `rules` (the CPU backend), `guardrails`
+(checks every candidate passes before it can be served), `jobs` (generate and store variants).
+
+Errors::
+
+    GeneratorError                  base of everything raised here
+    ├── BackendUnavailableError     the requested backend cannot run (e.g. `hf` not built yet)
+    ├── UnknownStyleError           a style the backend does not know (also a ValueError)
+    └── UnknownProductError         product ids that are not in the ledger (also a LookupError)
+"""
+
+from __future__ import annotations
+
+
+class GeneratorError(Exception):
+    """Base of the generator's errors."""
+
+
+class BackendUnavailableError(GeneratorError):
+    """The requested backend cannot run here."""
+
+
+class UnknownStyleError(GeneratorError, ValueError):
+    """A style the backend does not know."""
+
+
+class UnknownProductError(GeneratorError, LookupError):
+    """Product ids that are not in the ledger."""
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "GeneratorError",
+    "UnknownProductError",
+    "UnknownStyleError",
+]

@@ -1,0 +1,111 @@
+"""Who may call what: 401 for a missing/unknown/revoked key, 403 for another role, admin all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.auth import ROLES, KeyCache, create_key, hash_key, require, revoke_key
+from copyloop.ledger.tables import ApiKey
+
+ALLOWED = {
+    ("GET", "/v1/products/{pid}/variant"): {"serve", "admin"},
+    ("POST", "/v1/decisions"): {"serve", "admin"},
+    ("POST", "/v1/events"): {"events", "admin"},
+    ("GET", "/v1/reports/uplift"): {"analyst", "admin"},
+    ("GET", "/reports"): {"analyst", "admin"},
+    ("POST", "/v1/products"): {"admin"},
+    ("GET", "/v1/products/{pid}"): {"analyst", "admin"},
+}
+
+
+def _call(client: TestClient, method: str, path: str, pid: str, headers: dict[str, str]) -> Any:
+    bodies: dict[str, Any] = {
+        "/v1/decisions": {"product_id": pid, "context": {"device": "mobile"}},
+        "/v1/events": {"event_id": "e-auth", "decision_id": "d-auth", "type": "click"},
+        "/v1/products": {
+            "product_id": "kettle-9",
+            "title": "Kettle",
+            "description": "A 1.7 l steel kettle.",
+        },
+    }
+    return client.request(method, path.format(pid=pid), json=bodies.get(path), headers=headers)
+
+
+def test_role_matrix(client: TestClient, product: Any, headers: dict[str, dict[str, str]]) -> None:
+    wrong = []
+    for (method, path), allowed in ALLOWED.items():
+        for role in ROLES:
+            r = _call(client, method, path, product.product_id, headers[role])
+            expected_ok = role in allowed
+            if expected_ok != (r.status_code < 300) or (not expected_ok and r.status_code != 403):
+                wrong.append((method, path, role, r.status_code, r.text[:200]))
+            if not expected_ok:
+                error = r.json()["error"]
+                assert error["code"] == "forbidden"
+                assert error["details"]["role"] == role
+    assert wrong == []
+
+
+def test_missing_unknown_or_malformed_key_is_401(client: TestClient, product: Any) -> None:
+    for (method, path), _ in ALLOWED.items():
+        for headers in (
+            {},
+            {"Authorization": "Bearer cl_not-a-key"},
+            {"Authorization": "Basic dXNlcjpwYXNz"},
+        ):
+            r = _call(client, method, path, product.product_id, headers)
+            assert r.status_code == 401, (method, path, headers, r.text)
+            body = r.json()
+            assert set(body) == {"error"}
+            assert body["error"]["code"] == "unauthorized"
+            assert body["error"]["message"]
+            assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_revoked_key_is_401(
+    client: TestClient, sessions: sessionmaker[Session], product: Any
+) -> None:
+    key = create_key(sessions, "serve")
+    assert revoke_key(sessions, key)
+    r = client.get(
+        f"/v1/products/{product.product_id}/variant", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert r.status_code == 401
+
+
+def test_health_metrics_and_docs_need_no_key(client: TestClient) -> None:
+    for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_only_the_hash_is_stored(sessions: sessionmaker[Session]) -> None:
+    key = create_key(sessions, "analyst", label="bi")
+    assert key.startswith("cl_") and len(key) > 40
+    with sessions() as s:
+        rows = s.scalars(select(ApiKey)).all()
+    assert [(r.key_hash, r.role, r.label) for r in rows] == [(hash_key(key), "analyst", "bi")]
+    assert all(key not in (r.key_hash + r.label) for r in rows)
+
+
+def test_cache_answers_without_the_database_until_its_ttl(
+    sessions: sessionmaker[Session],
+) -> None:
+    cache = KeyCache(sessions, ttl_s=60.0)
+    key = create_key(sessions, "serve")
+    assert cache.cached(hash_key(key)) == (False, None)
+    assert cache.lookup(hash_key(key)) == "serve"
+    revoke_key(sessions, key)
+    assert cache.cached(hash_key(key)) == (True, "serve")  # within the TTL
+    assert cache.lookup(hash_key(key)) is None  # a fresh read sees the revocation
+
+
+def test_bad_role_messages() -> None:
+    with pytest.raises(ValueError, match=r"role must be one of serve, events, analyst, admin"):
+        create_key(None, "root")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown roles \['root'\]"):
+        require("root")

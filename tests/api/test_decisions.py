@@ -1,0 +1,211 @@
+"""Serving decisions: shape, 404, fallback without a model, holdout share, hot reload, and
+every decision published to Kafka."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from bandit import Policy
+from copyloop.ledger import snapshots
+from copyloop.settings import Settings
+
+DECISION_FIELDS = {
+    "decision_id",
+    "product_id",
+    "variant_id",
+    "text",
+    "style",
+    "policy",
+    "probability",
+    "model_version",
+}
+
+
+def _save_model(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """A fresh (untrained) model snapshot, as the learner would save one; returns its version."""
+    policy = Policy(settings.vw_args)
+    try:
+        return snapshots.save(sessions, policy.save(), last_seq=0, vw_args=settings.vw_args)
+    finally:
+        policy.close()
+
+
+def test_decision_json_shape_and_fallback_without_a_model(
+    client: TestClient, product: Any, headers: dict[str, dict[str, str]]
+) -> None:
+    r = client.get(
+        f"/v1/products/{product.product_id}/variant?device=mobile&segment=new",
+        headers=headers["serve"],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == DECISION_FIELDS
+    assert re.fullmatch(r"[0-9a-f]{32}", body["decision_id"])
+    assert body["product_id"] == product.product_id
+    # No snapshot yet: the control copy, deterministically.
+    assert body["policy"] == "fallback"
+    assert body["variant_id"] == product.control_id
+    assert body["probability"] == 1.0
+    assert body["model_version"] == 0
+    assert body["text"].startswith("A steel desk lamp")
+    assert body["style"] == "original"
+
+
+def test_unknown_product_is_404(client: TestClient, headers: dict[str, dict[str, str]]) -> None:
+    for r in (
+        client.get("/v1/products/nope/variant", headers=headers["serve"]),
+        client.post("/v1/decisions", json={"product_id": "nope"}, headers=headers["serve"]),
+    ):
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "product_not_found"
+        assert r.json()["error"]["details"] == {"product_id": "nope"}
+
+
+def test_product_created_after_start_is_served(
+    client: TestClient,
+    seed: Callable[..., Any],
+    headers: dict[str, dict[str, str]],
+    wait_until: Callable[..., None],
+) -> None:
+    def decide() -> Any:
+        return client.post("/v1/decisions", json={"product_id": "late"}, headers=headers["serve"])
+
+    assert decide().status_code == 404
+    late = seed("late")
+    # The unknown id is remembered until the next catalog refresh (0.2 s here), then served.
+    wait_until(lambda: decide().status_code == 200, timeout_s=5.0, what="the new product")
+    assert decide().json()["variant_id"] in late.variant_ids
+
+
+def test_bad_context_is_422_naming_the_field(
+    client: TestClient, product: Any, headers: dict[str, dict[str, str]]
+) -> None:
+    r = client.post(
+        "/v1/decisions",
+        json={"product_id": product.product_id, "context": {"device": {"nested": 1}}},
+        headers=headers["serve"],
+    )
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert any(d["field"].startswith("body.context.device") for d in error["details"])
+    r = client.post("/v1/decisions", json={"context": {}}, headers=headers["serve"])
+    assert r.status_code == 422
+    assert [d["field"] for d in r.json()["error"]["details"]] == ["body.product_id"]
+    long_value = "x" * 300
+    r = client.get(
+        f"/v1/products/{product.product_id}/variant?ref={long_value}", headers=headers["serve"]
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["field"] == "query.ref"
+
+
+def test_holdout_share_and_logged_probabilities(
+    api_settings: Settings,
+    sessions: sessionmaker[Session],
+    product: Any,
+    headers: dict[str, dict[str, str]],
+) -> None:
+    holdout, n = 0.3, 600
+    settings = api_settings.model_copy(update={"holdout": holdout, "seed": 11})
+    _save_model(sessions, settings)
+    with TestClient(create_app(settings)) as client:
+        bodies = [
+            client.post(
+                "/v1/decisions",
+                json={"product_id": product.product_id, "context": {"hour": i % 24}},
+                headers=headers["serve"],
+            ).json()
+            for i in range(n)
+        ]
+    assert {b["model_version"] for b in bodies} == {1}
+    assert {b["policy"] for b in bodies} <= {"bandit", "control"}
+    control = [b for b in bodies if b["policy"] == "control"]
+    sd = math.sqrt(n * holdout * (1 - holdout))
+    assert abs(len(control) - n * holdout) < 4 * sd, (len(control), n * holdout, sd)
+    assert all(b["variant_id"] == product.control_id for b in control)
+    # The control variant's logged probability includes the holdout's share.
+    for b in bodies:
+        assert 0 < b["probability"] <= 1
+        if b["variant_id"] == product.control_id:
+            assert b["probability"] >= holdout - 1e-9
+
+
+def test_hot_reload_changes_model_version_without_blocking(
+    client: TestClient,
+    api_settings: Settings,
+    sessions: sessionmaker[Session],
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    wait_until: Callable[..., None],
+) -> None:
+    def decide() -> dict[str, Any]:
+        r = client.post(
+            "/v1/decisions",
+            json={"product_id": product.product_id, "context": {"device": "tablet"}},
+            headers=headers["serve"],
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert decide()["model_version"] == 0
+    versions: list[int] = []
+    saver = threading.Thread(target=lambda: versions.append(_save_model(sessions, api_settings)))
+    saver.start()
+    seen: list[dict[str, Any]] = []
+    wait_until(lambda: seen.append(decide()) or seen[-1]["model_version"] == 1, what="v1")
+    saver.join()
+    assert versions == [1]
+    assert seen[-1]["policy"] in {"bandit", "control"}
+    # Every answer while the reload happened was served: fallback before, the model after.
+    assert {(b["model_version"], b["policy"] == "fallback") for b in seen} <= {
+        (0, True),
+        (1, False),
+    }
+
+    # A corrupt snapshot is skipped (logged); the next good one is picked up.
+    snapshots.save(sessions, b"not a model", last_seq=0, vw_args=api_settings.vw_args)
+    _save_model(sessions, api_settings)
+    wait_until(lambda: decide()["model_version"] == 3, what="v3")
+    assert client.get("/healthz").json()["model_version"] == 3
+
+
+def test_decisions_are_published_to_kafka(
+    client: TestClient,
+    api_settings: Settings,
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    read_topic: Callable[..., list[tuple[int, bytes | None, bytes]]],
+) -> None:
+    served = [
+        client.get(
+            f"/v1/products/{product.product_id}/variant?device=mobile&n={i}",
+            headers=headers["serve"],
+        ).json()
+        for i in range(5)
+    ]
+    messages = read_topic(api_settings.decisions_topic, expected=5)
+    assert len(messages) == 5
+    by_id = {json.loads(v)["decision_id"]: (k, json.loads(v)) for _, k, v in messages}
+    assert set(by_id) == {s["decision_id"] for s in served}
+    for s in served:
+        key, message = by_id[s["decision_id"]]
+        assert key == s["decision_id"].encode()
+        assert message["variant_id"] == s["variant_id"]
+        assert message["policy"] == s["policy"]
+        assert message["probability"] == s["probability"]
+        assert message["model_version"] == s["model_version"]
+        assert message["actions"] == list(product.variant_ids)
+        assert message["pmf"][message["actions"].index(s["variant_id"])] == s["probability"]
+        assert message["context"]["device"] == "mobile"
+        assert message["ts"] > 0
+        assert "text" not in message

@@ -1,0 +1,358 @@
+"""The Kafka loop on a real broker (tansu): bad messages dead-lettered with their reason,
+duplicates counted once, and a consumer killed with SIGKILL mid-stream and restarted that still
+rewards every decision exactly once and ends with the model a crash-free run would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from sqlalchemy import func, select
+
+from consumer.loop import LoopTuning, Progress, run_consumer
+from copyloop.broker import ensure_topics
+from copyloop.ledger import Event, ModelSnapshot, Reward, snapshots
+from copyloop.messages import Decision
+from copyloop.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = LoopTuning(lease_ttl_s=3.0, close_interval_s=0.1)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def decision_message(
+    decision_id: str,
+    ts: float,
+    pid: str,
+    actions: list[str],
+    chosen: int,
+    context: dict[str, object],
+) -> bytes:
+    n = len(actions)
+    return Decision(
+        decision_id=decision_id,
+        product_id=pid,
+        variant_id=actions[chosen],
+        policy="bandit",
+        probability=1.0 / n,
+        model_version=1,
+        context=context,
+        actions=actions,
+        pmf=[1.0 / n] * n,
+        ts=ts,
+    ).to_bytes()
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30.0) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+        consumer.seek_to_beginning()
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
+def count(sessions, what) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(what)) or 0
+
+
+@pytest.fixture
+def producer(broker):
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    yield p
+    p.close()
+
+
+def test_bad_messages_go_to_the_dlq_and_duplicates_count_once(
+    kafka_settings, sessions, seed_catalog, producer
+):
+    settings = kafka_settings.model_copy(
+        update={"reward_window_s": 1.0, "close_grace_s": 0.5, "clock_skew_s": 1.0}
+    )
+    catalog = seed_catalog(products=1, variants=3)
+    ensure_topics(
+        settings.bootstrap,
+        [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+    ts = time.time()
+    ev = settings.events_topic
+    producer.send(
+        settings.decisions_topic,
+        decision_message("d1", ts, "p0", catalog["p0"], 1, {"device": "mobile"}),
+        key=b"d1",
+    )
+    for event_id, kind in (("e1", "click"), ("e1", "purchase"), ("e2", "add_to_cart")):
+        body = {"event_id": event_id, "decision_id": "d1", "type": kind, "ts": ts * 1000 + 100}
+        producer.send(ev, json.dumps(body).encode(), key=b"d1")
+    garbage = {
+        b"not json": "not JSON",
+        b'{"event_id": "g1", "decision_id": "d1", "type": "like"}': "type: Input should be",
+        b'{"event_id": "g2", "type": "click"}': "decision_id: Field required",
+        b'{"event_id": "g3", "decision_id": "d1", "type": "click", "ts": "yesterday"}': "ts: must",
+    }
+    for value in garbage:
+        producer.send(ev, value, key=b"d1")
+    producer.send(settings.decisions_topic, b'{"decision_id": "d2"}', key=b"d2")
+    producer.flush()
+
+    seen: list[Progress] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=run_consumer, args=(settings, stop, seen.append, FAST))
+    thread.start()
+    try:
+        wait_for(lambda: count(sessions, Reward) == 1, 60, "d1's reward")
+        letters = [json.loads(r.value) for r in read_topic(settings, settings.dlq_topic, 5)]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+    assert len(letters) == 5
+    by_value = {letter["value"]: letter for letter in letters}
+    for value, reason in garbage.items():
+        letter = by_value[value.decode()]
+        assert reason in letter["reason"]
+        assert (letter["topic"], letter["key"]) == (ev, "d1")
+        assert isinstance(letter["offset"], int)
+    assert "product_id: Field required" in by_value['{"decision_id": "d2"}']["reason"]
+    with sessions() as s:
+        reward = s.get(Reward, "d1")
+    # e1 twice (the second time as a purchase) counts once, as the click it was first.
+    assert (reward.clicks, reward.add_to_carts, reward.purchases, reward.reward) == (1, 1, 0, 2.0)
+    last = seen[-1]
+    assert (last.decisions, last.events, last.duplicates, last.dead_lettered) == (1, 2, 1, 5)
+    assert last.closed == 1
+    final = snapshots.load_latest(sessions)
+    assert final.last_seq == 1  # the graceful stop saved what was learned
+
+
+def committed_offsets(settings: Settings, topic: str) -> list[int | None]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    try:
+        return [
+            consumer.committed(TopicPartition(topic, p)) for p in range(settings.topic_partitions)
+        ]
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_offsets_wait_for_the_database_commit(kafka_settings, sessions, producer, caplog):
+    ensure_topics(
+        kafka_settings.bootstrap,
+        [kafka_settings.decisions_topic, kafka_settings.events_topic, kafka_settings.dlq_topic],
+        kafka_settings.topic_partitions,
+    )
+    for i in range(50):
+        body = {"event_id": f"e{i}", "decision_id": f"d{i}", "type": "click"}
+        producer.send(kafka_settings.events_topic, json.dumps(body).encode(), key=f"d{i}".encode())
+    producer.flush()
+    down = kafka_settings.model_copy(
+        update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1"}
+    )
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run_consumer, args=(down, stop, None, FAST))
+    thread.start()
+    time.sleep(8)  # joins the group, polls, fails to ingest, backs off, polls again…
+    stop.set()
+    thread.join(60)
+    assert committed_offsets(kafka_settings, kafka_settings.events_topic) == [None, None]
+    retries = [r for r in caplog.records if r.name == "consumer.loop" and "retrying" in r.message]
+    assert retries and "ledger unavailable" in retries[0].message  # it did poll, and back off
+    assert count(sessions, Event) == 0
+
+    seen: list[Progress] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=run_consumer, args=(kafka_settings, stop, seen.append, FAST))
+    thread.start()
+    try:
+        wait_for(lambda: count(sessions, Event) == 50, 60, "the events, once the ledger is up")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert sum(o or 0 for o in committed_offsets(kafka_settings, kafka_settings.events_topic)) == 50
+
+
+# -- SIGKILL mid-stream -------------------------------------------------------------------------
+WINDOW, GRACE, SKEW = 1.0, 2.0, 0.5
+#: Event offsets from the decision's ts: in the span, or outside it (never near a bound).
+OFFSETS = (-SKEW - 0.3, -0.2, 0.05, 0.3, 0.9, WINDOW + 0.3)
+
+
+def produce_stream(producer, settings, catalog, n, start, rng) -> dict[str, tuple]:
+    """`n` decisions (ts spread over the next 6n ms, so windows come due a few at a time) with
+    random events, some duplicated, some without ts; returns the expected reward fields."""
+    products = sorted(catalog)
+    t_start = time.time()
+    expected = {}
+    weights = settings.reward_weights
+    for i in range(start, start + n):
+        did = f"d{i:06d}"
+        pid = products[i % len(products)]
+        actions = catalog[pid]
+        chosen = int(rng.integers(len(actions)))
+        ts = t_start + (i - start) * 0.006
+        context = {"device": ("mobile", "desktop")[int(rng.integers(2))]}
+        producer.send(
+            settings.decisions_topic,
+            decision_message(did, ts, pid, actions, chosen, context),
+            key=did.encode(),
+        )
+        counts = {"click": 0, "add_to_cart": 0, "purchase": 0}
+        revenue = 0.0
+        for k in range(int(rng.integers(0, 4))):
+            kind = ("click", "add_to_cart", "purchase")[int(rng.integers(3))]
+            body = {"event_id": f"{did}-{k}", "decision_id": did, "type": kind}
+            if kind == "purchase":
+                body["value"] = float(rng.integers(1, 100))
+            if rng.random() < 0.2:  # no ts: the Kafka timestamp, set here, counts
+                in_span, stamp = True, int(ts * 1000) + 200
+            else:
+                ts_ms = round((ts + OFFSETS[int(rng.integers(len(OFFSETS)))]) * 1000)
+                body["ts"] = ts_ms
+                in_span, stamp = ts - SKEW <= ts_ms / 1000.0 <= ts + WINDOW, None
+            for _ in range(1 + (rng.random() < 0.1)):  # ~10% sent twice
+                producer.send(
+                    settings.events_topic,
+                    json.dumps(body).encode(),
+                    key=did.encode(),
+                    timestamp_ms=stamp,
+                )
+            if in_span:
+                counts[kind] += 1
+                revenue += body.get("value", 0.0) if kind == "purchase" else 0.0
+        reward = sum(weights[k] for k, c in counts.items() if c)
+        expected[did] = (
+            counts["click"],
+            counts["add_to_cart"],
+            counts["purchase"],
+            revenue,
+            reward,
+        )
+        if i % 200 == 0:
+            producer.flush()
+    producer.flush()
+    return expected
+
+
+def start_consumer(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "COPYLOOP_DATABASE_URL": settings.database_url,
+        "COPYLOOP_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "COPYLOOP_TOPIC_PREFIX": settings.topic_prefix,
+        "COPYLOOP_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "COPYLOOP_CONSUMER_GROUP": settings.consumer_group,
+        "COPYLOOP_REWARD_WINDOW_S": str(settings.reward_window_s),
+        "COPYLOOP_CLOSE_GRACE_S": str(settings.close_grace_s),
+        "COPYLOOP_CLOCK_SKEW_S": str(settings.clock_skew_s),
+        "COPYLOOP_SNAPSHOT_EVERY_S": str(settings.snapshot_every_s),
+        "COPYLOOP_SNAPSHOT_EVERY_N": str(settings.snapshot_every_n),
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumer.loop", "--lease-ttl", "2", "--close-interval", "0.1"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_consumer_killed_mid_stream_loses_nothing_and_learns_nothing_twice(
+    kafka_settings, sessions, seed_catalog, producer, model_weights, from_scratch, tmp_path
+):
+    settings = kafka_settings.model_copy(
+        update={
+            "reward_window_s": WINDOW,
+            "close_grace_s": GRACE,
+            "clock_skew_s": SKEW,
+            "snapshot_every_s": 1.5,
+            "snapshot_every_n": 100_000,
+        }
+    )
+    catalog = seed_catalog(products=4, variants=3)
+    ensure_topics(
+        settings.bootstrap,
+        [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+    rng = np.random.default_rng(7)
+    n = 1500
+    log_path = tmp_path / "consumer.log"
+
+    expected = produce_stream(producer, settings, catalog, n, 0, rng)
+    first = start_consumer(settings, log_path)
+
+    def mid_learning() -> bool:
+        snap = snapshots.load_latest(sessions)
+        with sessions() as s:
+            last = s.scalar(select(func.max(Reward.seq))) or 0
+        # A snapshot past seq 0 exists, and rewards committed after it: the crash will have to
+        # be repaired by snapshot + replay.
+        return snap is not None and 0 < snap.last_seq < last < n - 100
+
+    try:
+        wait_for(mid_learning, 90, "rewards learned but not yet snapshotted")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    killed_at = count(sessions, Reward)
+    assert 0 < killed_at < n
+
+    expected |= produce_stream(producer, settings, catalog, n, n, rng)
+    second = start_consumer(settings, log_path)
+    try:
+        wait_for(lambda: count(sessions, Reward) == 2 * n, 180, "every reward")
+        time.sleep(GRACE + WINDOW)  # redeliveries, if any, would land now
+    finally:
+        second.send_signal(signal.SIGTERM)
+        code = second.wait(60)
+    log = log_path.read_text()
+    assert code == 0, log[-3000:]
+    catch_ups = re.findall(r"caught up to seq (\d+) \((\d+) replayed\)", log)
+    assert len(catch_ups) == 2 and int(catch_ups[1][1]) > 0, catch_ups  # the restart replayed
+
+    with sessions() as s:
+        rows = s.execute(select(Reward).order_by(Reward.seq)).scalars().all()
+        snaps = s.execute(select(ModelSnapshot.version, ModelSnapshot.last_seq)).all()
+    assert [r.seq for r in rows] == list(range(1, 2 * n + 1))  # no gap, no duplicate
+    got = {
+        r.decision_id: (r.clicks, r.add_to_carts, r.purchases, r.revenue, r.reward) for r in rows
+    }
+    assert got == expected
+    assert sum(1 for e in expected.values() if e[4] > 0) > n // 2  # the test means something
+    final = snapshots.load_latest(sessions)
+    assert final.last_seq == 2 * n
+    assert len(snaps) >= 3
+    assert model_weights(final.model) == model_weights(from_scratch(final.vw_args))

@@ -1,0 +1,110 @@
+"""Decoding Kafka values: what the ledger can hold gets through, the rest is refused with a reason
+that names the field (the reason is what the dead-letter topic carries)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from consumer import BadMessage, LedgerUnavailable
+from consumer.join import ingest
+from consumer.records import decode_decision, decode_event
+from copyloop.ledger import make_engine, make_sessionmaker
+
+
+def decision_json(**changes: object) -> bytes:
+    body: dict[str, object] = {
+        "decision_id": "d1",
+        "product_id": "p1",
+        "variant_id": "v2",
+        "policy": "bandit",
+        "probability": 0.5,
+        "model_version": 3,
+        "context": {"device": "mobile"},
+        "actions": ["v1", "v2"],
+        "pmf": [0.5, 0.5],
+        "ts": 1767323045.123456,
+    }
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def test_a_valid_decision_decodes_with_its_partition():
+    record = decode_decision(decision_json(), partition=3)
+
+    assert (record.decision_id, record.chosen, record.partition) == ("d1", 1, 3)
+    assert record.ts == 1767323045.123456
+    assert record.actions == ("v1", "v2")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"variant_id": "v9"}, "variant_id: 'v9' is not in actions"),
+        ({"pmf": [1.0]}, "pmf: has 1 entries for 2 actions"),
+        ({"pmf": [0.5, 1.5]}, "pmf: every probability must be in [0, 1]"),
+        ({"actions": []}, "actions: must not be empty"),
+        ({"decision_id": "d" * 65}, "decision_id: longer than 64 characters"),
+        ({"ts": 1767323045123.0}, "ts: must be epoch seconds between 2000 and 2200, got 17673"),
+        ({"probability": 0}, "probability: Input should be greater than 0"),
+        ({"policy": "greedy"}, "policy: Input should be 'bandit', 'control' or 'fallback'"),
+        ({"decision_id": "a\x00b"}, "ids must not contain NUL characters"),
+    ],
+)
+def test_a_bad_decision_is_refused_with_a_reason(changes, reason):
+    with pytest.raises(BadMessage) as info:
+        decode_decision(decision_json(**changes))
+
+    assert reason in str(info.value)
+    assert info.value.retriable is False
+
+
+def test_an_event_without_ts_takes_the_kafka_timestamp():
+    value = b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": 19.99}'
+
+    event = decode_event(value, kafka_timestamp_ms=1767323045500)
+
+    assert (event.ts, event.type, event.value) == (1767323045.5, "purchase", 19.99)
+
+
+def test_an_event_ts_may_be_iso_or_epoch_ms():
+    iso = decode_event(
+        b'{"event_id": "e", "decision_id": "d", "type": "click", "ts": "2026-01-02T03:04:05Z"}', 1
+    )
+    ms = decode_event(
+        b'{"event_id": "e", "decision_id": "d", "type": "click", "ts": 1767323045000}', 1
+    )
+
+    assert (iso.ts, ms.ts) == (1767323045.0, 1767323045.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "an event must be a JSON object, got list"),
+        (b'{"event_id": "e", "decision_id": "d", "type": "view"}', "type: Input should be"),
+        (
+            b'{"event_id": "e", "decision_id": "d", "type": "purchase", "value": -1}',
+            "value: Input should be greater than or equal to 0",
+        ),
+        (None, "empty message (tombstone)"),
+    ],
+)
+def test_a_bad_event_is_refused_with_a_reason(value, reason):
+    with pytest.raises(BadMessage) as info:
+        decode_event(value, 1767323045000)
+
+    assert reason in str(info.value)
+
+
+def test_an_unreachable_ledger_is_retriable():
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    try:
+        with pytest.raises(LedgerUnavailable) as info:
+            ingest(make_sessionmaker(engine), [decode_decision(decision_json())], [])
+    finally:
+        engine.dispose()
+
+    assert info.value.retriable is True

@@ -1,0 +1,92 @@
+"""The command line from the outside: exit codes, messages on stderr, the key on the last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from copyloop.ledger import ApiKey, Product, Variant
+
+
+def run(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "copyloop", *args],
+        env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
+    )
+
+
+def test_catalog_import_bad_row_exits_2_naming_line_and_changes_nothing(
+    database_url: str, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    good = {"product_id": "a1", "title": "Lamp", "category": "home",
+            "description": "A brass lamp with a linen shade. It stands 40 cm tall."}
+    bad = {"product_id": "a2", "title": "", "category": "home", "description": "Fine."}
+    path = tmp_path / "cat.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    out = run(database_url, "catalog", "import", str(path))
+    assert out.returncode == 2, out.stderr
+    assert "line 2" in out.stderr and "title" in out.stderr
+    with sessions() as s:
+        assert s.scalars(select(Product)).all() == []
+
+
+def test_catalog_import_then_generate(
+    database_url: str, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    sample = Path(__file__).resolve().parents[2] / "copyloop" / "data" / "sample_catalog.jsonl"
+    lines = sample.read_text().splitlines()[:5]
+    path = tmp_path / "five.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = run(database_url, "catalog", "import", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "5 created" in out.stdout
+    with sessions() as s:
+        variants = s.scalars(select(Variant).where(Variant.status == "active")).all()
+    by_product: dict[str, set[str]] = {}
+    for v in variants:
+        by_product.setdefault(v.product_id, set()).add(v.style)
+    assert len(by_product) == 5
+    assert all("original" in styles and len(styles) >= 3 for styles in by_product.values())
+
+
+def test_missing_file_and_bad_usage_exit_2(database_url: str, tmp_path: Path) -> None:
+    out = run(database_url, "catalog", "import", str(tmp_path / "nope.jsonl"))
+    assert out.returncode == 2 and "no such file" in out.stderr
+    out = run(database_url, "report", "--format", "xml")
+    assert out.returncode == 2 and "--format" in out.stderr
+    out = run(database_url, "report", "--since", "yesterday-ish")
+    assert out.returncode == 2 and "--since" in out.stderr
+
+
+def test_keys_create_prints_key_last_and_stores_only_its_hash(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    out = run(database_url, "keys", "create", "--role", "analyst")
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    assert len(key) >= 32
+    with sessions() as s:
+        rows = s.scalars(select(ApiKey)).all()
+    assert [r.role for r in rows] == ["analyst"]
+    assert key not in {r.key_hash for r in rows}
+
+
+def test_report_formats(database_url: str, tmp_path: Path) -> None:
+    out = run(database_url, "report", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report["arms"]) >= {"bandit", "control"}
+    assert set(report["uplift"]["ctr"]) >= {"relative", "absolute", "ci_low", "ci_high", "p_value"}
+    html = tmp_path / "r.html"
+    out = run(database_url, "report", "--format", "html", "--out", str(html))
+    assert out.returncode == 0, out.stderr
+    assert "<svg" in html.read_text()
+    out = run(database_url, "report", "--format", "csv")
+    assert out.returncode == 0 and out.stdout.startswith("section,key,impressions")

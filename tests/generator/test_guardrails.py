@@ -1,0 +1,139 @@
+"""Guardrails: planted contradictions are rejected with their reason, faithful texts pass, and
+every rules candidate for the sample catalog passes (or is only a near-duplicate)."""
+
+from __future__ import annotations
+
+import pytest
+
+from copyloop.catalog import ProductIn, read_catalog
+from copyloop.settings import load_settings
+from generator.guardrails import GuardrailParams, Verdict, check, similarity
+from generator.rules import STYLES, RulesGenerator
+from tests.conftest import SAMPLE_CATALOG
+
+KNIFE = ProductIn(
+    product_id="kit-x",
+    title="Saltmarsh Chef's Knife, 8 inch Blade",
+    category="kitchen",
+    description=(
+        "The Saltmarsh chef's knife is forged from stainless steel with a walnut handle. "
+        "Its 9/16 inch spine is 2.5 mm thick, and the whole knife weighs 210 g. "
+        "A BPA-free sheath in grey protects the 1,200 mm of edge you never see."
+    ),
+    attributes={
+        "brand": "Saltmarsh",
+        "material": "stainless steel",
+        "handle": "walnut",
+        "colour": "grey",
+        "weight_g": 210,
+        "blade_length": "8 inch",
+        "spine": "9/16 inch",
+    },
+)
+PARAMS = GuardrailParams(
+    min_chars=20,
+    max_chars=600,
+    banned_terms=("guaranteed", "best in the world", "free", "risk-free"),
+    known_brands=frozenset({"Saltmarsh", "Hearthline"}),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("A chef's knife forged from copper with a walnut handle.", "unsupported_material: copper"),
+        ("A chef's knife with an oak handle and steel blade.", "unsupported_material: oak"),
+        ("A carbon steel knife with a walnut handle.", "unsupported_material: carbon steel"),
+        ("A chef's knife in red with a walnut handle.", "unsupported_colour: red"),
+        ("The Hearthline chef's knife has a walnut handle.", "unsupported_brand: Hearthline"),
+        ("Forged by Wusthof from stainless steel, it cuts cleanly.", "unsupported_name: Wusthof"),
+        ("A 10 inch blade of stainless steel with a walnut handle.", "unsupported_number: 10"),
+        ("Its 1-9/16 inch spine is forged from stainless steel.", "unsupported_number: 1-9/16"),
+        ("A spine of 9/32 inch keeps the stainless steel blade stiff.", "unsupported_number: 9/32"),
+        ("Weighs 2.4 kg with the walnut handle fitted.", "unsupported_number: 2.4"),
+        ("It weighs 210 kg and has a walnut handle.", "unsupported_quantity: 210 kg"),
+        ("Its spine is 2.5 cm thick and made of stainless steel.", "unsupported_quantity: 2.5 cm"),
+        ("Guaranteed to stay sharp, with a walnut handle.", "banned_term: guaranteed"),
+        ("The best  in the WORLD knife with a walnut handle.", "banned_term: best in the world"),
+        ("Free sharpening with every stainless steel knife.", "banned_term: free"),
+        ("Try it risk-free: stainless steel and walnut.", "banned_term: risk-free"),
+        ("Sharp knife.", "too_short: 12 < 20 chars"),
+        ("Sharp stainless steel knife. " * 25, "too_long: 724 > 600 chars"),
+        ("Stainless steel knife\x07 with a walnut handle.", "control_characters: U+0007"),
+        ("210 210 210 210 210 210 210 g g", "not_text: 2/23 letters"),
+    ],
+)
+def test_planted_contradictions_are_rejected(text: str, reason: str) -> None:
+    assert check(text, KNIFE, [], PARAMS) == Verdict(False, reason)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A Saltmarsh chef's knife in stainless steel with a walnut handle.",
+        "Its 9/16 inch spine is 2.5 mm thick; it weighs 210 g.",
+        'An 8-inch blade with a 9/16" spine and a gray sheath.',  # aliases and unit spellings
+        "Weight: 210 grams\nBlade length: 8 inches\nHandle: Walnut",
+        "Protects 1200 mm of edge in a BPA-free sheath; the steel stays keen.",
+        "Saltmarsh's knife: steel, walnut, grey, and a free-standing block is not included.",
+        "- Material: Stainless steel\n- Colour: Grey\n- Made for a Chef's daily prep",
+    ],
+)
+def test_faithful_texts_pass(text: str) -> None:
+    assert check(text, KNIFE, [], PARAMS) == Verdict(True, None)
+
+
+def test_near_duplicates_of_siblings_are_rejected_and_named() -> None:
+    text = "A Saltmarsh chef's knife in stainless steel with a walnut handle."
+    sibling = "A Saltmarsh chef's knife in stainless steel, with a walnut handle!"
+    assert check(text, KNIFE, {"v_abc": sibling}, PARAMS) == Verdict(
+        False, "near_duplicate: of v_abc (1.00)"
+    )
+    assert check(text, KNIFE, ["Walnut handle, steel.", sibling], PARAMS).reason == (
+        "near_duplicate: of sibling #1 (1.00)"
+    )
+    different = "Its 9/16 inch spine is 2.5 mm thick; the knife weighs 210 g."
+    assert check(text, KNIFE, {"v_abc": different}, PARAMS).ok
+    strict = GuardrailParams(near_duplicate_threshold=0.3)
+    half = "A Saltmarsh chef's knife in stainless steel for long prep sessions."
+    assert 0.3 <= similarity(text, half) < 0.8
+    assert check(text, KNIFE, [half], PARAMS).ok
+    assert check(text, KNIFE, [half], strict).reason.startswith("near_duplicate: of sibling #0")
+
+
+def test_params_validate_with_exact_messages() -> None:
+    with pytest.raises(
+        ValueError, match=r"^min_chars must be positive and below max_chars, got 50 and 10$"
+    ):
+        GuardrailParams(min_chars=50, max_chars=10)
+    with pytest.raises(
+        ValueError, match=r"^near_duplicate_threshold must be in \(0, 1\], got 1.5$"
+    ):
+        GuardrailParams(near_duplicate_threshold=1.5)
+
+
+def test_params_from_settings() -> None:
+    settings = load_settings(min_variant_chars=30, max_variant_chars=300, banned_terms="a,b c")
+    params = GuardrailParams.from_settings(settings, known_brands=["X"])
+    assert params == GuardrailParams(30, 300, ("a", "b c"), 0.8, frozenset({"X"}))
+
+
+def test_every_rules_candidate_of_the_sample_catalog_is_grounded() -> None:
+    """Alternates may repeat a sibling closely; nothing else may fail."""
+    products = read_catalog(SAMPLE_CATALOG)
+    settings = load_settings()
+    brands = {str(p.attributes["brand"]) for p in products}
+    params = GuardrailParams.from_settings(settings, known_brands=brands)
+    generator = RulesGenerator(seed=0, max_chars=settings.max_variant_chars)
+    accepted = 0
+    for product in products:
+        siblings = {"control": product.description}
+        for candidate in generator.generate(product, STYLES, n=3 * len(STYLES)):
+            verdict = check(candidate.text, product, siblings, params)
+            if verdict.ok:
+                siblings[f"{candidate.style}-{len(siblings)}"] = candidate.text
+                accepted += 1
+            else:
+                assert verdict.reason.startswith("near_duplicate:"), (product.product_id, verdict)
+    # The first round (one per style) always survives: the styles differ meaningfully.
+    assert accepted >= len(products) * len(STYLES)
