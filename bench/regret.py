@@ -5,7 +5,7 @@ depends on (device, segment) × style, with delayed learning in batches as the c
 (windows close in bulk), and prints each explorer's regret against the oracle and the ratio to
 the baseline (uniform random serving), averaged over seeds.
 
-    python bench/regret.py --rounds 20000 --seeds 3
+    python bench/regret.py --rounds 20000 --seeds 3 [--explorers="--squarecb;--epsilon 0.1"]
 """
 
 from __future__ import annotations
@@ -81,18 +81,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
         "--explorers",
-        nargs="*",
-        default=[
-            "--epsilon 0.05",
-            "--epsilon 0.1",
-            "--epsilon 0.2",
-            "--squarecb",
-            "--softmax --lambda 10",
-            "--bag 5 --epsilon 0.05",
-            "--cover 3",
-        ],
+        default="--epsilon 0.05;--epsilon 0.1;--epsilon 0.2;--squarecb;--softmax --lambda 10;"
+        "--bag 5 --epsilon 0.05;--cover 3",
+        help='VW explorer arguments separated by ";" (pass as --explorers="…")',
     )
     args = ap.parse_args()
+    args.explorers = [e.strip() for e in args.explorers.split(";") if e.strip()]
     baseline = np.mean([run("uniform", args.rounds, seed) for seed in range(args.seeds)])
     print(f"rounds={args.rounds} seeds={args.seeds}; baseline uniform random: "
           f"regret/round {baseline:.5f}")

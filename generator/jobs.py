@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,9 +25,9 @@ from copyloop.catalog import CONTROL_SOURCE, dialect_insert, variant_id
 from copyloop.ledger.tables import Product, Variant
 from copyloop.settings import Settings
 from generator import BackendUnavailableError, GeneratorError, UnknownProductError
-from generator.facts import FactSheet
+from generator.facts import FactSheet, ProductLike
 from generator.guardrails import GuardrailParams, check
-from generator.rules import STYLES, RulesGenerator
+from generator.rules import STYLES, Candidate, RulesGenerator
 
 #: Extra candidates asked of the backend beyond the number wanted, to cover rejections.
 POOL_SLACK = len(STYLES)
@@ -55,7 +55,13 @@ class _ProductData:
     attributes: dict[str, Any]
 
 
-def make_backend(name: str, settings: Settings) -> RulesGenerator:
+class Backend(Protocol):
+    """What a generator backend offers: `n` candidates of `product` in the given styles."""
+
+    def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]: ...
+
+
+def make_backend(name: str, settings: Settings) -> Backend:
     """The generator backend called `name`, built from `settings`."""
     if name == "rules":
         return RulesGenerator(seed=settings.seed, max_chars=settings.max_variant_chars)
@@ -133,7 +139,7 @@ def _known_brands(session: Session) -> set[str]:
 
 def _top_up(
     sessions: sessionmaker[Session],
-    generator: RulesGenerator,
+    generator: Backend,
     product: _ProductData,
     wanted: int,
     params: GuardrailParams,

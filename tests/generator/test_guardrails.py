@@ -3,10 +3,15 @@ every rules candidate for the sample catalog passes (or is only a near-duplicate
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from copyloop.catalog import ProductIn, read_catalog
 from copyloop.settings import load_settings
+from generator.facts import FactSheet
 from generator.guardrails import GuardrailParams, Verdict, check, similarity
 from generator.rules import STYLES, RulesGenerator
 from tests.conftest import SAMPLE_CATALOG
@@ -81,6 +86,21 @@ def test_planted_contradictions_are_rejected(text: str, reason: str) -> None:
 )
 def test_faithful_texts_pass(text: str) -> None:
     assert check(text, KNIFE, [], PARAMS) == Verdict(True, None)
+
+
+KNIFE_FACTS = FactSheet.of(KNIFE)
+
+
+@given(st.integers(0, 10**6), st.integers(0, 31), st.integers(1, 32))
+def test_any_number_absent_from_the_data_is_rejected(whole: int, num: int, den: int) -> None:
+    for token, value in (
+        (str(whole), Fraction(whole)),
+        (f"{num}/{den}", Fraction(num, den)),
+        (f"{whole}-{num}/{den}", whole + Fraction(num, den)),
+    ):
+        assume(value not in KNIFE_FACTS.numbers)
+        text = f"A stainless steel knife with {token} uses and a walnut handle."
+        assert check(text, KNIFE_FACTS, [], PARAMS).reason == f"unsupported_number: {token}"
 
 
 def test_near_duplicates_of_siblings_are_rejected_and_named() -> None:
