@@ -45,8 +45,10 @@ def run(explorer: str, rounds: int, seed: int, products: int = 40, batch: int = 
     rng = np.random.default_rng(seed)
     world = World.make(rng, products)
     arms = [
-        tuple(Arm.from_variant(f"p{p}-{s}", s * 20, s, "control" if s == "original" else "rules")
-              for s in STYLES)
+        tuple(
+            Arm.from_variant(f"p{p}-{s}", s * 20, s, "control" if s == "original" else "rules")
+            for s in STYLES
+        )
         for p in range(products)
     ]
     policy = None
@@ -88,8 +90,10 @@ def main() -> None:
     args = ap.parse_args()
     args.explorers = [e.strip() for e in args.explorers.split(";") if e.strip()]
     baseline = np.mean([run("uniform", args.rounds, seed) for seed in range(args.seeds)])
-    print(f"rounds={args.rounds} seeds={args.seeds}; baseline uniform random: "
-          f"regret/round {baseline:.5f}")
+    print(
+        f"rounds={args.rounds} seeds={args.seeds}; baseline uniform random: "
+        f"regret/round {baseline:.5f}"
+    )
     print(f"{'explorer':28} {'regret/round':>13} {'ratio to uniform':>17} {'s/run':>7}")
     for explorer in args.explorers:
         t0 = time.perf_counter()

@@ -48,7 +48,9 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise BrokerError(f"nothing answers on {host}:{port} after {timeout_s:.0f}s") from None
+                raise BrokerError(
+                    f"nothing answers on {host}:{port} after {timeout_s:.0f}s"
+                ) from None
             time.sleep(0.05)
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -23,7 +23,8 @@ from copyloop.settings import Settings, load_settings
 
 app = typer.Typer(
     name="copyloop",
-    help="Learn which product copy sells: generate variants, serve with a bandit, learn from Kafka.",
+    help="Learn which product copy sells: generate variants, serve with a bandit, learn "
+    "from Kafka.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -81,7 +82,7 @@ def up(
     host: Annotated[str | None, typer.Option(help="API host.")] = None,
     port: Annotated[int | None, typer.Option(help="API port.")] = None,
 ) -> None:
-    """Everything on embedded defaults: DB, broker (unless Kafka is set), API, consumer, scheduler."""
+    """Everything on embedded defaults: DB, broker unless Kafka is set, API, consumer, scheduler."""
     from copyloop.runner import run_until_signal
 
     _logging()
@@ -93,7 +94,9 @@ def up(
 def demo(
     impressions: Annotated[int, typer.Option(min=1, help="Page views to simulate.")] = 20000,
     seed: Annotated[int, typer.Option(help="Seed of the simulated shoppers.")] = 7,
-    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line: summary JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Last stdout line: summary JSON.")
+    ] = False,
 ) -> None:
     """`up` plus a simulated storefront; ends with a bandit-vs-control table and the HTML report."""
     from copyloop.demo import run_demo
@@ -136,8 +139,9 @@ def scheduler() -> None:
 
 @app.command()
 def broker(
-    port: Annotated[int | None, typer.Option(help="Port (default: COPYLOOP_EMBEDDED_BROKER_PORT).")]
-    = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: COPYLOOP_EMBEDDED_BROKER_PORT).")
+    ] = None,
 ) -> None:
     """The embedded Kafka-compatible broker (tansu, in memory) alone."""
     import signal
@@ -213,7 +217,7 @@ def catalog_import(
         engine.dispose()
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     rules = "rules"
     hf = "hf"
 
@@ -230,7 +234,7 @@ def generate(
     from rich.progress import Progress
 
     from copyloop.ledger import make_engine, make_sessionmaker
-    from generator import GeneratorError
+    from generator import GeneratorError, UnknownProductError, UnknownStyleError
     from generator.jobs import generate_variants
 
     settings = _settings()
@@ -252,6 +256,8 @@ def generate(
                     per_product=per_product,
                     progress=tick,
                 )
+            except (UnknownProductError, UnknownStyleError) as exc:
+                raise BadInput(str(exc)) from exc
             except GeneratorError as exc:
                 _fail(str(exc), 1)
         typer.echo(f"variants: {report}")
@@ -259,7 +265,7 @@ def generate(
         engine.dispose()
 
 
-class ReportFormat(str, Enum):
+class ReportFormat(StrEnum):
     html = "html"
     json = "json"
     csv = "csv"
@@ -300,7 +306,7 @@ def report(
         typer.echo(f"report written to {out}")
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     serve = "serve"
     events = "events"
     analyst = "analyst"

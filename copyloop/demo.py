@@ -34,6 +34,7 @@ from copyloop.runner import Stack
 from copyloop.settings import Settings
 
 SAMPLE_CATALOG = Path(__file__).resolve().parent / "data" / "sample_catalog.jsonl"
+ARMS = ("bandit", "control", "fallback")
 
 DEVICES = (("mobile", 0.55), ("desktop", 0.35), ("tablet", 0.10))
 SEGMENTS = (("new", 0.5), ("returning", 0.35), ("loyal", 0.15))
@@ -42,12 +43,30 @@ REFERRERS = (("search", 0.45), ("social", 0.25), ("email", 0.1), ("direct", 0.2)
 
 #: How much more (or less) a shopper clicks on each style, by device. `original` is the control.
 AFFINITY: dict[str, dict[str, float]] = {
-    "mobile": {"concise": 2.6, "bullets": 2.2, "benefit": 1.3, "original": 1.0,
-               "technical": 0.5, "story": 0.6},
-    "desktop": {"technical": 2.4, "story": 1.5, "bullets": 1.3, "benefit": 1.1,
-                "original": 1.0, "concise": 0.8},
-    "tablet": {"story": 2.3, "benefit": 1.8, "bullets": 1.1, "original": 1.0,
-               "concise": 1.0, "technical": 0.8},
+    "mobile": {
+        "concise": 2.6,
+        "bullets": 2.2,
+        "benefit": 1.3,
+        "original": 1.0,
+        "technical": 0.5,
+        "story": 0.6,
+    },
+    "desktop": {
+        "technical": 2.4,
+        "story": 1.5,
+        "bullets": 1.3,
+        "benefit": 1.1,
+        "original": 1.0,
+        "concise": 0.8,
+    },
+    "tablet": {
+        "story": 2.3,
+        "benefit": 1.8,
+        "bullets": 1.1,
+        "original": 1.0,
+        "concise": 1.0,
+        "technical": 0.8,
+    },
 }
 SEGMENT_BOOST = {"new": {"benefit": 1.4}, "loyal": {"technical": 1.3}, "returning": {}}
 
@@ -69,7 +88,7 @@ class Sent:
     impressions: Counter[str] = field(default_factory=Counter)
     clicks: Counter[str] = field(default_factory=Counter)
     purchases: Counter[str] = field(default_factory=Counter)
-    revenue: Counter[str] = field(default_factory=Counter)
+    revenue: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ARMS, 0.0))
     events: int = 0
     duplicates: int = 0
     via_http: int = 0
@@ -135,11 +154,15 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def run_demo(settings: Settings, impressions: int, seed: int, quiet: bool = False) -> dict[str, Any]:
+def run_demo(
+    settings: Settings, impressions: int, seed: int, quiet: bool = False
+) -> dict[str, Any]:
     console = Console(stderr=quiet, quiet=False)
     settings = demo_settings(settings)
     started = time.time()
-    console.print(f"[bold]copyloop demo[/]: {impressions} page views, ledger {settings.database_url}")
+    console.print(
+        f"[bold]copyloop demo[/]: {impressions} page views, ledger {settings.database_url}"
+    )
     stack = Stack(settings, roles=("serve", "consume"), log_dir="var/demo-logs")
     with stack:
         settings = stack.settings
@@ -298,8 +321,10 @@ def _settle(
             arms = report["arms"]
             seen = sum(a["impressions"] for a in arms.values())
             clicks = sum(a["clicks"] for a in arms.values())
-            if seen == total and clicks == sum(sent.clicks.values()) and (
-                time.monotonic() >= wait_until
+            if (
+                seen == total
+                and clicks == sum(sent.clicks.values())
+                and (time.monotonic() >= wait_until)
             ):
                 break
             time.sleep(0.5)
@@ -315,7 +340,7 @@ def _summarise(
         and arms.get(arm, {}).get("clicks", 0) == sent.clicks[arm]
         and arms.get(arm, {}).get("purchases", 0) == sent.purchases[arm]
         and abs(arms.get(arm, {}).get("revenue", 0.0) - sent.revenue[arm]) < 1e-6
-        for arm in ("bandit", "control", "fallback")
+        for arm in ARMS
     )
     from copyloop.reports.html import to_html
 

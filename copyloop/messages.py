@@ -37,16 +37,16 @@ def parse_ts(value: object) -> float:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise ValueError(
-                    f"must be ISO-8601 or epoch milliseconds, got {value!r}"
-                ) from None
+                raise ValueError(f"must be ISO-8601 or epoch milliseconds, got {value!r}") from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
             seconds = parsed.timestamp()
     else:
         raise ValueError(f"must be an ISO-8601 string or epoch milliseconds, got {value!r}")
     if not math.isfinite(seconds) or not _MIN_TS <= seconds <= _MAX_TS:
-        raise ValueError(f"is out of range (epoch milliseconds between 2000 and 2200), got {value!r}")
+        raise ValueError(
+            f"is out of range (epoch milliseconds between 2000 and 2200), got {value!r}"
+        )
     return seconds
 
 

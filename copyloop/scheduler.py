@@ -34,7 +34,9 @@ def tick(sessions: sessionmaker[Session], settings: Settings, holder: str) -> di
     done: dict[str, object] = {}
     for name, job in JOBS.items():
         lease = f"scheduler:{name}"
-        if not leases.acquire(sessions, lease, holder, ttl_s=max(60.0, 4 * settings.scheduler_interval_s)):
+        if not leases.acquire(
+            sessions, lease, holder, ttl_s=max(60.0, 4 * settings.scheduler_interval_s)
+        ):
             continue
         try:
             done[name] = job(sessions, settings)

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     holdout: float = Field(0.1, description="Share of decisions served the control variant.")
     bandit_explorer: str = Field(
         "--squarecb",
-        description="VW exploration arguments for --cb_explore_adf (bench/regret.py compared them).",
+        description="VW exploration arguments for --cb_explore_adf (bench/regret.py "
+        "compared them).",
     )
     bandit_interactions: str = Field(
         "UA UV PA",
@@ -70,7 +71,9 @@ class Settings(BaseSettings):
     snapshot_every_n: int = Field(
         5000, ge=1, description="Learned decisions that force a snapshot sooner."
     )
-    model_reload_s: float = Field(1.0, gt=0, description="How often the API looks for a newer model.")
+    model_reload_s: float = Field(
+        1.0, gt=0, description="How often the API looks for a newer model."
+    )
     seed: int = Field(0, description="Seed of every random generator that takes one.")
 
     # generator

@@ -44,25 +44,38 @@ def write_catalog(path: Path, n: int) -> list[str]:
             pid = f"ext-{i:03d}"
             ids.append(pid)
             length = 10 + i
-            fh.write(json.dumps({
-                "product_id": pid,
-                "title": f"Acme {noun} {length}",
-                "category": cat,
-                "description": (
-                    f"The Acme {noun} {length} is made of {material} in {colour}. "
-                    f"It measures {length} cm and weighs {i + 2} kg. "
-                    f"It suits everyday use at home and travels well. "
-                    f"Each one is checked by hand before it ships."
-                ),
-                "attributes": {"brand": "Acme", "material": material, "colour": colour,
-                               "length_cm": length, "weight_kg": i + 2},
-            }) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "product_id": pid,
+                        "title": f"Acme {noun} {length}",
+                        "category": cat,
+                        "description": (
+                            f"The Acme {noun} {length} is made of {material} in {colour}. "
+                            f"It measures {length} cm and weighs {i + 2} kg. "
+                            f"It suits everyday use at home and travels well. "
+                            f"Each one is checked by hand before it ships."
+                        ),
+                        "attributes": {
+                            "brand": "Acme",
+                            "material": material,
+                            "colour": colour,
+                            "length_cm": length,
+                            "weight_kg": i + 2,
+                        },
+                    }
+                )
+                + "\n"
+            )
     return ids
 
 
 def cli(env: dict[str, str], *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "copyloop", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "copyloop", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -100,8 +113,10 @@ def test_outside_client_counts_match_and_bandit_wins(
     catalog = tmp_path / "catalog.jsonl"
     ids = write_catalog(catalog, 16)
     assert "16 created" in cli(env, "catalog", "import", str(catalog))
-    keys = {r: cli(env, "keys", "create", "--role", r).strip().splitlines()[-1]
-            for r in ("serve", "events", "analyst")}
+    keys = {
+        r: cli(env, "keys", "create", "--role", r).strip().splitlines()[-1]
+        for r in ("serve", "events", "analyst")
+    }
 
     rng = np.random.default_rng(2024)
     sent: dict[str, Counter[str]] = {k: Counter() for k in ("imp", "click", "buy")}
@@ -123,11 +138,17 @@ def test_outside_client_counts_match_and_bandit_wins(
                 device = "mobile" if rng.random() < 0.5 else "desktop"
                 pid = ids[int(rng.integers(len(ids)))]
                 if i % 2:
-                    r = client.get(f"/v1/products/{pid}/variant",
-                                   params={"device": device, "hour": str(i % 24)}, headers=serve)
+                    r = client.get(
+                        f"/v1/products/{pid}/variant",
+                        params={"device": device, "hour": str(i % 24)},
+                        headers=serve,
+                    )
                 else:
-                    r = client.post("/v1/decisions", headers=serve,
-                                    json={"product_id": pid, "context": {"device": device}})
+                    r = client.post(
+                        "/v1/decisions",
+                        headers=serve,
+                        json={"product_id": pid, "context": {"device": device}},
+                    )
                 assert r.status_code == 200, r.text
                 d = r.json()
                 arm = d["policy"]
@@ -147,16 +168,24 @@ def test_outside_client_counts_match_and_bandit_wins(
                     sent["buy"][arm] += 1
                     revenue[arm] += value
                 for e in evs:
-                    e |= {"event_id": uuid.uuid4().hex, "decision_id": d["decision_id"],
-                          "ts": int(time.time() * 1000)}
+                    e |= {
+                        "event_id": uuid.uuid4().hex,
+                        "decision_id": d["decision_id"],
+                        "ts": int(time.time() * 1000),
+                    }
                     copies = 2 if rng.random() < 0.1 else 1
                     for _ in range(copies):
                         if rng.random() < 0.15:
-                            assert client.post("/v1/events", json=e,
-                                               headers=events_h).status_code == 202
+                            assert (
+                                client.post("/v1/events", json=e, headers=events_h).status_code
+                                == 202
+                            )
                         else:
-                            producer.send(settings.events_topic, key=d["decision_id"].encode(),
-                                          value=json.dumps(e).encode())
+                            producer.send(
+                                settings.events_topic,
+                                key=d["decision_id"].encode(),
+                                value=json.dumps(e).encode(),
+                            )
             for garbage in (b"{not json", b'{"event_id": "g1", "type": "click"}', b"42"):
                 producer.send(settings.events_topic, key=b"x", value=garbage)
             producer.flush()
@@ -167,10 +196,15 @@ def test_outside_client_counts_match_and_bandit_wins(
             while True:
                 stack.check()
                 report = client.get("/v1/reports/uplift", headers=analyst).json()
-                got = {arm: (a["impressions"], a["clicks"], a["purchases"])
-                       for arm, a in report["arms"].items() if a["impressions"]}
-                want = {arm: (sent["imp"][arm], sent["click"][arm], sent["buy"][arm])
-                        for arm in sent["imp"]}
+                got = {
+                    arm: (a["impressions"], a["clicks"], a["purchases"])
+                    for arm, a in report["arms"].items()
+                    if a["impressions"]
+                }
+                want = {
+                    arm: (sent["imp"][arm], sent["click"][arm], sent["buy"][arm])
+                    for arm in sent["imp"]
+                }
                 if got == want or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)

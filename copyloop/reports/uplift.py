@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -134,7 +135,13 @@ def uplift_report(
     for policy in ARMS:
         row = next((r for r in arm_rows if r[0] == policy), None)
         n, clicks, purchases, rev, rev_sq = (
-            (int(row[1]), int(row[2] or 0), int(row[3] or 0), float(row[4] or 0), float(row[5] or 0))
+            (
+                int(row[1]),
+                int(row[2] or 0),
+                int(row[3] or 0),
+                float(row[4] or 0),
+                float(row[5] or 0),
+            )
             if row
             else (0, 0, 0, 0.0, 0.0)
         )
@@ -159,8 +166,9 @@ def uplift_report(
         },
         "interval_method": "95% normal intervals; relative lift by the delta method on the ratio",
         "srm": asdict(
-            sample_ratio(arms["control"]["impressions"], arms["bandit"]["impressions"],
-                         settings.holdout)
+            sample_ratio(
+                arms["control"]["impressions"], arms["bandit"]["impressions"], settings.holdout
+            )
         ),
         "variants": [
             {
@@ -191,7 +199,7 @@ def _arm_metrics(n: int, clicks: int, purchases: int, revenue: float) -> dict[st
     }
 
 
-def _ope(rows: list[Any]) -> dict[str, Any]:
+def _ope(rows: Sequence[Any]) -> dict[str, Any]:
     """Off-policy CTR of "always the control copy" and "uniform random" from logged propensities
     (the control is action 0 of every logged action set)."""
     rewards, logged_p, control_p, uniform_p = [], [], [], []
@@ -213,16 +221,79 @@ def to_csv(report: dict[str, Any]) -> str:
     """The report's arm table, uplift rows and variant table as one CSV."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["section", "key", "impressions", "clicks", "purchases", "revenue", "ctr", "cvr",
-                "revenue_per_impression", "relative", "absolute", "ci_low", "ci_high", "p_value"])
+    w.writerow(
+        [
+            "section",
+            "key",
+            "impressions",
+            "clicks",
+            "purchases",
+            "revenue",
+            "ctr",
+            "cvr",
+            "revenue_per_impression",
+            "relative",
+            "absolute",
+            "ci_low",
+            "ci_high",
+            "p_value",
+        ]
+    )
     for arm, m in report["arms"].items():
-        w.writerow(["arm", arm, m["impressions"], m["clicks"], m["purchases"], m["revenue"],
-                    m["ctr"], m["cvr"], m["revenue_per_impression"], "", "", "", "", ""])
+        w.writerow(
+            [
+                "arm",
+                arm,
+                m["impressions"],
+                m["clicks"],
+                m["purchases"],
+                m["revenue"],
+                m["ctr"],
+                m["cvr"],
+                m["revenue_per_impression"],
+                "",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
     for metric, u in report["uplift"].items():
-        w.writerow(["uplift", metric, "", "", "", "", "", "", "", u["relative"], u["absolute"],
-                    u["ci_low"], u["ci_high"], u["p_value"]])
+        w.writerow(
+            [
+                "uplift",
+                metric,
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                u["relative"],
+                u["absolute"],
+                u["ci_low"],
+                u["ci_high"],
+                u["p_value"],
+            ]
+        )
     for v in report["variants"]:
-        w.writerow([f"variant:{v['policy']}", f"{v['product_id']}/{v['variant_id']}",
-                    v["impressions"], v["clicks"], v["purchases"], v["revenue"], v["ctr"],
-                    v["cvr"], v["revenue_per_impression"], "", "", "", "", ""])
+        w.writerow(
+            [
+                f"variant:{v['policy']}",
+                f"{v['product_id']}/{v['variant_id']}",
+                v["impressions"],
+                v["clicks"],
+                v["purchases"],
+                v["revenue"],
+                v["ctr"],
+                v["cvr"],
+                v["revenue_per_impression"],
+                "",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
     return buf.getvalue()

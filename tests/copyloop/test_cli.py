@@ -18,15 +18,23 @@ def run(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.Co
     env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url}
     return subprocess.run(
         [sys.executable, "-m", "copyloop", *args],
-        env=env, capture_output=True, text=True, timeout=120, cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
 def test_catalog_import_bad_row_exits_2_naming_line_and_changes_nothing(
     database_url: str, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    good = {"product_id": "a1", "title": "Lamp", "category": "home",
-            "description": "A brass lamp with a linen shade. It stands 40 cm tall."}
+    good = {
+        "product_id": "a1",
+        "title": "Lamp",
+        "category": "home",
+        "description": "A brass lamp with a linen shade. It stands 40 cm tall.",
+    }
     bad = {"product_id": "a2", "title": "", "category": "home", "description": "Fine."}
     path = tmp_path / "cat.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")

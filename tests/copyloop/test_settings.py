@@ -14,7 +14,11 @@ def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.database_url == "sqlite:///./var/copyloop.db"
     assert s.kafka_bootstrap is None and s.embedded_broker and s.bootstrap == "127.0.0.1:9092"
     assert (s.topic_prefix, s.reward_window_s, s.clock_skew_s, s.holdout) == (
-        "copyloop", 1800.0, 120.0, 0.1)
+        "copyloop",
+        1800.0,
+        120.0,
+        0.1,
+    )
     assert (s.generator_backend, s.generator_model) == ("rules", None)
     assert s.decisions_topic == "copyloop.decisions"
     assert s.dlq_topic == "copyloop.events.dlq"

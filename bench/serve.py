@@ -1,0 +1,576 @@
+"""Serving throughput and latency of the decision routes, against `/healthz` on the same server.
+
+Starts a fresh stack (embedded tansu broker on a free port, SQLite ledger in a temp dir, sample
+catalog imported, rules variants generated, an untrained model snapshot saved so the API serves
+`policy = bandit`), the API with `--workers N` uvicorn processes (no consumer: it would compete
+for the 2 cores; decisions are still published to the broker), then:
+
+* closed loop, max throughput: `wrk -t1 -c<connections> --latency` (C, one thread; a Lua script
+  rotates 2,000 product/context paths and sets the `Authorization` header), on `/healthz`
+  (baseline), `GET /v1/products/{id}/variant?ctx…` and `POST /v1/decisions`;
+* open loop at `--rate` req/s for `--duration` s: `bench/loadgen.py` in its own process (asyncio
+  + uvloop raw HTTP/1.1, latency from each request's due time: no coordinated omission), on
+  `/healthz` and the variant route;
+* `--profile`: py-spy (`record --nonblocking`, 100 Hz) on the API process tree during one more
+  closed-loop variant run; prints the top self and inclusive frames;
+* `--micro`: the in-process pieces of one decision, timed in this process (µs per call).
+
+Each result line carries the load average and the CPU seconds used by the API, the broker and the
+load generator during the run; ratios are to `/healthz` measured in the same run.
+
+    .venv/bin/python bench/serve.py --workers 1 --rate 1000 --duration 20 --connections 16
+    .venv/bin/python bench/serve.py --workers 1 --kafka-down --duration 10
+    .venv/bin/python bench/serve.py --micro-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CpuMeter, git_rev, loadavg, prepare_ledger  # noqa: E402
+
+from copyloop.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_port  # noqa: E402
+from copyloop.demo import DEVICES, LOCALES, REFERRERS, SAMPLE_CATALOG, SEGMENTS  # noqa: E402
+from copyloop.runner import settings_env  # noqa: E402
+from copyloop.settings import Settings, load_settings  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+# -- the stack -----------------------------------------------------------------------------------
+class ServeStack:
+    """Broker (unless --kafka-down) + API subprocess on a fresh ledger."""
+
+    def __init__(self, workers: int, kafka_down: bool, tmp: Path) -> None:
+        self.tmp = tmp
+        self.kafka_down = kafka_down
+        overrides: dict[str, object] = {
+            "database_url": f"sqlite:///{tmp / 'ledger.db'}",
+            "spool_dir": str(tmp / "spool"),
+            "api_port": free_port(),
+            "api_workers": workers,
+            "topic_prefix": f"bench{uuid.uuid4().hex[:6]}",
+            "catalog_refresh_s": 30.0,
+            "model_reload_s": 5.0,
+        }
+        if kafka_down:
+            overrides["kafka_bootstrap"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+        else:
+            overrides["embedded_broker_port"] = free_port()
+        self.settings: Settings = load_settings(**overrides)
+        self.broker: EmbeddedBroker | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServeStack:
+        s = self.settings
+        self.keys = prepare_ledger(s)
+        if not self.kafka_down:
+            self.broker = EmbeddedBroker(s.embedded_broker_port).start()
+            ensure_topics(s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic],
+                          s.topic_partitions)
+        log = open(self.tmp / "api.log", "ab")  # noqa: SIM115
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "copyloop", "serve"],
+            env={**os.environ, **settings_env(s)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(s.api_host, s.api_port, 60)
+        self.base = f"http://{s.api_host}:{s.api_port}"
+        # Wait until every worker serves from the model (not the fallback).
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=self.base, timeout=5) as c:
+            while time.monotonic() < deadline:
+                h = c.get("/healthz").json()
+                if h.get("model_version") and h.get("catalog_products"):
+                    break
+                time.sleep(0.2)
+            r = c.get(f"/v1/products/{self.product_ids()[0]}/variant",
+                      params={"device": "mobile"},
+                      headers={"Authorization": f"Bearer {self.keys['serve']}"})
+            r.raise_for_status()
+            self.sample = r.json()
+        return self
+
+    def product_ids(self) -> list[str]:
+        return [json.loads(x)["product_id"] for x in SAMPLE_CATALOG.read_text().splitlines() if x]
+
+    def pids(self) -> dict[str, int]:
+        out = {"api": self.api.pid}  # type: ignore[union-attr]
+        if self.broker is not None and self.broker.process is not None:
+            out["broker"] = self.broker.process.pid
+        return out
+
+    def health(self) -> dict:
+        return httpx.get(self.base + "/healthz", timeout=5).json()
+
+    def stop(self) -> None:
+        if self.api is not None and self.api.poll() is None:
+            self.api.terminate()
+            try:
+                self.api.wait(30)
+            except subprocess.TimeoutExpired:
+                self.api.kill()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def _pick(rng: np.random.Generator, options: tuple[tuple[str, float], ...]) -> str:
+    names, weights = zip(*options, strict=True)
+    w = np.asarray(weights) / sum(weights)
+    return str(names[rng.choice(len(names), p=w)])
+
+
+def workload(product_ids: list[str], n: int = 2000, seed: int = 1) -> list[tuple[str, dict]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ctx = {
+            "device": _pick(rng, DEVICES),
+            "segment": _pick(rng, SEGMENTS),
+            "locale": _pick(rng, LOCALES),
+            "referrer": _pick(rng, REFERRERS),
+            "hour": str(int(rng.integers(24))),
+        }
+        out.append((product_ids[int(rng.integers(len(product_ids)))], ctx))
+    return out
+
+
+# -- load: wrk (closed loop) ---------------------------------------------------------------------
+def _lua_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk_script(tmp: Path, name: str, key: str, paths: list[str],
+               bodies: list[str] | None = None) -> Path:
+    lines = [f"local paths = {{{', '.join(_lua_str(p) for p in paths)}}}"]
+    if bodies:
+        lines.append(f"local bodies = {{{', '.join(_lua_str(b) for b in bodies)}}}")
+        lines.append('wrk.method = "POST"')
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    if key:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    lines.append("local i = 0")
+    lines.append("request = function()")
+    lines.append("  i = i + 1")
+    if bodies:
+        lines.append("  return wrk.format(nil, paths[(i % #paths) + 1], nil, "
+                     "bodies[(i % #bodies) + 1])")
+    else:
+        lines.append("  return wrk.format(nil, paths[(i % #paths) + 1])")
+    lines.append("end")
+    path = tmp / f"{name}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def run_wrk(stack: ServeStack, script: Path, duration: float, connections: int) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s",
+           str(script), stack.base]
+    meter = CpuMeter(stack.pids()).start()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wrk_cpu = 0.0
+    out, _ = proc.communicate()
+    usage = meter.stop()
+    try:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_cpu = ru.ru_utime + ru.ru_stime  # cumulative over finished children (informative)
+    except Exception:
+        pass
+    res: dict = {"tool": "wrk", "raw_tail": out.strip().splitlines()[-14:]}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else float("nan")
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[f"p{pct}_ms"] = _ms(m.group(1)) if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non_200"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors:(.*)", out)
+    res["socket_errors"] = m.group(1).strip() if m else ""
+    m = re.search(r"(\d+) requests in", out)
+    res["completed"] = int(m.group(1)) if m else 0
+    res.update(usage)
+    res["cum_children_cpu_s"] = round(wrk_cpu, 2)
+    return res
+
+
+# -- load: loadgen.py (open loop, or closed loop cross-check) -----------------------------------
+def run_loadgen(stack: ServeStack, paths_file: Path, key: str, rate: float, duration: float,
+                connections: int) -> dict:
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--port", str(stack.settings.api_port),
+           "--paths-file", str(paths_file), "--key", key, "--rate", str(rate),
+           "--duration", str(duration), "--connections", str(connections)]
+    meter = CpuMeter(stack.pids()).start()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    usage = meter.stop()
+    res = json.loads(out.strip().splitlines()[-1])
+    res["tool"] = "loadgen"
+    res.update(usage)
+    res["cpu_loadgen"] = round(res.pop("client_cpu_s"), 2)
+    return res
+
+
+# -- profiling -----------------------------------------------------------------------------------
+def profile(stack: ServeStack, script: Path, duration: float, connections: int, out: Path) -> dict:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = out.with_suffix(".txt")
+    spy = subprocess.Popen(
+        [pyspy, "record", "--nonblocking", "-r", "100", "-d", str(int(duration)), "--subprocesses",
+         "-p", str(stack.api.pid), "--format", "raw", "-o", str(raw)],  # type: ignore[union-attr]
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    res = run_wrk(stack, script, duration - 2, connections)
+    spy.wait(duration + 30)
+    res["profile"] = summarise_profile(raw) if raw.exists() else {"error": spy.stderr.read()[-500:]}
+    res["profile_file"] = str(raw)
+    return res
+
+
+def _frame_name(frame: str) -> str:
+    # py-spy raw frames: "function (path/file.py:line)"
+    m = re.match(r"(.*?) \((.*?):\d+\)$", frame)
+    if not m:
+        return frame
+    fn, path = m.groups()
+    parts = Path(path).parts
+    for anchor in ("site-packages", "main"):
+        if anchor in parts:
+            parts = parts[parts.index(anchor) + 1 :]
+            break
+    return f"{fn} ({'/'.join(parts[-3:])})"
+
+
+def summarise_profile(raw: Path, top: int = 25) -> dict:
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0].split(" (")[0][:60]] += count
+        names = [_frame_name(f) for f in frames[1:]] or [frames[0]]
+        self_t[names[-1]] += count
+        for name in set(names):
+            incl[name] += count
+    pct = lambda c: round(100.0 * c / max(total, 1), 1)  # noqa: E731
+    return {
+        "samples": total,
+        "threads_pct": {k: pct(v) for k, v in threads.most_common(8)},
+        "self_pct": [(k, pct(v)) for k, v in self_t.most_common(top)],
+        "inclusive_pct": [(k, pct(v)) for k, v in incl.most_common(top * 2)],
+    }
+
+
+# -- micro-benchmark -----------------------------------------------------------------------------
+def micro(settings: Settings, n: int = 5000) -> dict:
+    """µs per call of each in-process piece of one decision."""
+    import asyncio
+
+    from api.catalog_cache import CatalogCache
+    from api.metrics import Metrics
+    from api.publisher import Publisher
+    from api.routes.decisions import _decide
+    from api.schemas import CONTEXT, DecisionOut
+    from bandit import Policy
+    from bandit.vw_format import to_vw
+    from copyloop.ledger import make_engine, make_sessionmaker, snapshots
+    from copyloop.messages import Decision
+
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    catalog = CatalogCache(sessions, 3600)
+    pids = [json.loads(x)["product_id"] for x in SAMPLE_CATALOG.read_text().splitlines() if x]
+    catalog.reload_products(pids)
+    snap = snapshots.load_latest(sessions)
+    assert snap is not None
+    policy = Policy(snap.vw_args, holdout=settings.holdout, model=snap.model, version=snap.version)
+    work = workload(pids, 1000)
+    entries = [catalog.get(p) for p, _ in work]
+    ctxs = [c for _, c in work]
+    metrics = Metrics()
+    res: dict[str, float] = {}
+
+    def timeit(name: str, fn, reps: int = n) -> None:  # type: ignore[no-untyped-def]
+        for i in range(min(200, reps)):
+            fn(i)
+        t0 = time.perf_counter()
+        for i in range(reps):
+            fn(i)
+        res[name] = round((time.perf_counter() - t0) / reps * 1e6, 2)
+
+    m = len(work)
+    timeit("catalog.get", lambda i: catalog.get(work[i % m][0]))
+    timeit("CONTEXT.validate_python (query → context)",
+           lambda i: CONTEXT.validate_python(ctxs[i % m]))
+    timeit("bandit.vw_format.to_vw",
+           lambda i: to_vw(ctxs[i % m], entries[i % m].features, entries[i % m].arms))
+    lines = [to_vw(ctxs[i], entries[i].features, entries[i].arms) for i in range(m)]
+    timeit("vw.predict (text lines, pyvw)", lambda i: policy._vw.predict(lines[i % m]))
+    timeit("policy.choose (to_vw + predict + sample)",
+           lambda i: policy.choose(ctxs[i % m], entries[i % m].features, entries[i % m].arms,
+                                   entries[i % m].control_index))
+    timeit("uuid.uuid4().hex", lambda i: uuid.uuid4().hex)
+    choice = policy.choose(ctxs[0], entries[0].features, entries[0].arms, 0)
+    e0 = entries[0]
+
+    def make_msg(i: int) -> Decision:
+        return Decision(decision_id=uuid.uuid4().hex, product_id="p", variant_id=choice.variant_id,
+                        style=e0.styles[choice.index], policy="bandit",
+                        probability=choice.probability, model_version=1, context=ctxs[i % m],
+                        actions=e0.variant_ids, pmf=list(choice.pmf), ts=time.time())
+
+    timeit("Decision(...) message build", make_msg)
+    msg = make_msg(0)
+    timeit("Decision.to_bytes (pydantic JSON)", lambda i: msg.to_bytes())
+
+    def make_out(i: int) -> bytes:
+        return DecisionOut(decision_id="x" * 32, product_id="p", variant_id=choice.variant_id,
+                           text=e0.texts[choice.index], style="s", policy="bandit",
+                           probability=choice.probability, model_version=1).model_dump_json().encode()
+
+    timeit("DecisionOut build + JSON", make_out)
+    timeit("metrics.decisions.labels().inc()", lambda i: metrics.decisions.labels("bandit").inc())
+    pub = Publisher("127.0.0.1:1", settings.spool_dir + "-micro", queue_size=10 * n + 1000)
+    timeit("publisher.publish (enqueue only)",
+           lambda i: pub.publish("t", "k", b"x" * 300))
+    pub._take_all()
+    pub.close()
+
+    # The whole route body minus the framework: choose + message + publish + response object.
+    pub2 = Publisher("127.0.0.1:1", settings.spool_dir + "-micro2", queue_size=10 * n + 1000)
+    timeit("routes.decisions._decide (choose+message+publish+DecisionOut)",
+           lambda i: _decide(entries[i % m], "p", ctxs[i % m], policy, pub2, settings, metrics))
+    pub2._take_all()
+    pub2.close()
+
+    # The publisher thread's cost per message when Kafka is up: CPU of this process while a
+    # started Publisher delivers N messages (its thread does the kafka-python sends).
+    if settings.embedded_broker:
+        pub3 = Publisher(settings.bootstrap, settings.spool_dir + "-micro3",
+                         topics=[settings.decisions_topic], partitions=settings.topic_partitions,
+                         queue_size=100_000).start()
+        deadline = time.monotonic() + 20
+        while not pub3.stats().connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        value = msg.to_bytes()
+        total = 20_000
+        c0, w0 = time.process_time(), time.perf_counter()
+        for i in range(total):
+            pub3.publish(settings.decisions_topic, uuid.uuid4().hex, value)
+        while pub3.stats().sent < total and time.perf_counter() - w0 < 60:
+            time.sleep(0.01)
+        c1, w1 = time.process_time(), time.perf_counter()
+        res["publisher thread: CPU µs per delivered message (kafka-python send+flush)"] = round(
+            (c1 - c0) / total * 1e6, 1)
+        res["publisher thread: delivered msgs/s"] = round(pub3.stats().sent / (w1 - w0))
+        pub3.close()
+
+    # Whole ASGI app in-process (no socket): the decision route vs /healthz.
+    from api.app import create_app
+
+    app = create_app(settings)
+    key = prepare_keys_cache = None  # noqa: F841
+
+    async def asgi_bench() -> None:
+        from api.auth import create_key
+
+        k = create_key(sessions, "serve", "micro")
+        async with app.router.lifespan_context(app) as state:
+            async def call(path: str, qs: str, headers: list) -> int:
+                scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                         "method": "GET", "scheme": "http", "path": path,
+                         "raw_path": path.encode(), "query_string": qs.encode(),
+                         "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+                         "server": ("127.0.0.1", 80), "state": dict(state or {})}
+                status = 0
+
+                async def receive() -> dict:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+
+                async def send(message: dict) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+
+                await app(scope, receive, send)
+                return status
+
+            hdr = [(b"host", b"x"), (b"authorization", f"Bearer {k}".encode())]
+            for name, mk in (
+                ("ASGI in-process GET /healthz", lambda i: ("/healthz", "", [(b"host", b"x")])),
+                ("ASGI in-process GET /v1/products/{id}/variant",
+                 lambda i: (f"/v1/products/{work[i % m][0]}/variant",
+                            urlencode(ctxs[i % m]), hdr)),
+            ):
+                for i in range(300):
+                    assert await call(*mk(i)) == 200
+                reps = 3000
+                t0 = time.perf_counter()
+                for i in range(reps):
+                    await call(*mk(i))
+                res[name] = round((time.perf_counter() - t0) / reps * 1e6, 1)
+
+    asyncio.run(asgi_bench())
+    engine.dispose()
+    return res
+
+
+# -- main ----------------------------------------------------------------------------------------
+def fmt(name: str, r: dict, base: dict | None) -> str:
+    ratio = f"{r['rps'] / base['rps']:.2f}" if base else "1.00"
+    cpu = " ".join(f"{k[4:]}={v}s" for k, v in r.items() if k.startswith("cpu_"))
+    return (f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
+            f"p99 {r['p99_ms']:7.2f} ms  non200={r['non_200']}  x/healthz={ratio}  "
+            f"cpu[{cpu}] wall={r['wall_s']}s  load={r['load']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate (req/s)")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--connections", type=int, default=16, help="closed-loop connections")
+    p.add_argument("--open-connections", type=int, default=64,
+                   help="connection pool of the open-loop generator")
+    p.add_argument("--kafka-down", action="store_true",
+                   help="point the API at a dead port: decisions spool, serving must not block")
+    p.add_argument("--no-open", action="store_true", help="skip the open-loop runs")
+    p.add_argument("--no-post", action="store_true", help="skip POST /v1/decisions")
+    p.add_argument("--profile", action="store_true", help="py-spy the API during one more run")
+    p.add_argument("--micro", action="store_true", help="also run the in-process micro-benchmark")
+    p.add_argument("--micro-only", action="store_true")
+    p.add_argument("--json", help="write all results here")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="copyloop-bench-serve-"))
+    stack = ServeStack(1 if args.micro_only else args.workers, args.kafka_down, tmp)
+    results: dict = {"args": vars(args), "git": git_rev(), "cores": os.cpu_count(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"# serve bench: workers={stack.settings.api_workers} kafka_down={args.kafka_down} "
+          f"cores={os.cpu_count()} git={results['git']} load={loadavg()} tmp={tmp}", flush=True)
+    try:
+        if args.micro_only:
+            prepare_ledger(stack.settings)
+            if not args.kafka_down:
+                stack.broker = EmbeddedBroker(stack.settings.embedded_broker_port).start()
+                s = stack.settings
+                ensure_topics(s.bootstrap, [s.decisions_topic], s.topic_partitions)
+            results["micro"] = micro(stack.settings)
+            results["micro_load"] = loadavg()
+            _print_micro(results["micro"], results["micro_load"])
+            return
+        stack.start()
+        print(f"# API up (pid {stack.api.pid}); sample decision: {json.dumps(stack.sample)}",  # type: ignore[union-attr]
+              flush=True)
+        key = stack.keys["serve"]
+        work = workload(stack.product_ids())
+        variant_paths = [f"/v1/products/{pid}/variant?{urlencode(ctx)}" for pid, ctx in work]
+        bodies = [json.dumps({"product_id": pid, "context": ctx}) for pid, ctx in work]
+        health_script = wrk_script(tmp, "healthz", "", ["/healthz"])
+        variant_script = wrk_script(tmp, "variant", key, variant_paths)
+        post_script = wrk_script(tmp, "post", key, ["/v1/decisions"], bodies)
+        (tmp / "variant_paths.txt").write_text("\n".join(variant_paths) + "\n")
+        (tmp / "health_paths.txt").write_text("/healthz\n")
+
+        # Warm-up (JIT-less Python still has caches, connection pools, the VW model pages).
+        run_wrk(stack, variant_script, 3, args.connections)
+        runs: dict[str, dict] = {}
+
+        def record(name: str, r: dict, base: str | None) -> None:
+            r["load"] = loadavg()
+            runs[name] = r
+            print(fmt(name, r, runs.get(base) if base else None), flush=True)
+
+        c = args.connections
+        record(f"closed c={c} GET /healthz (wrk)", run_wrk(stack, health_script, args.duration, c),
+               None)
+        record(f"closed c={c} GET variant (wrk)", run_wrk(stack, variant_script, args.duration, c),
+               f"closed c={c} GET /healthz (wrk)")
+        if not args.no_post:
+            record(f"closed c={c} POST /v1/decisions (wrk)",
+                   run_wrk(stack, post_script, args.duration, c), f"closed c={c} GET /healthz (wrk)")
+        if not args.no_open:
+            r = args.rate
+            record(f"open {r:.0f}/s GET /healthz (loadgen)",
+                   run_loadgen(stack, tmp / "health_paths.txt", "", r, args.duration,
+                               args.open_connections), None)
+            record(f"open {r:.0f}/s GET variant (loadgen)",
+                   run_loadgen(stack, tmp / "variant_paths.txt", key, r, args.duration,
+                               args.open_connections), f"open {r:.0f}/s GET /healthz (loadgen)")
+        health = stack.health()
+        results["health_after"] = health
+        print(f"# /healthz after the runs: {json.dumps(health)}", flush=True)
+        if args.profile:
+            prof = profile(stack, variant_script, args.duration, c, tmp / "pyspy")
+            prof["load"] = loadavg()
+            runs["profile run (wrk + py-spy)"] = prof
+            print(fmt("profiled closed GET variant (wrk)", prof,
+                      runs.get(f"closed c={c} GET /healthz (wrk)")), flush=True)
+            _print_profile(prof["profile"])
+        results["runs"] = runs
+        if args.micro:
+            results["micro"] = micro(stack.settings)
+            results["micro_load"] = loadavg()
+            _print_micro(results["micro"], results["micro_load"])
+    finally:
+        stack.stop()
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        print(f"# done; load={loadavg()}; api log: {tmp / 'api.log'}", flush=True)
+
+
+def _print_micro(micro_res: dict, load: str) -> None:
+    print(f"# micro-benchmark (in this process, µs per call; load {load})")
+    for k, v in micro_res.items():
+        print(f"  {k:<72} {v:>9}")
+
+
+def _print_profile(prof: dict) -> None:
+    if "error" in prof:
+        print("# py-spy failed:", prof["error"])
+        return
+    print(f"# py-spy: {prof['samples']} samples; threads % {prof['threads_pct']}")
+    print("# top self (leaf) frames, % of samples:")
+    for name, v in prof["self_pct"]:
+        print(f"  {v:5.1f}  {name}")
+    print("# top inclusive frames, % of samples:")
+    for name, v in prof["inclusive_pct"]:
+        print(f"  {v:5.1f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
