@@ -239,11 +239,13 @@ def run_loadgen(stack: ServeStack, paths_file: Path, key: str, rate: float, dura
 
 
 # -- profiling -----------------------------------------------------------------------------------
-def profile(stack: ServeStack, script: Path, duration: float, connections: int, out: Path) -> dict:
+def profile(stack: ServeStack, script: Path, duration: float, connections: int, out: Path,
+            gil: bool = False) -> dict:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = out.with_suffix(".txt")
     spy = subprocess.Popen(
-        [pyspy, "record", "--nonblocking", "-r", "100", "-d", str(int(duration)), "--subprocesses",
+        [pyspy, "record", "--nonblocking", *(["--gil"] if gil else []), "-r", "100",
+         "-d", str(int(duration)), "--subprocesses",
          "-p", str(stack.api.pid), "--format", "raw", "-o", str(raw)],  # type: ignore[union-attr]
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -377,6 +379,55 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     pub2._take_all()
     pub2.close()
 
+    # Proposed: the arm lines of a product never change between requests, so cache them with
+    # the catalog entry and build only the shared line per request; sample the 4-6 arm pmf in
+    # plain Python instead of numpy (np.asarray + rng.choice(p=...) cost more than they save
+    # for a handful of floats).
+    import random
+
+    from bandit.vw_format import token
+
+    arm_lines = [to_vw({}, e.features, e.arms)[1:] for e in entries]
+    cats = [token("category", e.features.category) for e in entries]
+    prng = random.Random(0)
+    holdout = settings.holdout
+
+    def choose_alt(i: int) -> tuple[int, float]:
+        ctx = ctxs[i % m]
+        shared = " ".join(token(k, v) for k, v in sorted(ctx.items()) if v is not None)
+        probs = policy._vw.predict([f"shared |U {shared} |P {cats[i % m]}", *arm_lines[i % m]])
+        total = sum(probs)
+        if prng.random() < holdout:
+            idx = 0
+        else:
+            u, acc, idx = prng.random() * total, 0.0, len(probs) - 1
+            for j, p_ in enumerate(probs):
+                acc += p_
+                if u < acc:
+                    idx = j
+                    break
+        pm = [(1.0 - holdout) * p_ / total for p_ in probs]
+        pm[0] += holdout
+        return idx, pm[idx]
+
+    timeit("PROPOSED choose: cached arm lines + pure-Python sampling", choose_alt)
+    timeit("PROPOSED shared line only (vs to_vw)",
+           lambda i: " ".join(token(k, v) for k, v in sorted(ctxs[i % m].items())))
+
+    # kafka-python computes CRC32C of every record batch it produces and (check_crcs=True) of
+    # every batch it fetches; without the `crc32c` package it uses a pure-Python loop.
+    from kafka.record import _crc32c as pycrc
+
+    blob = os.urandom(16 * 1024)
+    timeit("kafka-python pure-Python crc32c, 16 KiB batch (~80 decisions)",
+           lambda i: pycrc.crc(blob), reps=50)
+    try:
+        import crc32c as ccrc
+
+        timeit("crc32c package (C), 16 KiB batch", lambda i: ccrc.crc32c(blob), reps=2000)
+    except ImportError:
+        res["crc32c package (C), 16 KiB batch"] = "not installed"
+
     # The publisher thread's cost per message when Kafka is up: CPU of this process while a
     # started Publisher delivers N messages (its thread does the kafka-python sends).
     if settings.embedded_broker:
@@ -452,16 +503,18 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 # -- main ----------------------------------------------------------------------------------------
 def fmt(name: str, r: dict, base: dict | None) -> str:
     ratio = f"{r['rps'] / base['rps']:.2f}" if base else "1.00"
+    extra = f"  unfinished={r['unfinished']}" if r.get("unfinished") else ""
     cpu = " ".join(f"{k[4:]}={v}s" for k, v in r.items() if k.startswith("cpu_"))
     return (f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
-            f"p99 {r['p99_ms']:7.2f} ms  non200={r['non_200']}  x/healthz={ratio}  "
+            f"p99 {r['p99_ms']:7.2f} ms  non200={r['non_200']}{extra}  x/healthz={ratio}  "
             f"cpu[{cpu}] wall={r['wall_s']}s  load={r['load']}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate (req/s)")
+    p.add_argument("--rate", default="1000",
+                   help="open-loop offered rate(s) in req/s, comma-separated (e.g. 1000,250)")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--connections", type=int, default=16, help="closed-loop connections")
     p.add_argument("--open-connections", type=int, default=64,
@@ -471,6 +524,9 @@ def main() -> None:
     p.add_argument("--no-open", action="store_true", help="skip the open-loop runs")
     p.add_argument("--no-post", action="store_true", help="skip POST /v1/decisions")
     p.add_argument("--profile", action="store_true", help="py-spy the API during one more run")
+    p.add_argument("--gil", action="store_true",
+                   help="py-spy --gil: sample only the thread holding the GIL (where Python time "
+                        "goes), instead of every non-idle thread")
     p.add_argument("--micro", action="store_true", help="also run the in-process micro-benchmark")
     p.add_argument("--micro-only", action="store_true")
     p.add_argument("--json", help="write all results here")
@@ -523,8 +579,7 @@ def main() -> None:
         if not args.no_post:
             record(f"closed c={c} POST /v1/decisions (wrk)",
                    run_wrk(stack, post_script, args.duration, c), f"closed c={c} GET /healthz (wrk)")
-        if not args.no_open:
-            r = args.rate
+        for r in ([] if args.no_open else [float(x) for x in args.rate.split(",")]):
             record(f"open {r:.0f}/s GET /healthz (loadgen)",
                    run_loadgen(stack, tmp / "health_paths.txt", "", r, args.duration,
                                args.open_connections), None)
@@ -535,7 +590,7 @@ def main() -> None:
         results["health_after"] = health
         print(f"# /healthz after the runs: {json.dumps(health)}", flush=True)
         if args.profile:
-            prof = profile(stack, variant_script, args.duration, c, tmp / "pyspy")
+            prof = profile(stack, variant_script, args.duration, c, tmp / "pyspy", args.gil)
             prof["load"] = loadavg()
             runs["profile run (wrk + py-spy)"] = prof
             print(fmt("profiled closed GET variant (wrk)", prof,

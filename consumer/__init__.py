@@ -4,7 +4,8 @@ once, and teaches the bandit.
 - `consumer.join`: Kafka-free. `ingest` (idempotent batch writes), `close_expired_windows`
   (rewards with consecutive `seq`), `closed_since` (the replay), `late_events`.
 - `consumer.records`: message values → `DecisionRecord` / `EventRecord`, or `BadMessage`.
-- `consumer.learner`: `Learner`, the model kept equal to newest snapshot + replay.
+- `consumer.learner`: `Learner`, the model kept equal to newest snapshot + replay, and
+  `ElectedLearner`, which runs it in the one process holding the `learner` lease.
 - `consumer.watermark`: `IngestWatermark`, the time up to which every event is in the ledger.
 - `consumer.dlq`: the dead-letter topic.
 - `consumer.loop`: `run_consumer(settings, stop)`, `main(settings)`; `python -m consumer.loop`.

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,7 +32,7 @@ from consumer.records import DecisionRecord, EventRecord
 from copyloop.ledger.tables import Decision, Event, Reward
 from copyloop.settings import Settings
 
-#: Rows per multi-row INSERT / ids per IN list: far below SQLite's 32,766 bound parameters.
+#: Ids per IN list: far below SQLite's 32,766 bound parameters.
 _CHUNK = 500
 #: Decisions closed per transaction by default: bounds lock time and the learner's step.
 DEFAULT_CLOSE_LIMIT = 2000
@@ -104,23 +104,23 @@ def ingest(
     new_decisions = new_events = 0
     try:
         with ledger_errors(), sessions.begin() as s:
-            insert = _insert_for(s)
-            for rows in _chunks(decision_rows, _CHUNK):
+            # executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues") and
+            # RETURNING gives the keys actually inserted (rowcount is unreliable across drivers).
+            upsert = _insert_for(s)
+            if decision_rows:
                 stmt = (
-                    insert(Decision)
-                    .values(rows)
+                    upsert(Decision)
                     .on_conflict_do_nothing(index_elements=["decision_id"])
-                    .returning(Decision.decision_id)  # multi-row rowcount is -1 on psycopg
+                    .returning(Decision.decision_id)
                 )
-                new_decisions += len(s.execute(stmt).all())
-            for rows in _chunks(event_rows, _CHUNK):
+                new_decisions = len(s.execute(stmt, decision_rows).all())
+            if event_rows:
                 stmt = (
-                    insert(Event)
-                    .values(rows)
+                    upsert(Event)
                     .on_conflict_do_nothing(index_elements=["event_id"])
                     .returning(Event.event_id)
                 )
-                new_events += len(s.execute(stmt).all())
+                new_events = len(s.execute(stmt, event_rows).all())
     except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
         raise BadBatch(f"the ledger refused the batch: {str(exc).splitlines()[0]}") from exc
     return IngestResult(
@@ -149,11 +149,11 @@ def close_expired_windows(
     the unique `seq` and on the reward's primary key; the loser gets `LeaseLost` too.
     """
     cutoff = now - settings.reward_window_s - settings.close_grace_s
-    closed_at = time.time()
     weights = settings.reward_weights
     try:
         with ledger_errors(), sessions.begin() as s:
             last_seq = s.scalar(select(func.coalesce(func.max(Reward.seq), 0))) or 0
+            closed_at = time.time()  # after the first statement: SQLite's write lock is ours
             if expected_last_seq is not None and last_seq != expected_last_seq:
                 raise LeaseLost(
                     f"the reward chain is at seq {last_seq}, this learner at {expected_last_seq}"
@@ -199,8 +199,7 @@ def close_expired_windows(
                         revenue=revenue,
                     )
                 )
-            for chunk in _chunks(closed, _CHUNK):
-                s.execute(_insert_for(s)(Reward).values([_reward_row(c, closed_at) for c in chunk]))
+            s.execute(insert(Reward), [_reward_row(c, closed_at) for c in closed])
             for chunk_ids in _chunks(ids, _CHUNK):
                 marked = len(
                     s.execute(

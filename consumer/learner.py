@@ -76,7 +76,8 @@ class Learner:
         """Load the newest snapshot (saving an untrained one first when there is none, so that
         the API can start exploring) and replay every reward after it. Returns how many.
         `between_pages` runs after each page of the replay (the loop renews its lease there)."""
-        snap = snapshots.load_latest(self._sessions)
+        with ledger_errors():
+            snap = snapshots.load_latest(self._sessions)
         if snap is None:
             policy = Policy(self._settings.vw_args, seed=self._settings.seed)
             policy.version = self._save(policy, 0)
@@ -276,8 +277,10 @@ class ElectedLearner:
                     if not busy:
                         self._stop.wait(self._interval)
                 except LeaseLost as exc:
-                    log.warning("learner fenced: %s; catching up again", exc)
+                    delay = backoff.next()
+                    log.warning("learner fenced: %s; catching up again in %.1fs", exc, delay)
                     self._drop()
+                    self._stop.wait(delay)
                 except ConsumerError as exc:
                     delay = backoff.next()
                     log.warning("learner: %s; retrying in %.1fs", exc, delay)

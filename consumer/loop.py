@@ -91,13 +91,12 @@ class _Progress:
         self._callback = callback
 
     def add(self, **changes: int) -> None:
-        with self._lock:
+        with self._lock:  # the callback too, so that it sees the counters only ever grow
             self._value = replace(
                 self._value, **{k: getattr(self._value, k) + v for k, v in changes.items()}
             )
-            value = self._value
-        if self._callback is not None:
-            self._callback(value)
+            if self._callback is not None:
+                self._callback(self._value)
 
     def set_learner(self, last_seq: int, model_version: int, watermark: float) -> None:
         with self._lock:
@@ -284,13 +283,42 @@ def run_consumer(
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     progress = _Progress(on_progress)
-    watermark = IngestWatermark(settings.bootstrap, settings.consumer_group, settings.events_topic)
+    watermark: IngestWatermark | None = None
+    learner: threading.Thread | None = None
+    try:
+        watermark = IngestWatermark(
+            settings.bootstrap, settings.consumer_group, settings.events_topic
+        )
+        learner = threading.Thread(
+            target=_elect(settings, sessions, stop, progress, tuning, watermark).run,
+            name="copyloop-learner",
+        )
+        learner.start()
+        _Joiner(settings, sessions, stop, progress, tuning).run()
+    finally:
+        stop.set()
+        if learner is not None:
+            learner.join()
+        if watermark is not None:
+            watermark.close()
+        engine.dispose()
+
+
+def _elect(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    stop: threading.Event,
+    progress: _Progress,
+    tuning: LoopTuning,
+    watermark: IngestWatermark,
+) -> ElectedLearner:
+    """The closer-learner of this process, closing windows against the ingestion watermark."""
 
     def report(step: StepReport) -> None:
         progress.set_learner(step.last_seq, step.model_version, watermark.value)
         progress.add(closed=step.closed, learned=step.learned)
 
-    elected = ElectedLearner(
+    return ElectedLearner(
         sessions,
         settings,
         stop,
@@ -301,15 +329,6 @@ def run_consumer(
         max_backoff_s=tuning.max_backoff_s,
         on_step=report,
     )
-    learner = threading.Thread(target=elected.run, name="copyloop-learner")
-    learner.start()
-    try:
-        _Joiner(settings, sessions, stop, progress, tuning).run()
-    finally:
-        stop.set()
-        learner.join()
-        watermark.close()
-        engine.dispose()
 
 
 def main(settings: Settings, tuning: LoopTuning | None = None) -> int:
@@ -320,7 +339,9 @@ def main(settings: Settings, tuning: LoopTuning | None = None) -> int:
         log.info("signal %d: stopping after the current batch", signum)
         stop.set()
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signals are the main thread's
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         run_consumer(settings, stop, tuning=tuning)
     except Exception:

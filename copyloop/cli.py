@@ -125,7 +125,7 @@ def consume() -> None:
     from consumer.loop import main as run_consumer
 
     _logging()
-    run_consumer(_settings())
+    raise typer.Exit(run_consumer(_settings()))
 
 
 @app.command()
