@@ -182,15 +182,16 @@ def counts(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return int(d), int(e)
 
 
-def committed(settings: Settings) -> dict:
-    from kafka.admin import KafkaAdminClient
+def committed(settings: Settings, tps: list) -> dict:
+    """The group's committed offsets (a group member that never subscribes reads them)."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    c = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.consumer_group,
+                      enable_auto_commit=False)
     try:
-        offs = admin.list_consumer_group_offsets(settings.consumer_group)
-        return {(tp.topic, tp.partition): om.offset for tp, om in offs.items()}
+        return {(t, p): c.committed(TopicPartition(t, p)) for t, p in tps}
     finally:
-        admin.close()
+        c.close(autocommit=False)
 
 
 def copyloop_ingest(settings: Settings, n_dec: int, n_ev: int, broker_pid: int, tmp: Path,
@@ -233,8 +234,8 @@ def copyloop_ingest(settings: Settings, n_dec: int, n_ev: int, broker_pid: int, 
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(30)
         while time.monotonic() - t0 < timeout_s:
-            got = committed(settings)
-            if all(got.get(k, -1) >= v for k, v in ends.items()):
+            got = committed(settings, list(ends))
+            if all((got.get(k) or 0) >= v for k, v in ends.items()):
                 all_committed = time.monotonic()
                 break
             time.sleep(0.2)

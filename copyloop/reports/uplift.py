@@ -164,7 +164,8 @@ def uplift_report(
             metric: uplift(stats["bandit"][metric], stats["control"][metric]).as_dict()
             for metric in METRICS
         },
-        "interval_method": "95% normal intervals; relative lift by the delta method on the ratio",
+        "interval_method": "95% normal intervals; relative lift by the delta method on the log "
+        "ratio; p-values from a Welch z-test on the difference",
         "srm": asdict(
             sample_ratio(
                 arms["control"]["impressions"], arms["bandit"]["impressions"], settings.holdout
