@@ -73,7 +73,7 @@ class Decision(Base):
 
     __tablename__ = "decisions"
 
-    decision_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     product_id: Mapped[str] = mapped_column(String(128))
     variant_id: Mapped[str] = mapped_column(String(64))
     policy: Mapped[str] = mapped_column(String(16))  # bandit | control | fallback
@@ -116,7 +116,7 @@ class Reward(Base):
     __tablename__ = "rewards"
 
     decision_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("decisions.decision_id"), primary_key=True
+        String(128), ForeignKey("decisions.decision_id"), primary_key=True
     )
     seq: Mapped[int] = mapped_column(BigInteger, unique=True)
     reward: Mapped[float] = mapped_column(Float)
@@ -160,3 +160,26 @@ class JobLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class GeneratorVersion(Base):
+    """One version of the generator: a base model plus (optionally) a fine-tuned adapter.
+
+    `status` is `candidate` (trained, not yet gated), `shipped` (passed the gate; the newest
+    shipped one generates), `rejected` (refused by the gate) or `rolled_back`. `data` describes
+    what it was trained on, `metrics` what the gate measured, `gate_reason` why it shipped or not.
+    """
+
+    __tablename__ = "generator_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(16))  # rules | hf
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gate_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    shipped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
