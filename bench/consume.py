@@ -1,4 +1,5 @@
-"""Consumer ingestion throughput: the copyloop consumer vs kafka-python's raw drain of the same data.
+"""Consumer ingestion throughput: the copyloop consumer vs kafka-python's raw drain of the same
+data.
 
 1. Starts a tansu broker on a free port, creates `{prefix}.decisions/.events/.events.dlq` with
    `--partitions` partitions each, and produces `--decisions` decisions and
@@ -36,7 +37,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMeter, cpu_seconds, git_rev, loadavg  # noqa: E402
+from _common import CpuMeter, git_rev, loadavg  # noqa: E402
 
 from copyloop.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
 from copyloop.runner import settings_env  # noqa: E402
@@ -212,7 +213,9 @@ def copyloop_ingest(settings: Settings, n_dec: int, n_ev: int, broker_pid: int, 
     try:
         while time.monotonic() - t0 < timeout_s:
             if proc.poll() is not None:
-                raise RuntimeError(f"consumer exited with {proc.returncode}; see {tmp}/consumer.log")
+                raise RuntimeError(
+                    f"consumer exited with {proc.returncode}; see {tmp}/consumer.log"
+                )
             d, e = counts(engine)
             now = time.monotonic()
             if first is None and d + e > 0:

@@ -136,7 +136,9 @@ async def closed_loop(port: int, reqs: list[bytes], duration: float, conns: int)
     return _summary(lat, len(lat), elapsed, sum(bad), 0, 0.0)
 
 
-def _summary(lat: np.ndarray, done: int, elapsed: float, bad: int, errors: int, rate: float) -> dict:
+def _summary(
+    lat: np.ndarray, done: int, elapsed: float, bad: int, errors: int, rate: float
+) -> dict:
     ms = lat * 1000.0
     pct = np.percentile(ms, [50, 90, 99, 99.9]) if len(ms) else [float("nan")] * 4
     return {

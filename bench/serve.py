@@ -362,7 +362,8 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     def make_out(i: int) -> bytes:
         return DecisionOut(decision_id="x" * 32, product_id="p", variant_id=choice.variant_id,
                            text=e0.texts[choice.index], style="s", policy="bandit",
-                           probability=choice.probability, model_version=1).model_dump_json().encode()
+                           probability=choice.probability,
+                           model_version=1).model_dump_json().encode()
 
     timeit("DecisionOut build + JSON", make_out)
     timeit("metrics.decisions.labels().inc()", lambda i: metrics.decisions.labels("bandit").inc())
@@ -419,7 +420,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     from kafka.record import _crc32c as pycrc
 
     blob = os.urandom(16 * 1024)
-    timeit("kafka-python pure-Python crc32c, 16 KiB batch (~80 decisions)",
+    timeit("kafka-python pure-Python crc32c, 16 KiB batch (~40 decisions)",
            lambda i: pycrc.crc(blob), reps=50)
     try:
         import crc32c as ccrc
@@ -440,7 +441,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
         value = msg.to_bytes()
         total = 20_000
         c0, w0 = time.process_time(), time.perf_counter()
-        for i in range(total):
+        for _ in range(total):
             pub3.publish(settings.decisions_topic, uuid.uuid4().hex, value)
         while pub3.stats().sent < total and time.perf_counter() - w0 < 60:
             time.sleep(0.01)
@@ -454,7 +455,6 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     from api.app import create_app
 
     app = create_app(settings)
-    key = prepare_keys_cache = None  # noqa: F841
 
     async def asgi_bench() -> None:
         from api.auth import create_key
@@ -578,7 +578,8 @@ def main() -> None:
                f"closed c={c} GET /healthz (wrk)")
         if not args.no_post:
             record(f"closed c={c} POST /v1/decisions (wrk)",
-                   run_wrk(stack, post_script, args.duration, c), f"closed c={c} GET /healthz (wrk)")
+                   run_wrk(stack, post_script, args.duration, c),
+                   f"closed c={c} GET /healthz (wrk)")
         for r in ([] if args.no_open else [float(x) for x in args.rate.split(",")]):
             record(f"open {r:.0f}/s GET /healthz (loadgen)",
                    run_loadgen(stack, tmp / "health_paths.txt", "", r, args.duration,

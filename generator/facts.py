@@ -7,6 +7,9 @@ one tokenizer for both sides so that they always agree.
 
 Numbers are compared by value, whole tokens at a time: ``1-9/16`` is one number (25/16), never
 ``1`` and ``9/16``, so a text that says ``1-9/16`` where the data says ``9/16`` is caught.
+Spelled-out counts (``two`` … ``twelve``, ``dozen``, tens) are numbers too, so a model cannot
+slip "a twelve-piece set" past a data sheet that says 10 pieces. The writing systems (scripts)
+of the data are kept so that a text in another script can be told apart.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
+from unicodedata import name as unicode_name
 
 
 class ProductLike(Protocol):
@@ -155,6 +159,34 @@ def terms_in(normalized_text: str, pattern: re.Pattern[str] | None) -> set[str]:
     return set() if pattern is None else {m.group(0) for m in pattern.finditer(normalized_text)}
 
 
+#: Spelled-out numbers a text may state only when the data does (as digits or words). "one"
+#: is left out: "one of the", "the one you reach for" state no count.
+NUMBER_WORDS: dict[str, int] = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "dozen": 12, "twenty": 20, "thirty": 30,
+    "forty": 40, "fifty": 50, "hundred": 100,
+}  # fmt: skip
+_NUMBER_WORD = re.compile(rf"\b({'|'.join(NUMBER_WORDS)})\b", re.IGNORECASE)
+
+
+def number_words_in(text: str) -> Iterator[str]:
+    """Spelled-out numbers of `text`, lower case.
+
+    >>> list(number_words_in("A Twelve-piece set for two, one of a kind"))
+    ['twelve', 'two']
+    """
+    return (m.group(1).lower() for m in _NUMBER_WORD.finditer(text))
+
+
+def scripts_in(text: str) -> set[str]:
+    """The writing systems of `text`'s letters, by Unicode name (LATIN, CYRILLIC, CJK, …).
+
+    >>> sorted(scripts_in("Crème brûlée, Пирог, 蛋糕"))
+    ['CJK', 'CYRILLIC', 'LATIN']
+    """
+    return {unicode_name(c, "UNKNOWN").split(" ", 1)[0] for c in text if c.isalpha()}
+
+
 def number_value(token: str) -> Fraction | str:
     """The value of a number token, so that `1,200` equals `1200` and `2.50` equals `2.5`.
 
@@ -247,6 +279,7 @@ class FactSheet:
     quantities: frozenset[tuple[Fraction | str, str]]
     materials: frozenset[str]  # every vocabulary term the data contains, parts included
     colours: frozenset[str]
+    scripts: frozenset[str] = frozenset({"LATIN"})  # writing systems of the data's letters
 
     @classmethod
     def of(cls, product: ProductLike) -> FactSheet:
@@ -260,13 +293,16 @@ class FactSheet:
                 quantities.update((number_value(n), unit) for n in numbers_in(text))
         text = "\n".join(parts)
         normalized = normalize(text)
+        numbers: set[Fraction | str] = {number_value(n) for n in numbers_in(text)}
+        numbers.update(Fraction(NUMBER_WORDS[w]) for w in number_words_in(text))
         return cls(
             normalized=normalized,
             words=frozenset(words_in(text)),
-            numbers=frozenset(number_value(n) for n in numbers_in(text)),
+            numbers=frozenset(numbers),
             quantities=frozenset(quantities | quantities_in(text)),
             materials=frozenset(t for t in MATERIALS if contains_term(normalized, t)),
             colours=frozenset(t for t in COLOURS if contains_term(normalized, t)),
+            scripts=frozenset(scripts_in(text) | {"LATIN"}),
         )
 
 

@@ -5,16 +5,26 @@ the verdict's reason, a short string led by a snake_case code:
 
 =====================  ==========================================================
 `control_characters`   a control character (newlines and tabs are allowed)
+`bad_characters`       U+FFFD or another mark of broken decoding
 `not_text`             mostly digits or symbols (under half letters)
+`foreign_script`       letters in a writing system the product data does not use
+`garbled`              under 85% of the whitespace-separated tokens look like words or numbers
 `too_short`/`too_long` outside `[min_chars, max_chars]` after stripping
+`leftover_markup`      prompt or chat markup echoed back (``<|user|>``, ``Attributes:``, HTML)
+`repeated_words`       degeneration: a word 4× in a row, or a 2–4-word phrase 3× in a row
 `banned_term`          a banned word or phrase, case-insensitive, whole words
-`unsupported_number`   a number the product data does not state (by value)
+`unsupported_number`   a number (digits, or a spelled-out count) the data does not state
 `unsupported_quantity` a number with a unit the data does not pair with it
 `unsupported_brand`    a known brand that is not this product's
 `unsupported_material` / `unsupported_colour`  a vocabulary term absent from the data
 `unsupported_name`     a capitalised word, not starting a sentence, absent from the data
 `near_duplicate`       token-shingle Jaccard similarity to a sibling ≥ the threshold
 =====================  ==========================================================
+
+The same checks hold for every backend; they are written for the `hf` backend's failure modes
+(models hallucinate facts, echo their prompt, loop, and emit broken bytes), which the rules
+backend cannot produce, so it passes them by construction. :func:`reason_kind` gives a reason's
+code, which is what rejects are counted by.
 """
 
 from __future__ import annotations
@@ -30,13 +40,16 @@ from typing import TYPE_CHECKING
 from generator.facts import (
     COLOUR_PATTERN,
     MATERIAL_PATTERN,
+    NUMBER_WORDS,
     FactSheet,
     ProductLike,
     contains_term,
     normalize,
     number_value,
+    number_words_in,
     numbers_in,
     quantities_in,
+    scripts_in,
     terms_in,
     vocabulary_pattern,
     words_in,
@@ -127,7 +140,11 @@ def check(
     facts = product if isinstance(product, FactSheet) else FactSheet.of(product)
     checks: tuple[Callable[[], Verdict], ...] = (
         lambda: _charset(text),
+        lambda: _script(text, facts.scripts),
+        lambda: _garbled(text),
         lambda: _length(text, params),
+        lambda: _markup(text),
+        lambda: _repetition(text),
         lambda: _banned(text, params.banned_terms),
         lambda: _facts(text, facts, params.brands),
         lambda: _near_duplicate(text, siblings, params.near_duplicate_threshold),
@@ -150,12 +167,75 @@ def _charset(text: str) -> Verdict:
     return PASS
 
 
+_BROKEN = frozenset("\ufffd\ufeff")
+
+
+def _script(text: str, allowed: frozenset[str]) -> Verdict:
+    for char in text:
+        if char in _BROKEN:
+            return Verdict(False, f"bad_characters: U+{ord(char):04X}")
+    for script in sorted(scripts_in(text) - allowed):
+        return Verdict(False, f"foreign_script: {script}")
+    return PASS
+
+
+#: A token that reads as a word, a number, a quantity or a list marker, with the punctuation
+#: that may surround it: "(BPA-free),", "9/16\"", "260°C.", "1,200", "-", "Chef's", "USB-C".
+_WORDLIKE = re.compile(
+    r"""[("'“‘\[]*"""
+    r"(?:[^\W\d_]+(?:['’&.-][^\W\d_]+)*"  # words, compounds, contractions, "e.g"
+    r"|[$€£]?\d+(?:[.,/]\d+)*(?:-\d+/\d+)?(?:[-x×]\d+(?:[.,/]\d+)*)*"  # numbers, 30x20
+    r"(?:\s?[°%″\"]|°[CF])?(?:-?[^\W\d_]+)*"  # units: 5kg, 260°C, 12-cup, 9/16"
+    r"|[^\W\d_]+(?:-?\d+)+[^\W\d_]*"  # model names: XR-200, MK2
+    r"|[-*•–—:&+/])"
+    r"""[)"'”’\]]*[.,;:!?…]*[)"'”’\]]*"""
+)
+
+
+def _garbled(text: str) -> Verdict:
+    tokens = text.split()
+    odd = [t for t in tokens if not _WORDLIKE.fullmatch(t)]
+    if tokens and len(odd) > 0.15 * len(tokens):
+        return Verdict(False, f"garbled: {len(odd)}/{len(tokens)} tokens, e.g. {odd[0]!r}")
+    return PASS
+
+
 def _length(text: str, params: GuardrailParams) -> Verdict:
     n = len(text.strip())
     if n < params.min_chars:
         return Verdict(False, f"too_short: {n} < {params.min_chars} chars")
     if n > params.max_chars:
         return Verdict(False, f"too_long: {n} > {params.max_chars} chars")
+    return PASS
+
+
+#: What a model echoes from its prompt or chat template; none of it belongs in shop copy.
+_MARKUP = re.compile(
+    r"<\|[^|]*\|>|</?s>|<pad>|<unk>|\[/?INST\]|<</?SYS>>|</?[a-z][a-z0-9]*(?:\s[^<>]*)?>|```|\{\{|\}\}"
+    r"|^\s*(?:Product|Category|Attributes|Original description|Description|Style \(\w+\)"
+    r"|(?:user|assistant|system))\s*:"
+    r"|Write a product description|Use only facts given",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _markup(text: str) -> Verdict:
+    found = _MARKUP.search(text)
+    if found:
+        return Verdict(False, f"leftover_markup: {found.group(0).strip()!r}")
+    return PASS
+
+
+def _repetition(text: str) -> Verdict:
+    words = re.findall(r"\w+(?:['’-]\w+)*", text.lower())
+    for size, times in ((1, 4), (2, 3), (3, 3), (4, 3)):
+        span = size * times
+        for start in range(len(words) - span + 1):
+            phrase = words[start : start + size]
+            if all(
+                words[start + k * size : start + (k + 1) * size] == phrase for k in range(times)
+            ):
+                return Verdict(False, f"repeated_words: {' '.join(phrase)!r} {times}x in a row")
     return PASS
 
 
@@ -173,6 +253,9 @@ def _facts(text: str, facts: FactSheet, brands: _Brands) -> Verdict:
     for token in numbers_in(text):
         if number_value(token) not in facts.numbers:
             return Verdict(False, f"unsupported_number: {token}")
+    for word in number_words_in(text):
+        if NUMBER_WORDS[word] not in facts.numbers:
+            return Verdict(False, f"unsupported_number: {word}")
     for value, unit in sorted(quantities_in(text) - facts.quantities, key=str):
         return Verdict(False, f"unsupported_quantity: {_show(value)} {unit}")
     normalized = normalize(text)
@@ -189,6 +272,15 @@ def _facts(text: str, facts: FactSheet, brands: _Brands) -> Verdict:
         if not _supported_word(name, facts.words):
             return Verdict(False, f"unsupported_name: {name}")
     return PASS
+
+
+def reason_kind(reason: str | None) -> str:
+    """The code a reason starts with, which rejects are counted by.
+
+    >>> reason_kind("unsupported_number: 1-9/16"), reason_kind(None)
+    ('unsupported_number', '')
+    """
+    return "" if reason is None else reason.split(":", 1)[0].strip()
 
 
 def _show(value: Fraction | str) -> str:

@@ -1,0 +1,352 @@
+"""The `hf` backend: candidates sampled from a transformers causal or seq2seq model.
+
+The model is loaded from a local directory (or a model id already in the local cache: nothing is
+downloaded), as `AutoModelForSeq2SeqLM` when its config says `is_encoder_decoder`, else as
+`AutoModelForCausalLM` with left padding so every row's continuation starts at the same column.
+An optional peft adapter (a fine-tuned generator version) is applied and merged. bf16 on CUDA,
+fp32 on CPU.
+
+One prompt per (product, style) (see :mod:`generator.prompts`), `k` samples per prompt through
+`num_return_sequences`, prompts from many products batched together (sorted by length so
+batches pad little). Sampling is seeded: each batch forks the global RNG and seeds it with
+`seed + batch index`, so the process's RNG is left as it was and the same inputs, seed and
+batch size give the same texts.
+
+Usage::
+
+    generator = HFGenerator("var/tiny-gpt2", version="hf-base-1a2b3c4d", seed=0)
+    result = generator.generate_many([GenerationRequest(product, ("concise", "bullets"), 4)])
+    result.candidates[0], result.stats.tokens_per_s
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from generator import BackendUnavailableError, GeneratorError
+from generator.facts import ProductLike
+from generator.prompts import build_prompt, format_for_model
+from generator.rules import Candidate
+
+SOURCE = "llm"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Up to `n` candidates of `product`, spread over `styles` (earlier styles first)."""
+
+    product: ProductLike
+    styles: tuple[str, ...]
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """Throughput of one generation call. `output_tokens` counts generated tokens up to and
+    including each sequence's end-of-sequence token (padding excluded); `seconds` is wall time
+    of the model calls (tokenizing and decoding included, loading not)."""
+
+    products: int
+    prompts: int
+    candidates: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def products_per_s(self) -> float:
+        return self.products / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def candidates_per_s(self) -> float:
+        return self.candidates / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def __add__(self, other: GenerationStats) -> GenerationStats:
+        return GenerationStats(
+            self.products + other.products,
+            self.prompts + other.prompts,
+            self.candidates + other.candidates,
+            self.output_tokens + other.output_tokens,
+            self.seconds + other.seconds,
+        )
+
+
+NO_STATS = GenerationStats(0, 0, 0, 0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """`candidates[i]` belongs to request `i`; distinct texts, at most its `n`."""
+
+    candidates: tuple[tuple[Candidate, ...], ...]
+    stats: GenerationStats
+
+
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    request: int
+    style: str
+    text: str
+    samples: int
+
+
+class HFGenerator:
+    """Samples candidates from a local transformers model (plus an optional peft adapter)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        version: str,
+        adapter_path: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 16,
+        max_new_tokens: int = 160,
+        max_prompt_tokens: int = 768,
+        num_return_sequences: int | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int = 0,
+        local_files_only: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if num_return_sequences is not None and num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:  # the API and consumer install without the generator extra
+            raise BackendUnavailableError(
+                "the hf backend needs torch and transformers: pip install 'copyloop[generator]'"
+            ) from exc
+        self.version = version
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.num_return_sequences = num_return_sequences
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype, got {dtype!r}")
+        where = str(model_path)
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                where, local_files_only=local_files_only
+            )
+            self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+            auto = (
+                transformers.AutoModelForSeq2SeqLM
+                if self.is_encoder_decoder
+                else transformers.AutoModelForCausalLM
+            )
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                where, local_files_only=local_files_only
+            )
+            model = auto.from_pretrained(
+                where, dtype=torch_dtype, local_files_only=local_files_only
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise GeneratorError(
+                f"cannot load generator_model {where!r} (COPYLOOP_GENERATOR_MODEL): {exc}"
+            ) from exc
+        if adapter_path is not None:
+            model = _apply_adapter(model, str(adapter_path))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
+        tokenizer.truncation_side = "left"  # keep the end of the prompt: the cue to continue
+        self.tokenizer = tokenizer
+        self.model = model.to(self.device).eval()
+        self.model_path = where
+        self.adapter_path = None if adapter_path is None else str(adapter_path)
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]:
+        """Up to `n` distinct candidates of one product (see :meth:`generate_many`)."""
+        return list(
+            self.generate_many([GenerationRequest(product, tuple(styles), n)]).candidates[0]
+        )
+
+    # -- batched -------------------------------------------------------------------------------
+
+    def prompts_for(self, index: int, request: GenerationRequest) -> list[_Prompt]:
+        """The prompts of request `index`: one per style (only the first `n` styles when `n` is
+        smaller), each sampled `ceil(n / prompts)` times unless `num_return_sequences` is set."""
+        styles = list(dict.fromkeys(request.styles))[: max(request.n, 0)]
+        if not styles:
+            return []
+        samples = self.num_return_sequences or math.ceil(request.n / len(styles))
+        return [
+            _Prompt(
+                index,
+                s,
+                format_for_model(self.tokenizer, build_prompt(request.product, s)),
+                samples,
+            )
+            for s in styles
+        ]
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> GenerationResult:
+        """Candidates for every request, prompts from all of them batched together.
+
+        Each request's candidates interleave its styles (sample 1 of every style, then sample
+        2 …), so cutting the list at `n` keeps the styles balanced. Empty or duplicate texts
+        are dropped, so a request can get fewer than `n`. Raises `UnknownStyleError` for a
+        style without an instruction, before any model call.
+        """
+        for request in requests:
+            if request.n < 0:
+                raise ValueError(f"n must be >= 0, got {request.n}")
+            for style in request.styles:
+                build_prompt(request.product, style)  # raises UnknownStyleError
+        prompts = [p for i, r in enumerate(requests) for p in self.prompts_for(i, r)]
+        started = time.perf_counter()
+        outputs: list[list[str]] = [[] for _ in prompts]
+        tokens = 0
+        order = sorted(range(len(prompts)), key=lambda j: (len(prompts[j].text), j))
+        for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
+            batch = order[start : start + self.batch_size]
+            # One model call per sample count (a single call in the usual case).
+            for samples in sorted({prompts[j].samples for j in batch}):
+                group = [j for j in batch if prompts[j].samples == samples]
+                rows, n_tokens = self._sample(
+                    [prompts[j].text for j in group], samples, batch_index
+                )
+                tokens += n_tokens
+                for j, row in zip(group, rows, strict=True):
+                    outputs[j] = row
+        per_request: list[list[Candidate]] = [[] for _ in requests]
+        seen: list[set[str]] = [set() for _ in requests]
+        for rank in range(max((p.samples for p in prompts), default=0)):
+            for prompt, texts in zip(prompts, outputs, strict=True):
+                mine = per_request[prompt.request]
+                if rank >= len(texts) or len(mine) >= requests[prompt.request].n:
+                    continue
+                text = texts[rank]
+                if text and text not in seen[prompt.request]:
+                    seen[prompt.request].add(text)
+                    mine.append(Candidate(prompt.style, text, SOURCE, self.version))
+        stats = GenerationStats(
+            products=len({r.product.product_id for r in requests}),
+            prompts=len(prompts),
+            candidates=sum(len(c) for c in per_request),
+            output_tokens=tokens,
+            seconds=time.perf_counter() - started,
+        )
+        return GenerationResult(tuple(tuple(c) for c in per_request), stats)
+
+    def _sample(
+        self, texts: list[str], samples: int, batch_index: int
+    ) -> tuple[list[list[str]], int]:
+        """`samples` continuations of each text (prompt stripped, whitespace cleaned) and the
+        number of generated tokens (through each row's end-of-sequence token)."""
+        import torch
+        from transformers import GenerationConfig
+
+        encoded = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_prompt_tokens,
+            add_special_tokens=self.is_encoder_decoder,  # causal prompts carry their own markup
+        ).to(self.device)
+        sampling = self.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            num_return_sequences=samples,
+            do_sample=sampling,
+            temperature=self.temperature if sampling else None,
+            top_p=self.top_p if sampling else None,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            decoder_start_token_id=getattr(
+                self.model.generation_config, "decoder_start_token_id", None
+            ),
+        )
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(self.seed + batch_index)
+            output = self.model.generate(**encoded, generation_config=config)
+        generated = (
+            output if self.is_encoder_decoder else output[:, encoded["input_ids"].shape[1] :]
+        )
+        if self.is_encoder_decoder:
+            generated = generated[:, 1:]  # the decoder start token is not generated
+        n_tokens = _count_tokens(
+            generated, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        )
+        decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        cleaned = [clean_text(t) for t in decoded]
+        return [cleaned[i * samples : (i + 1) * samples] for i in range(len(texts))], n_tokens
+
+
+def _apply_adapter(model: Any, adapter_path: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "a generator version with an adapter needs peft: pip install 'copyloop[generator]'"
+        ) from exc
+    try:
+        return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    except (OSError, ValueError) as exc:
+        raise GeneratorError(f"cannot load adapter {adapter_path!r}: {exc}") from exc
+
+
+def _count_tokens(generated: Any, eos_id: int | None, pad_id: int | None) -> int:
+    """Generated tokens per row up to and including the first end-of-sequence token."""
+    import torch
+
+    rows, width = generated.shape
+    if width == 0:
+        return 0
+    stop = (
+        generated == eos_id if eos_id is not None else torch.zeros_like(generated, dtype=torch.bool)
+    )
+    if pad_id is not None and pad_id != eos_id:
+        stop |= generated == pad_id
+    first = torch.where(stop.any(dim=1), stop.int().argmax(dim=1), torch.full((rows,), width))
+    # An eos ends the row and counts; a pad (seq2seq padding after eos) does not.
+    ended_by_eos = (
+        generated.gather(1, first.clamp(max=width - 1).unsqueeze(1)).squeeze(1) == eos_id
+    ) & (first < width)
+    return int((first + ended_by_eos.int()).sum())
+
+
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str) -> str:
+    """Trim each line, squeeze runs of spaces and of blank lines.
+
+    >>> clean_text("  A  mug.\\n\\n\\n\\n- Holds  350 ml \\n")
+    'A mug.\\n\\n- Holds 350 ml'
+    """
+    lines = [_SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
