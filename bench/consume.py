@@ -61,30 +61,51 @@ def _messages(run: str, lo: int, hi: int, epd: int, ts0: float) -> tuple[list, l
         chosen = i % 5
         ts = ts0 + i * 1e-4
         d = {
-            "decision_id": did, "product_id": f"kit-{i % 128:04d}", "variant_id": actions[chosen],
-            "style": "concise", "policy": "bandit" if i % 10 else "control",
-            "probability": pmf[chosen], "model_version": 1,
-            "context": {"device": DEVICES[i % 3], "segment": SEGMENTS[i % 3 - 1],
-                        "locale": "en-US", "referrer": "search", "hour": str(i % 24)},
-            "actions": actions, "pmf": pmf, "ts": ts,
+            "decision_id": did,
+            "product_id": f"kit-{i % 128:04d}",
+            "variant_id": actions[chosen],
+            "style": "concise",
+            "policy": "bandit" if i % 10 else "control",
+            "probability": pmf[chosen],
+            "model_version": 1,
+            "context": {
+                "device": DEVICES[i % 3],
+                "segment": SEGMENTS[i % 3 - 1],
+                "locale": "en-US",
+                "referrer": "search",
+                "hour": str(i % 24),
+            },
+            "actions": actions,
+            "pmf": pmf,
+            "ts": ts,
         }
         decisions.append((did.encode(), json.dumps(d).encode()))
         for j in range(epd):
-            e = {"event_id": f"e{did}-{j}", "decision_id": did, "type": TYPES[(i + j) % 5],
-                 "ts": int((ts + 2.0 + j) * 1000)}
+            e = {
+                "event_id": f"e{did}-{j}",
+                "decision_id": did,
+                "type": TYPES[(i + j) % 5],
+                "ts": int((ts + 2.0 + j) * 1000),
+            }
             if e["type"] == "purchase":
                 e["value"] = 19.99
             events.append((did.encode(), json.dumps(e).encode()))
     return decisions, events
 
 
-def _produce_part(bootstrap: str, dtopic: str, etopic: str, run: str, lo: int, hi: int, epd: int,
-                  ts0: float) -> None:
+def _produce_part(
+    bootstrap: str, dtopic: str, etopic: str, run: str, lo: int, hi: int, epd: int, ts0: float
+) -> None:
     from kafka import KafkaProducer
 
     decisions, events = _messages(run, lo, hi, epd, ts0)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=512 * 1024,
-                             acks=1, max_in_flight_requests_per_connection=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=50,
+        batch_size=512 * 1024,
+        acks=1,
+        max_in_flight_requests_per_connection=5,
+    )
     # Decisions first, then their events, in chunks: what the API and storefront would interleave.
     chunk = 5000
     for k in range(0, len(decisions), chunk):
@@ -101,9 +122,19 @@ def produce(settings: Settings, run: str, n: int, epd: int, procs: int = 2) -> f
     bounds = [n * p // procs for p in range(procs + 1)]
     ctx = mp.get_context("spawn")
     workers = [
-        ctx.Process(target=_produce_part, args=(settings.bootstrap, settings.decisions_topic,
-                                                settings.events_topic, run, bounds[p],
-                                                bounds[p + 1], epd, ts0))
+        ctx.Process(
+            target=_produce_part,
+            args=(
+                settings.bootstrap,
+                settings.decisions_topic,
+                settings.events_topic,
+                run,
+                bounds[p],
+                bounds[p + 1],
+                epd,
+                ts0,
+            ),
+        )
         for p in range(procs)
     ]
     t0 = time.monotonic()
@@ -121,8 +152,11 @@ def end_offsets(settings: Settings) -> dict:
 
     c = KafkaConsumer(bootstrap_servers=settings.bootstrap)
     try:
-        tps = [TopicPartition(t, p) for t in (settings.decisions_topic, settings.events_topic)
-               for p in range(settings.topic_partitions)]
+        tps = [
+            TopicPartition(t, p)
+            for t in (settings.decisions_topic, settings.events_topic)
+            for p in range(settings.topic_partitions)
+        ]
         return {(tp.topic, tp.partition): o for tp, o in c.end_offsets(tps).items()}
     finally:
         c.close()
@@ -187,25 +221,39 @@ def committed(settings: Settings, tps: list) -> dict:
     """The group's committed offsets (a group member that never subscribes reads them)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.consumer_group,
-                      enable_auto_commit=False)
+    c = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
     try:
         return {(t, p): c.committed(TopicPartition(t, p)) for t, p in tps}
     finally:
         c.close(autocommit=False)
 
 
-def copyloop_ingest(settings: Settings, n_dec: int, n_ev: int, broker_pid: int, tmp: Path,
-                    timeout_s: float, profile: bool, gil: bool) -> dict:
+def copyloop_ingest(
+    settings: Settings,
+    n_dec: int,
+    n_ev: int,
+    broker_pid: int,
+    tmp: Path,
+    timeout_s: float,
+    profile: bool,
+    gil: bool,
+) -> dict:
     from sqlalchemy import create_engine
 
     engine = create_engine(settings.database_url)
     ends = end_offsets(settings)
     log = open(tmp / "consumer.log", "ab")  # noqa: SIM115
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "copyloop", "consume"],
-                            env={**os.environ, **settings_env(settings)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copyloop", "consume"],
+        env={**os.environ, **settings_env(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     meter = CpuMeter({"consumer": proc.pid, "broker": broker_pid}).start()
     spy = None
     first = all_rows = all_committed = None
@@ -223,9 +271,23 @@ def copyloop_ingest(settings: Settings, n_dec: int, n_ev: int, broker_pid: int, 
                 if profile:
                     pyspy = str(Path(sys.executable).parent / "py-spy")
                     spy = subprocess.Popen(
-                        [pyspy, "record", "--nonblocking", *(["--gil"] if gil else []), "-r", "100",
-                         "-p", str(proc.pid), "--format", "raw", "-o", str(tmp / "pyspy.txt")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        [
+                            pyspy,
+                            "record",
+                            "--nonblocking",
+                            *(["--gil"] if gil else []),
+                            "-r",
+                            "100",
+                            "-p",
+                            str(proc.pid),
+                            "--format",
+                            "raw",
+                            "-o",
+                            str(tmp / "pyspy.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
             samples.append((round(now - t0, 2), d, e))
             if d >= n_dec and e >= n_ev:
                 all_rows = now
@@ -303,8 +365,10 @@ def main() -> None:
     p.add_argument("--decisions", type=int, default=100_000)
     p.add_argument("--events-per-decision", type=int, default=1)
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--database-url", help="PostgreSQL server URL (a fresh database is created); "
-                   "default: a fresh SQLite file")
+    p.add_argument(
+        "--database-url",
+        help="PostgreSQL server URL (a fresh database is created); default: a fresh SQLite file",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--profile", action="store_true", help="py-spy the consumer while it ingests")
     p.add_argument("--gil", action="store_true", help="py-spy --gil")
@@ -321,61 +385,86 @@ def main() -> None:
         db_url = f"sqlite:///{tmp / 'ledger.db'}"
     port = free_port()
     settings = load_settings(
-        database_url=db_url, kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix=f"bench{run}",
-        topic_partitions=args.partitions, consumer_group=f"copyloop-bench-{run}",
+        database_url=db_url,
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        topic_prefix=f"bench{run}",
+        topic_partitions=args.partitions,
+        consumer_group=f"copyloop-bench-{run}",
         spool_dir=str(tmp / "spool"),
     )
     n_dec = args.decisions
     n_ev = n_dec * args.events_per_decision
-    results: dict = {"args": vars(args), "git": git_rev(), "cores": os.cpu_count(),
-                     "database": db_url.split(":")[0],
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict = {
+        "args": vars(args),
+        "git": git_rev(),
+        "cores": os.cpu_count(),
+        "database": db_url.split(":")[0],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     db_label = "postgresql" if pg_name else "sqlite"
-    print(f"# consume bench: {n_dec} decisions + {n_ev} events, {args.partitions} partitions, "
-          f"ledger {db_label}, cores={os.cpu_count()} git={results['git']} load={loadavg()}",
-          flush=True)
+    print(
+        f"# consume bench: {n_dec} decisions + {n_ev} events, {args.partitions} partitions, "
+        f"ledger {db_label}, cores={os.cpu_count()} git={results['git']} load={loadavg()}",
+        flush=True,
+    )
     broker = EmbeddedBroker(port).start()
     try:
         from copyloop.migrations import upgrade
 
         upgrade(db_url)
-        ensure_topics(settings.bootstrap,
-                      [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
-                      args.partitions)
+        ensure_topics(
+            settings.bootstrap,
+            [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+            args.partitions,
+        )
         took = produce(settings, run, n_dec, args.events_per_decision)
         total = n_dec + n_ev
-        print(f"# produced {total} messages in {took:.1f}s ({total / took:.0f}/s, 2 processes); "
-              f"load={loadavg()}", flush=True)
+        print(
+            f"# produced {total} messages in {took:.1f}s ({total / took:.0f}/s, 2 processes); "
+            f"load={loadavg()}",
+            flush=True,
+        )
         bpid = broker.process.pid  # type: ignore[union-attr]
         if not args.skip_raw:
             raw = raw_drain(settings, total, bpid, args.timeout)
             raw["load"] = loadavg()
             results["raw"] = raw
-            print(f"(a) kafka-python raw drain: {raw['messages']} msgs, steady "
-                  f"{raw['steady_msgs_per_s']} msgs/s over {raw['steady_s']}s (join "
-                  f"{raw['join_s']}s; e2e {raw['e2e_msgs_per_s']}/s); cpu consumer="
-                  f"{raw['cpu_consumer']}s broker={raw['cpu_broker']}s; load={raw['load']}",
-                  flush=True)
-        ing = copyloop_ingest(settings, n_dec, n_ev, bpid, tmp, args.timeout, args.profile,
-                              args.gil)
+            print(
+                f"(a) kafka-python raw drain: {raw['messages']} msgs, steady "
+                f"{raw['steady_msgs_per_s']} msgs/s over {raw['steady_s']}s (join "
+                f"{raw['join_s']}s; e2e {raw['e2e_msgs_per_s']}/s); cpu consumer="
+                f"{raw['cpu_consumer']}s broker={raw['cpu_broker']}s; load={raw['load']}",
+                flush=True,
+            )
+        ing = copyloop_ingest(
+            settings, n_dec, n_ev, bpid, tmp, args.timeout, args.profile, args.gil
+        )
         ing["load"] = loadavg()
         results["copyloop"] = ing
-        print(f"(b) copyloop consumer -> {db_label}: steady {ing['steady_msgs_per_s']} msgs/s = "
-              f"{ing['steady_events_per_s']} events/s (+ as many decisions) over "
-              f"{ing['steady_s']}s; start-up {ing['startup_s']}s; e2e {ing['e2e_msgs_per_s']} "
-              f"msgs/s; all offsets committed at {ing['offsets_committed_after_s']}s; "
-              f"cpu consumer={ing['cpu_consumer']}s broker={ing['cpu_broker']}s; "
-              f"exit={ing['consumer_exit_code']}; load={ing['load']}", flush=True)
+        print(
+            f"(b) copyloop consumer -> {db_label}: steady {ing['steady_msgs_per_s']} msgs/s = "
+            f"{ing['steady_events_per_s']} events/s (+ as many decisions) over "
+            f"{ing['steady_s']}s; start-up {ing['startup_s']}s; e2e {ing['e2e_msgs_per_s']} "
+            f"msgs/s; all offsets committed at {ing['offsets_committed_after_s']}s; "
+            f"cpu consumer={ing['cpu_consumer']}s broker={ing['cpu_broker']}s; "
+            f"exit={ing['consumer_exit_code']}; load={ing['load']}",
+            flush=True,
+        )
         if "raw" in results:
             ratio = ing["steady_msgs_per_s"] / results["raw"]["steady_msgs_per_s"]
             results["ratio_steady"] = round(ratio, 3)
-            print(f"ratio copyloop / raw kafka-python (steady msgs/s): {ratio:.2f}  "
-                  f"[target >= 0.5]; events/s target >= 10000: "
-                  f"{'met' if ing['steady_events_per_s'] >= 10000 else 'MISSED'}", flush=True)
+            print(
+                f"ratio copyloop / raw kafka-python (steady msgs/s): {ratio:.2f}  "
+                f"[target >= 0.5]; events/s target >= 10000: "
+                f"{'met' if ing['steady_events_per_s'] >= 10000 else 'MISSED'}",
+                flush=True,
+            )
         if "profile" in ing:
             prof = ing["profile"]
-            print(f"# py-spy ({'GIL holder' if args.gil else 'active threads'}): "
-                  f"{prof['samples']} samples")
+            print(
+                f"# py-spy ({'GIL holder' if args.gil else 'active threads'}): "
+                f"{prof['samples']} samples"
+            )
             print("# top self frames %:")
             for name, v in prof["self_pct"]:
                 print(f"  {v:5.1f}  {name}")

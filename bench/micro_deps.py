@@ -102,8 +102,7 @@ def app_one_dep() -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/products/{product_id}/variant")
-    async def route(product_id: str, request: Request,
-                    r: Annotated[Res, Depends(serving)]) -> dict:
+    async def route(product_id: str, request: Request, r: Annotated[Res, Depends(serving)]) -> dict:
         return {"product_id": product_id, "n": len(request.query_params)}
 
     return app
@@ -131,12 +130,21 @@ async def bench(app: FastAPI, reps: int = 4000) -> float:
             assert message["status"] == 200, message
 
     async def call() -> None:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "http", "path": "/v1/products/kit-0001/variant",
-                 "raw_path": b"/v1/products/kit-0001/variant",
-                 "query_string": b"device=mobile&segment=new&locale=en-US&referrer=search&hour=3",
-                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80), "state": {"resources": RES}}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/v1/products/kit-0001/variant",
+            "raw_path": b"/v1/products/kit-0001/variant",
+            "query_string": b"device=mobile&segment=new&locale=en-US&referrer=search&hour=3",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {"resources": RES},
+        }
         await app(scope, receive, send)
 
     for _ in range(300):
@@ -149,8 +157,11 @@ async def bench(app: FastAPI, reps: int = 4000) -> float:
 
 def main() -> None:
     print(f"# FastAPI dependency shapes, µs per in-process request; load {os.getloadavg()}")
-    for name, make in (("today (6 deps + bearer)", app_today), ("one dependency", app_one_dep),
-                       ("no dependency", app_no_dep)):
+    for name, make in (
+        ("today (6 deps + bearer)", app_today),
+        ("one dependency", app_one_dep),
+        ("no dependency", app_no_dep),
+    ):
         best = min(asyncio.run(bench(make())) for _ in range(3))
         print(f"  {name:<28} {best:8.1f}")
 

@@ -46,8 +46,10 @@ def main() -> None:
     t1 = time.perf_counter()
     evs = [decode_event(v, None) for _, v in raw_e]
     t2 = time.perf_counter()
-    print(f"  decode_decision {((t1 - t0) / n * 1e6):7.1f} µs/msg; decode_event "
-          f"{((t2 - t1) / n * 1e6):7.1f} µs/msg")
+    print(
+        f"  decode_decision {((t1 - t0) / n * 1e6):7.1f} µs/msg; decode_event "
+        f"{((t2 - t1) / n * 1e6):7.1f} µs/msg"
+    )
     half = args.batch // 2
 
     def fresh() -> tuple:  # type: ignore[type-arg]
@@ -71,8 +73,11 @@ def main() -> None:
             for k in range(0, n, half):
                 new += write(engine, sessions, decs[k : k + half], evs[k : k + half])
             took = time.perf_counter() - t
-            print(f"  {name:<46} {2 * n / took:8.0f} msgs/s ({took / (2 * n) * 1e6:6.1f} µs/msg;"
-                  f" new rows {new})", flush=True)
+            print(
+                f"  {name:<46} {2 * n / took:8.0f} msgs/s ({took / (2 * n) * 1e6:6.1f} µs/msg;"
+                f" new rows {new})",
+                flush=True,
+            )
         finally:
             engine.dispose()
             cleanup()
@@ -89,8 +94,10 @@ def main() -> None:
             erows = [_event_row(x, now) for x in e]
             new = 0
             with engine.begin() as c:
-                for table, key, rows in ((Decision.__table__, "decision_id", drows),
-                                         (Event.__table__, "event_id", erows)):
+                for table, key, rows in (
+                    (Decision.__table__, "decision_id", drows),
+                    (Event.__table__, "event_id", erows),
+                ):
                     stmt = ins(table).on_conflict_do_nothing(index_elements=[key])
                     if returning:
                         stmt = stmt.returning(table.c[key])

@@ -84,17 +84,21 @@ def main() -> None:
                 deadline = time.monotonic() + 20
                 while not pub.stats().connected and time.monotonic() < deadline:
                     time.sleep(0.05)
-                cpu, n = paced(lambda t, k, v, pub=pub: pub.publish(topic, k, v), rate,
-                               args.duration)
+                cpu, n = paced(
+                    lambda t, k, v, pub=pub: pub.publish(topic, k, v), rate, args.duration
+                )
                 t0 = time.monotonic()
                 while pub.stats().sent < n and time.monotonic() - t0 < 30:
                     time.sleep(0.01)
                 sent = pub.stats().sent
                 pub.close()
                 per = (cpu / n - base_per) * 1e6
-                print(f"  {cls.__name__:<20} rate {rate:6.0f}/s: {per:7.1f} µs CPU per message "
-                      f"= {per * rate / 1e4:5.1f}% of a core; delivered {sent}/{n}; "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                print(
+                    f"  {cls.__name__:<20} rate {rate:6.0f}/s: {per:7.1f} µs CPU per message "
+                    f"= {per * rate / 1e4:5.1f}% of a core; delivered {sent}/{n}; "
+                    f"load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -82,8 +82,9 @@ class ServeStack:
         self.keys = prepare_ledger(s)
         if not self.kafka_down:
             self.broker = EmbeddedBroker(s.embedded_broker_port).start()
-            ensure_topics(s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic],
-                          s.topic_partitions)
+            ensure_topics(
+                s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic], s.topic_partitions
+            )
         log = open(self.tmp / "api.log", "ab")  # noqa: SIM115
         self.api = subprocess.Popen(
             [sys.executable, "-m", "copyloop", "serve"],
@@ -101,9 +102,11 @@ class ServeStack:
                 if h.get("model_version") and h.get("catalog_products"):
                     break
                 time.sleep(0.2)
-            r = c.get(f"/v1/products/{self.product_ids()[0]}/variant",
-                      params={"device": "mobile"},
-                      headers={"Authorization": f"Bearer {self.keys['serve']}"})
+            r = c.get(
+                f"/v1/products/{self.product_ids()[0]}/variant",
+                params={"device": "mobile"},
+                headers={"Authorization": f"Bearer {self.keys['serve']}"},
+            )
             r.raise_for_status()
             self.sample = r.json()
         return self
@@ -157,8 +160,9 @@ def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def wrk_script(tmp: Path, name: str, key: str, paths: list[str],
-               bodies: list[str] | None = None) -> Path:
+def wrk_script(
+    tmp: Path, name: str, key: str, paths: list[str], bodies: list[str] | None = None
+) -> Path:
     lines = [f"local paths = {{{', '.join(_lua_str(p) for p in paths)}}}"]
     if bodies:
         lines.append(f"local bodies = {{{', '.join(_lua_str(b) for b in bodies)}}}")
@@ -170,8 +174,9 @@ def wrk_script(tmp: Path, name: str, key: str, paths: list[str],
     lines.append("request = function()")
     lines.append("  i = i + 1")
     if bodies:
-        lines.append("  return wrk.format(nil, paths[(i % #paths) + 1], nil, "
-                     "bodies[(i % #bodies) + 1])")
+        lines.append(
+            "  return wrk.format(nil, paths[(i % #paths) + 1], nil, bodies[(i % #bodies) + 1])"
+        )
     else:
         lines.append("  return wrk.format(nil, paths[(i % #paths) + 1])")
     lines.append("end")
@@ -191,8 +196,16 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(stack: ServeStack, script: Path, duration: float, connections: int) -> dict:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s",
-           str(script), stack.base]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{int(duration)}s",
+        "--latency",
+        "-s",
+        str(script),
+        stack.base,
+    ]
     meter = CpuMeter(stack.pids()).start()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wrk_cpu = 0.0
@@ -223,11 +236,25 @@ def run_wrk(stack: ServeStack, script: Path, duration: float, connections: int) 
 
 
 # -- load: loadgen.py (open loop, or closed loop cross-check) -----------------------------------
-def run_loadgen(stack: ServeStack, paths_file: Path, key: str, rate: float, duration: float,
-                connections: int) -> dict:
-    cmd = [sys.executable, str(HERE / "loadgen.py"), "--port", str(stack.settings.api_port),
-           "--paths-file", str(paths_file), "--key", key, "--rate", str(rate),
-           "--duration", str(duration), "--connections", str(connections)]
+def run_loadgen(
+    stack: ServeStack, paths_file: Path, key: str, rate: float, duration: float, connections: int
+) -> dict:
+    cmd = [
+        sys.executable,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(stack.settings.api_port),
+        "--paths-file",
+        str(paths_file),
+        "--key",
+        key,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--connections",
+        str(connections),
+    ]
     meter = CpuMeter(stack.pids()).start()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     usage = meter.stop()
@@ -239,15 +266,32 @@ def run_loadgen(stack: ServeStack, paths_file: Path, key: str, rate: float, dura
 
 
 # -- profiling -----------------------------------------------------------------------------------
-def profile(stack: ServeStack, script: Path, duration: float, connections: int, out: Path,
-            gil: bool = False) -> dict:
+def profile(
+    stack: ServeStack, script: Path, duration: float, connections: int, out: Path, gil: bool = False
+) -> dict:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = out.with_suffix(".txt")
     spy = subprocess.Popen(
-        [pyspy, "record", "--nonblocking", *(["--gil"] if gil else []), "-r", "100",
-         "-d", str(int(duration)), "--subprocesses",
-         "-p", str(stack.api.pid), "--format", "raw", "-o", str(raw)],  # type: ignore[union-attr]
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            pyspy,
+            "record",
+            "--nonblocking",
+            *(["--gil"] if gil else []),
+            "-r",
+            "100",
+            "-d",
+            str(int(duration)),
+            "--subprocesses",
+            "-p",
+            str(stack.api.pid),
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ],  # type: ignore[union-attr]
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)
     res = run_wrk(stack, script, duration - 2, connections)
@@ -336,47 +380,73 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 
     m = len(work)
     timeit("catalog.get", lambda i: catalog.get(work[i % m][0]))
-    timeit("CONTEXT.validate_python (query → context)",
-           lambda i: CONTEXT.validate_python(ctxs[i % m]))
-    timeit("bandit.vw_format.to_vw",
-           lambda i: to_vw(ctxs[i % m], entries[i % m].features, entries[i % m].arms))
+    timeit(
+        "CONTEXT.validate_python (query → context)", lambda i: CONTEXT.validate_python(ctxs[i % m])
+    )
+    timeit(
+        "bandit.vw_format.to_vw",
+        lambda i: to_vw(ctxs[i % m], entries[i % m].features, entries[i % m].arms),
+    )
     lines = [to_vw(ctxs[i], entries[i].features, entries[i].arms) for i in range(m)]
     timeit("vw.predict (text lines, pyvw)", lambda i: policy._vw.predict(lines[i % m]))
-    timeit("policy.choose (to_vw + predict + sample)",
-           lambda i: policy.choose(ctxs[i % m], entries[i % m].features, entries[i % m].arms,
-                                   entries[i % m].control_index))
+    timeit(
+        "policy.choose (to_vw + predict + sample)",
+        lambda i: policy.choose(
+            ctxs[i % m], entries[i % m].features, entries[i % m].arms, entries[i % m].control_index
+        ),
+    )
     timeit("uuid.uuid4().hex", lambda i: uuid.uuid4().hex)
     choice = policy.choose(ctxs[0], entries[0].features, entries[0].arms, 0)
     e0 = entries[0]
 
     def make_msg(i: int) -> Decision:
-        return Decision(decision_id=uuid.uuid4().hex, product_id="p", variant_id=choice.variant_id,
-                        style=e0.styles[choice.index], policy="bandit",
-                        probability=choice.probability, model_version=1, context=ctxs[i % m],
-                        actions=e0.variant_ids, pmf=list(choice.pmf), ts=time.time())
+        return Decision(
+            decision_id=uuid.uuid4().hex,
+            product_id="p",
+            variant_id=choice.variant_id,
+            style=e0.styles[choice.index],
+            policy="bandit",
+            probability=choice.probability,
+            model_version=1,
+            context=ctxs[i % m],
+            actions=e0.variant_ids,
+            pmf=list(choice.pmf),
+            ts=time.time(),
+        )
 
     timeit("Decision(...) message build", make_msg)
     msg = make_msg(0)
     timeit("Decision.to_bytes (pydantic JSON)", lambda i: msg.to_bytes())
 
     def make_out(i: int) -> bytes:
-        return DecisionOut(decision_id="x" * 32, product_id="p", variant_id=choice.variant_id,
-                           text=e0.texts[choice.index], style="s", policy="bandit",
-                           probability=choice.probability,
-                           model_version=1).model_dump_json().encode()
+        return (
+            DecisionOut(
+                decision_id="x" * 32,
+                product_id="p",
+                variant_id=choice.variant_id,
+                text=e0.texts[choice.index],
+                style="s",
+                policy="bandit",
+                probability=choice.probability,
+                model_version=1,
+            )
+            .model_dump_json()
+            .encode()
+        )
 
     timeit("DecisionOut build + JSON", make_out)
     timeit("metrics.decisions.labels().inc()", lambda i: metrics.decisions.labels("bandit").inc())
     pub = Publisher("127.0.0.1:1", settings.spool_dir + "-micro", queue_size=10 * n + 1000)
-    timeit("publisher.publish (enqueue only)",
-           lambda i: pub.publish("t", "k", b"x" * 300))
+    timeit("publisher.publish (enqueue only)", lambda i: pub.publish("t", "k", b"x" * 300))
     pub._take_all()
     pub.close()
 
     # The whole route body minus the framework: choose + message + publish + response object.
     pub2 = Publisher("127.0.0.1:1", settings.spool_dir + "-micro2", queue_size=10 * n + 1000)
-    timeit("routes.decisions._decide (choose+message+publish+DecisionOut)",
-           lambda i: _decide(entries[i % m], "p", ctxs[i % m], policy, pub2, settings, metrics))
+    timeit(
+        "routes.decisions._decide (choose+message+publish+DecisionOut)",
+        lambda i: _decide(entries[i % m], "p", ctxs[i % m], policy, pub2, settings, metrics),
+    )
     pub2._take_all()
     pub2.close()
 
@@ -412,16 +482,21 @@ def micro(settings: Settings, n: int = 5000) -> dict:
         return idx, pm[idx]
 
     timeit("PROPOSED choose: cached arm lines + pure-Python sampling", choose_alt)
-    timeit("PROPOSED shared line only (vs to_vw)",
-           lambda i: " ".join(token(k, v) for k, v in sorted(ctxs[i % m].items())))
+    timeit(
+        "PROPOSED shared line only (vs to_vw)",
+        lambda i: " ".join(token(k, v) for k, v in sorted(ctxs[i % m].items())),
+    )
 
     # kafka-python computes CRC32C of every record batch it produces and (check_crcs=True) of
     # every batch it fetches; without the `crc32c` package it uses a pure-Python loop.
     from kafka.record import _crc32c as pycrc
 
     blob = os.urandom(16 * 1024)
-    timeit("kafka-python pure-Python crc32c, 16 KiB batch (~40 decisions)",
-           lambda i: pycrc.crc(blob), reps=50)
+    timeit(
+        "kafka-python pure-Python crc32c, 16 KiB batch (~40 decisions)",
+        lambda i: pycrc.crc(blob),
+        reps=50,
+    )
     try:
         import crc32c as ccrc
 
@@ -432,9 +507,13 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     # The publisher thread's cost per message when Kafka is up: CPU of this process while a
     # started Publisher delivers N messages (its thread does the kafka-python sends).
     if settings.embedded_broker:
-        pub3 = Publisher(settings.bootstrap, settings.spool_dir + "-micro3",
-                         topics=[settings.decisions_topic], partitions=settings.topic_partitions,
-                         queue_size=100_000).start()
+        pub3 = Publisher(
+            settings.bootstrap,
+            settings.spool_dir + "-micro3",
+            topics=[settings.decisions_topic],
+            partitions=settings.topic_partitions,
+            queue_size=100_000,
+        ).start()
         deadline = time.monotonic() + 20
         while not pub3.stats().connected and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -447,7 +526,8 @@ def micro(settings: Settings, n: int = 5000) -> dict:
             time.sleep(0.01)
         c1, w1 = time.process_time(), time.perf_counter()
         res["publisher thread: CPU µs per delivered message (kafka-python send+flush)"] = round(
-            (c1 - c0) / total * 1e6, 1)
+            (c1 - c0) / total * 1e6, 1
+        )
         res["publisher thread: delivered msgs/s"] = round(pub3.stats().sent / (w1 - w0))
         pub3.close()
 
@@ -461,12 +541,23 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 
         k = create_key(sessions, "serve", "micro")
         async with app.router.lifespan_context(app) as state:
+
             async def call(path: str, qs: str, headers: list) -> int:
-                scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                         "method": "GET", "scheme": "http", "path": path,
-                         "raw_path": path.encode(), "query_string": qs.encode(),
-                         "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
-                         "server": ("127.0.0.1", 80), "state": dict(state or {})}
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": "GET",
+                    "scheme": "http",
+                    "path": path,
+                    "raw_path": path.encode(),
+                    "query_string": qs.encode(),
+                    "root_path": "",
+                    "headers": headers,
+                    "client": ("127.0.0.1", 1),
+                    "server": ("127.0.0.1", 80),
+                    "state": dict(state or {}),
+                }
                 status = 0
 
                 async def receive() -> dict:
@@ -483,9 +574,14 @@ def micro(settings: Settings, n: int = 5000) -> dict:
             hdr = [(b"host", b"x"), (b"authorization", f"Bearer {k}".encode())]
             for name, mk in (
                 ("ASGI in-process GET /healthz", lambda i: ("/healthz", "", [(b"host", b"x")])),
-                ("ASGI in-process GET /v1/products/{id}/variant",
-                 lambda i: (f"/v1/products/{work[i % m][0]}/variant",
-                            urlencode(ctxs[i % m]), hdr)),
+                (
+                    "ASGI in-process GET /v1/products/{id}/variant",
+                    lambda i: (
+                        f"/v1/products/{work[i % m][0]}/variant",
+                        urlencode(ctxs[i % m]),
+                        hdr,
+                    ),
+                ),
             ):
                 for i in range(300):
                     assert await call(*mk(i)) == 200
@@ -505,28 +601,43 @@ def fmt(name: str, r: dict, base: dict | None) -> str:
     ratio = f"{r['rps'] / base['rps']:.2f}" if base else "1.00"
     extra = f"  unfinished={r['unfinished']}" if r.get("unfinished") else ""
     cpu = " ".join(f"{k[4:]}={v}s" for k, v in r.items() if k.startswith("cpu_"))
-    return (f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
-            f"p99 {r['p99_ms']:7.2f} ms  non200={r['non_200']}{extra}  x/healthz={ratio}  "
-            f"cpu[{cpu}] wall={r['wall_s']}s  load={r['load']}")
+    return (
+        f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
+        f"p99 {r['p99_ms']:7.2f} ms  non200={r['non_200']}{extra}  x/healthz={ratio}  "
+        f"cpu[{cpu}] wall={r['wall_s']}s  load={r['load']}"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--rate", default="1000",
-                   help="open-loop offered rate(s) in req/s, comma-separated (e.g. 1000,250)")
+    p.add_argument(
+        "--rate",
+        default="1000",
+        help="open-loop offered rate(s) in req/s, comma-separated (e.g. 1000,250)",
+    )
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--connections", type=int, default=16, help="closed-loop connections")
-    p.add_argument("--open-connections", type=int, default=64,
-                   help="connection pool of the open-loop generator")
-    p.add_argument("--kafka-down", action="store_true",
-                   help="point the API at a dead port: decisions spool, serving must not block")
+    p.add_argument(
+        "--open-connections",
+        type=int,
+        default=64,
+        help="connection pool of the open-loop generator",
+    )
+    p.add_argument(
+        "--kafka-down",
+        action="store_true",
+        help="point the API at a dead port: decisions spool, serving must not block",
+    )
     p.add_argument("--no-open", action="store_true", help="skip the open-loop runs")
     p.add_argument("--no-post", action="store_true", help="skip POST /v1/decisions")
     p.add_argument("--profile", action="store_true", help="py-spy the API during one more run")
-    p.add_argument("--gil", action="store_true",
-                   help="py-spy --gil: sample only the thread holding the GIL (where Python time "
-                        "goes), instead of every non-idle thread")
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="py-spy --gil: sample only the thread holding the GIL (where Python time "
+        "goes), instead of every non-idle thread",
+    )
     p.add_argument("--micro", action="store_true", help="also run the in-process micro-benchmark")
     p.add_argument("--micro-only", action="store_true")
     p.add_argument("--json", help="write all results here")
@@ -534,10 +645,17 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="copyloop-bench-serve-"))
     stack = ServeStack(1 if args.micro_only else args.workers, args.kafka_down, tmp)
-    results: dict = {"args": vars(args), "git": git_rev(), "cores": os.cpu_count(),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    print(f"# serve bench: workers={stack.settings.api_workers} kafka_down={args.kafka_down} "
-          f"cores={os.cpu_count()} git={results['git']} load={loadavg()} tmp={tmp}", flush=True)
+    results: dict = {
+        "args": vars(args),
+        "git": git_rev(),
+        "cores": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"# serve bench: workers={stack.settings.api_workers} kafka_down={args.kafka_down} "
+        f"cores={os.cpu_count()} git={results['git']} load={loadavg()} tmp={tmp}",
+        flush=True,
+    )
     try:
         if args.micro_only:
             prepare_ledger(stack.settings)
@@ -550,8 +668,10 @@ def main() -> None:
             _print_micro(results["micro"], results["micro_load"])
             return
         stack.start()
-        print(f"# API up (pid {stack.api.pid}); sample decision: {json.dumps(stack.sample)}",  # type: ignore[union-attr]
-              flush=True)
+        print(
+            f"# API up (pid {stack.api.pid}); sample decision: {json.dumps(stack.sample)}",  # type: ignore[union-attr]
+            flush=True,
+        )
         key = stack.keys["serve"]
         work = workload(stack.product_ids())
         variant_paths = [f"/v1/products/{pid}/variant?{urlencode(ctx)}" for pid, ctx in work]
@@ -572,21 +692,37 @@ def main() -> None:
             print(fmt(name, r, runs.get(base) if base else None), flush=True)
 
         c = args.connections
-        record(f"closed c={c} GET /healthz (wrk)", run_wrk(stack, health_script, args.duration, c),
-               None)
-        record(f"closed c={c} GET variant (wrk)", run_wrk(stack, variant_script, args.duration, c),
-               f"closed c={c} GET /healthz (wrk)")
+        record(
+            f"closed c={c} GET /healthz (wrk)",
+            run_wrk(stack, health_script, args.duration, c),
+            None,
+        )
+        record(
+            f"closed c={c} GET variant (wrk)",
+            run_wrk(stack, variant_script, args.duration, c),
+            f"closed c={c} GET /healthz (wrk)",
+        )
         if not args.no_post:
-            record(f"closed c={c} POST /v1/decisions (wrk)",
-                   run_wrk(stack, post_script, args.duration, c),
-                   f"closed c={c} GET /healthz (wrk)")
-        for r in ([] if args.no_open else [float(x) for x in args.rate.split(",")]):
-            record(f"open {r:.0f}/s GET /healthz (loadgen)",
-                   run_loadgen(stack, tmp / "health_paths.txt", "", r, args.duration,
-                               args.open_connections), None)
-            record(f"open {r:.0f}/s GET variant (loadgen)",
-                   run_loadgen(stack, tmp / "variant_paths.txt", key, r, args.duration,
-                               args.open_connections), f"open {r:.0f}/s GET /healthz (loadgen)")
+            record(
+                f"closed c={c} POST /v1/decisions (wrk)",
+                run_wrk(stack, post_script, args.duration, c),
+                f"closed c={c} GET /healthz (wrk)",
+            )
+        for r in [] if args.no_open else [float(x) for x in args.rate.split(",")]:
+            record(
+                f"open {r:.0f}/s GET /healthz (loadgen)",
+                run_loadgen(
+                    stack, tmp / "health_paths.txt", "", r, args.duration, args.open_connections
+                ),
+                None,
+            )
+            record(
+                f"open {r:.0f}/s GET variant (loadgen)",
+                run_loadgen(
+                    stack, tmp / "variant_paths.txt", key, r, args.duration, args.open_connections
+                ),
+                f"open {r:.0f}/s GET /healthz (loadgen)",
+            )
         health = stack.health()
         results["health_after"] = health
         print(f"# /healthz after the runs: {json.dumps(health)}", flush=True)
@@ -594,8 +730,14 @@ def main() -> None:
             prof = profile(stack, variant_script, args.duration, c, tmp / "pyspy", args.gil)
             prof["load"] = loadavg()
             runs["profile run (wrk + py-spy)"] = prof
-            print(fmt("profiled closed GET variant (wrk)", prof,
-                      runs.get(f"closed c={c} GET /healthz (wrk)")), flush=True)
+            print(
+                fmt(
+                    "profiled closed GET variant (wrk)",
+                    prof,
+                    runs.get(f"closed c={c} GET /healthz (wrk)"),
+                ),
+                flush=True,
+            )
             _print_profile(prof["profile"])
         results["runs"] = runs
         if args.micro:

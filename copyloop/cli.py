@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -261,8 +262,119 @@ def generate(
             except GeneratorError as exc:
                 _fail(str(exc), 1)
         typer.echo(f"variants: {report}")
+        if report.stats is not None:  # the hf backend measures its throughput
+            s = report.stats
+            typer.echo(
+                f"throughput: {s.products_per_s:.2f} products/s, {s.tokens_per_s:.1f} tokens/s "
+                f"({s.output_tokens} tokens, {s.candidates} candidates in {s.seconds:.1f} s)"
+            )
     finally:
         engine.dispose()
+
+
+# -- the generator's versions and fine-tuning ---------------------------------------------------
+generator_app = typer.Typer(help="Generator versions: list, roll back.", no_args_is_help=True)
+app.add_typer(generator_app, name="generator")
+
+
+@app.command()
+def finetune(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Collect winners and pairs; train nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Last stdout line: result JSON.")] = False,
+) -> None:
+    """One fine-tuning round of the hf generator on the winning variants, behind the gate."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from generator import GeneratorError
+    from generator.finetune import config_from_settings
+    from generator.finetune import main as run_finetune
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            tasks: dict[str, object] = {}
+
+            def tick(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=total)
+                progress.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+
+            try:
+                result = run_finetune(
+                    config_from_settings(settings, dry_run=dry_run), sessions, settings, tick
+                )
+            except GeneratorError as exc:
+                _fail(str(exc), 1)
+    finally:
+        engine.dispose()
+    data = {k: v for k, v in result.data.items() if k != "winner_ids"}
+    typer.echo(f"{result.status}: {result.reason}")
+    if result.version:
+        typer.echo(f"version {result.version} (adapter {result.adapter_path})")
+    typer.echo("data: " + ", ".join(f"{k}={v}" for k, v in data.items() if k != "digest"))
+    if as_json:
+        sys.stdout.write(json.dumps({**asdict(result), "data": data}) + "\n")
+
+
+@generator_app.command("versions")
+def generator_versions() -> None:
+    """Every generator version, oldest first; `*` marks the current one."""
+    from rich.table import Table
+
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from generator.versions import list_versions, newest_shipped
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        rows = list_versions(sessions)
+        current = newest_shipped(sessions, base_model=settings.generator_model)
+    finally:
+        engine.dispose()
+    table = Table("", "version", "status", "base", "adapter", "parent", "created", "gate")
+    for v in rows:
+        created = datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        mark = "*" if current is not None and v.version == current.version else ""
+        table.add_row(
+            mark,
+            v.version,
+            v.status,
+            v.base_model,
+            v.adapter_path or "",
+            v.parent or "",
+            created,
+            v.gate_reason or "",
+        )
+    Console(width=200).print(table)
+
+
+@generator_app.command("rollback")
+def generator_rollback(
+    to: Annotated[
+        str | None, typer.Option("--to", help="Ship this version again (default: the previous).")
+    ] = None,
+) -> None:
+    """Mark the current generator version rolled back; the previous (or --to) one is current."""
+    from copyloop.ledger import make_engine, make_sessionmaker
+    from generator.versions import VersionError, rollback
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        try:
+            now = rollback(make_sessionmaker(engine), to=to, base_model=settings.generator_model)
+        except VersionError as exc:
+            raise BadInput(str(exc)) from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"current generator version: {now.version}")
 
 
 class ReportFormat(StrEnum):
@@ -280,6 +392,12 @@ def report(
     since: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
     until: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+    ope_sample: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Most recent decisions the counterfactual panel scores (0: no panel)."
+        ),
+    ] = 10_000,
 ) -> None:
     """The uplift report."""
     from copyloop.ledger import make_engine, make_sessionmaker
@@ -290,7 +408,14 @@ def report(
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
     engine = make_engine(settings.database_url)
     try:
-        data = uplift_report(make_sessionmaker(engine), settings, since_ts, until_ts, product_id)
+        data = uplift_report(
+            make_sessionmaker(engine),
+            settings,
+            since_ts,
+            until_ts,
+            product_id,
+            ope_sample=ope_sample,
+        )
     finally:
         engine.dispose()
     text = {
@@ -304,6 +429,40 @@ def report(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         typer.echo(f"report written to {out}")
+
+
+class ExportFormat(StrEnum):
+    dsjson = "dsjson"
+
+
+@app.command()
+def export(
+    format: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = (
+        ExportFormat.dsjson
+    ),
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
+) -> None:
+    """Closed decisions as VW DSJson (`--cb_explore_adf --dsjson`), one per line."""
+    from copyloop.export import export as write_export
+    from copyloop.ledger import make_engine, make_sessionmaker
+
+    settings = _settings()
+    since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        if out is None:
+            write_export(sessions, sys.stdout, format.value, since_ts, until_ts, product_id)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w") as fh:
+                n = write_export(sessions, fh, format.value, since_ts, until_ts, product_id)
+            err.print(f"{n} decisions written to {out}", highlight=False, markup=False)
+    finally:
+        engine.dispose()
 
 
 class Role(StrEnum):

@@ -106,6 +106,26 @@ class Settings(BaseSettings):
     # scheduler
     scheduler_interval_s: float = Field(30.0, gt=0, description="Seconds between scheduler ticks.")
 
+    # lifecycle: winners, retirement, fine-tuning (scheduler jobs)
+    winner_min_exposure: int = Field(
+        100,
+        ge=1,
+        description="Closed decisions that must have served a variant, and its control, before "
+        "it can be called a winner or retired.",
+    )
+    retire_keep_active: int = Field(
+        2, ge=2, description="Active variants (control included) a product always keeps."
+    )
+    finetune_every_s: float = Field(
+        86400.0, gt=0, description="Seconds between fine-tuning rounds of the hf generator."
+    )
+    finetune_min_winners: int = Field(
+        8, ge=2, description="New winners (not in an earlier round) needed to fine-tune."
+    )
+    finetune_output_dir: str = Field(
+        "./var/generator", description="Where fine-tuned adapters are written (<dir>/<version>)."
+    )
+
     @field_validator("holdout")
     @classmethod
     def _holdout_in_unit(cls, value: float) -> float:

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,8 @@ def main(
     n_winners = data.summary["winners"]
     if cfg.dry_run:
         return FinetuneResult("dry_run", f"{n_winners} winners, nothing trained", data=data.summary)
+    if progress is not None:
+        progress("data", n_winners, n_winners)
     if n_winners < cfg.min_winners or not data.train or not data.heldout:
         reason = f"{n_winners} winners, {cfg.min_winners} needed (and >= 2 products)"
         return FinetuneResult("skipped", reason, data=data.summary)
@@ -213,7 +216,7 @@ def main(
 
     from generator.training import Trainer
 
-    shipped = newest_shipped(sessions) or ensure_base(sessions, base_model)
+    shipped = newest_shipped(sessions, base_model=base_model) or ensure_base(sessions, base_model)
     version = f"hf-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{data.summary['digest'][:6]}"
     adapter_dir = Path(cfg.output_dir) / version
     with torch.random.fork_rng(devices=[]):
@@ -280,6 +283,45 @@ def main(
     )
 
 
+def due(
+    sessions: sessionmaker[Session], settings: Settings, now: float | None = None
+) -> str | None:
+    """Why the scheduler should not fine-tune now (None: it should): the backend is not `hf`,
+    the last round (shipped or not) is younger than `finetune_every_s`, or fewer than
+    `finetune_min_winners` winners are new (absent from every earlier round's data)."""
+    from generator.versions import list_versions
+    from generator.winners import select_winners
+
+    if settings.generator_backend != "hf" or not settings.generator_model:
+        return "generator_backend is not hf (or no generator_model)"
+    now = time.time() if now is None else now
+    rounds = [v for v in list_versions(sessions) if v.adapter_path]
+    if rounds:
+        wait = max(v.created_at for v in rounds) + settings.finetune_every_s - now
+        if wait > 0:
+            return f"next round in {wait:.0f} s"
+    seen = {vid for v in rounds for vid in v.data.get("winner_ids", [])}
+    found = select_winners(sessions, WinnerParams(min_exposure=settings.winner_min_exposure))
+    new = sum(1 for w in found if w.variant_id not in seen)
+    if new < settings.finetune_min_winners:
+        return f"{new} new winners, {settings.finetune_min_winners} needed"
+    return None
+
+
+def config_from_settings(settings: Settings, **overrides: Any) -> FinetuneConfig:
+    """The scheduler's and the CLI's round: base model, output dir, seed and data thresholds
+    from the settings, training knobs at their defaults unless overridden."""
+    values: dict[str, Any] = {
+        "base_model": settings.generator_model,
+        "output_dir": settings.finetune_output_dir,
+        "min_winners": settings.finetune_min_winners,
+        "min_exposure": settings.winner_min_exposure,
+        "seed": settings.seed,
+    }
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
 def verdict(metrics: dict[str, Any], cfg: FinetuneConfig) -> tuple[bool, str]:
     """The gate: (ships, reason). NaN anywhere fails its check."""
     nll, base = metrics["heldout_nll"], metrics["heldout_nll_base"]
@@ -319,14 +361,19 @@ def sample_quality(
     from generator.guardrails import GuardrailParams, check
     from generator.hf import GenerationRequest, HFGenerator
 
-    generator = HFGenerator(
-        model_path,
-        version=version,
-        adapter_path=adapter_path,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.gate_max_new_tokens,
-    )
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias.
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        generator = HFGenerator(
+            model_path,
+            version=version,
+            adapter_path=adapter_path,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.gate_max_new_tokens,
+        )
     styles: dict[str, list[str]] = {}
     for w in data.heldout:
         styles.setdefault(w.product_id, []).append(w.style)
@@ -378,6 +425,8 @@ __all__ = [
     "FinetuneResult",
     "TrainingData",
     "collect",
+    "config_from_settings",
+    "due",
     "distinct_n",
     "main",
     "sample_quality",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,9 @@ class HFGenerator:
     def _sample(
         self, texts: list[str], samples: int, batch_index: int
     ) -> tuple[list[list[str]], int]:
-        """`samples` continuations of each text (prompt stripped, whitespace cleaned) and the
-        number of generated tokens (through each row's end-of-sequence token)."""
+        """`samples` continuations of each text (prompt stripped, whitespace cleaned; one when
+        `temperature` is 0, which decodes greedily) and the number of generated tokens (through
+        each row's end-of-sequence token)."""
         import torch
         from transformers import GenerationConfig
 
@@ -275,6 +277,7 @@ class HFGenerator:
             add_special_tokens=self.is_encoder_decoder,  # causal prompts carry their own markup
         ).to(self.device)
         sampling = self.temperature > 0
+        samples = samples if sampling else 1  # greedy decoding has one answer per prompt
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             num_return_sequences=samples,
@@ -313,7 +316,12 @@ def _apply_adapter(model: Any, adapter_path: str) -> Any:
             "a generator version with an adapter needs peft: pip install 'copyloop[generator]'"
         ) from exc
     try:
-        return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias.
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     except (OSError, ValueError) as exc:
         raise GeneratorError(f"cannot load adapter {adapter_path!r}: {exc}") from exc
 

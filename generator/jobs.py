@@ -8,15 +8,23 @@ seeded per product, so a re-run finds the same texts already stored and creates 
 
 Each product is written in its own transaction: a long run keeps what it has done if it stops,
 and inserts ignore conflicts, so two runs at once cannot fail on each other's rows.
+
+The `hf` backend generates for many products at once (its prompts are batched on the GPU), so
+the products are taken in chunks: one batched generation per chunk, then each product's pool is
+checked and stored in its own transaction as above. It generates with the newest *shipped*
+generator version of the configured model (its adapter applied, see `generator.versions`);
+when there is none, the base model's version `hf-base-<hash>` is recorded, shipped. Every
+variant records its generator version, and :func:`reject_counts` counts the rejects per version
+and reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,10 +32,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from copyloop.catalog import CONTROL_SOURCE, dialect_insert, variant_id
 from copyloop.ledger.tables import Product, Variant
 from copyloop.settings import Settings
-from generator import BackendUnavailableError, GeneratorError, UnknownProductError
+from generator import GeneratorError, UnknownProductError
 from generator.facts import FactSheet, ProductLike
-from generator.guardrails import GuardrailParams, check
+from generator.guardrails import GuardrailParams, check, reason_kind
 from generator.rules import STYLES, Candidate, RulesGenerator
+from generator.versions import VersionInfo, base_version_name, ensure_base, list_versions
+
+if TYPE_CHECKING:
+    from generator.hf import GenerationStats, HFGenerator
 
 #: Extra candidates asked of the backend beyond the number wanted, to cover rejections.
 POOL_SLACK = len(STYLES)
@@ -36,12 +48,17 @@ POOL_SLACK = len(STYLES)
 @dataclass(frozen=True, slots=True)
 class GenerateReport:
     """`products`: products that needed variants; `created`: variants stored active;
-    `rejected`: new candidates stored rejected; `skipped`: products that had enough."""
+    `rejected`: new candidates stored rejected; `skipped`: products that had enough;
+    `stats`: the `hf` backend's throughput (None for rules); `generator_version`: the version
+    that generated (`rules-1`, `hf-base-…`, a fine-tuned one)."""
 
     products: int
     created: int
     rejected: int
     skipped: int
+    # Informational: equal reports are equal whatever the timing or version they ran under.
+    stats: GenerationStats | None = field(default=None, compare=False, repr=False)
+    generator_version: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +78,61 @@ class Backend(Protocol):
     def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]: ...
 
 
-def make_backend(name: str, settings: Settings) -> Backend:
-    """The generator backend called `name`, built from `settings`."""
+def make_backend(
+    name: str, settings: Settings, sessions: sessionmaker[Session] | None = None
+) -> Backend:
+    """The generator backend called `name`, built from `settings`.
+
+    For `hf`, `settings.generator_model` names the model; with `sessions`, the newest shipped
+    generator version of that model is used (its base version is recorded when there is none);
+    without them, the base model under its base version name. Raises `GeneratorError` naming
+    the setting when it is unset or the model cannot be loaded.
+    """
     if name == "rules":
         return RulesGenerator(seed=settings.seed, max_chars=settings.max_variant_chars)
     if name == "hf":
-        raise BackendUnavailableError(
-            "the hf backend is not available yet (it is being built); use --backend rules"
-        )
+        return _hf_backend(settings, sessions)
     raise GeneratorError(f"unknown generator backend {name!r} (expected rules or hf)")
+
+
+def _max_new_tokens(max_chars: int) -> int:
+    """Tokens generated per candidate at most: about 4 characters a token for English BPEs,
+    with room to overshoot (the length guardrail rejects what comes out too long)."""
+    return max(16, min(512, max_chars // 3))
+
+
+def current_hf_version(sessions: sessionmaker[Session], model: str) -> VersionInfo | None:
+    """The newest shipped `hf` version built on `model` (as the setting names it), if any: a
+    version of another base model cannot be applied to this one."""
+    shipped = [
+        v
+        for v in list_versions(sessions)
+        if v.backend == "hf" and v.status == "shipped" and v.base_model == model
+    ]
+    return max(shipped, key=lambda v: (v.shipped_at or 0.0, v.version), default=None)
+
+
+def _hf_backend(settings: Settings, sessions: sessionmaker[Session] | None) -> HFGenerator:
+    from generator.hf import HFGenerator
+
+    model = settings.generator_model
+    if not model:
+        raise GeneratorError(
+            "the hf backend needs generator_model: set COPYLOOP_GENERATOR_MODEL to a local model "
+            "directory (or the id of a model in the local cache)"
+        )
+    current = None if sessions is None else current_hf_version(sessions, model)
+    generator = HFGenerator(
+        model,
+        version=current.version if current else base_version_name(model),
+        adapter_path=current.adapter_path if current else None,
+        seed=settings.seed,
+        max_new_tokens=_max_new_tokens(settings.max_variant_chars),
+    )
+    if sessions is not None and current is None:
+        # Recorded only now that the model has loaded: a model that cannot load gets no version.
+        ensure_base(sessions, model)
+    return generator
 
 
 def generate_variants(
@@ -87,25 +150,90 @@ def generate_variants(
     Raises :class:`UnknownProductError` naming ids that are not in the ledger, and
     :class:`BackendUnavailableError` for a backend that cannot run here.
     """
-    generator = make_backend(backend or settings.generator_backend, settings)
     wanted = settings.variants_per_product if per_product is None else per_product
     if wanted < 1:
         raise ValueError(f"per_product must be >= 1, got {wanted}")
+    generator = make_backend(backend or settings.generator_backend, settings, sessions)
     with sessions() as session:
         products, active_counts = _load(session, product_ids)
         brands = _known_brands(session)
     params = GuardrailParams.from_settings(settings, known_brands=brands)
     todo = [p for p in products if active_counts.get(p.product_id, 0) < wanted]
-    created = rejected = 0
-    for done, product in enumerate(todo, start=1):
-        made, refused = _top_up(sessions, generator, product, wanted, params)
-        created += made
-        rejected += refused
-        if progress is not None:
-            progress(done, len(todo))
+    created = rejected = done = 0
+    stats = None
+    batched = getattr(generator, "generate_many", None)
+    chunk = max(1, getattr(generator, "batch_size", 1)) if batched else 1
+    for start in range(0, len(todo), chunk):
+        products_now = todo[start : start + chunk]
+        backend_now: Backend = generator
+        if batched is not None:
+            prefetched = _prefetch(generator, products_now, active_counts, wanted)
+            stats = prefetched.stats if stats is None else stats + prefetched.stats
+            backend_now = prefetched
+        for product in products_now:
+            made, refused = _top_up(sessions, backend_now, product, wanted, params)
+            created += made
+            rejected += refused
+            done += 1
+            if progress is not None:
+                progress(done, len(todo))
     return GenerateReport(
-        products=len(todo), created=created, rejected=rejected, skipped=len(products) - len(todo)
+        products=len(todo),
+        created=created,
+        rejected=rejected,
+        skipped=len(products) - len(todo),
+        stats=stats,
+        generator_version=getattr(generator, "version", None),
     )
+
+
+class _Prefetched:
+    """A backend serving candidates generated beforehand in one batch: each product's pool,
+    reordered to follow the styles asked for (least represented first), cut at `n`."""
+
+    def __init__(self, pools: dict[str, Sequence[Candidate]], stats: GenerationStats) -> None:
+        self.pools = pools
+        self.stats = stats
+
+    def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]:
+        pool = self.pools.get(product.product_id, ())
+        rank: Counter[str] = Counter()
+        keyed = []
+        for position, candidate in enumerate(pool):
+            order = styles.index(candidate.style) if candidate.style in styles else len(styles)
+            keyed.append(((rank[candidate.style], order, position), candidate))
+            rank[candidate.style] += 1
+        return [c for _, c in sorted(keyed, key=lambda kc: kc[0])][:n]
+
+
+def _prefetch(
+    generator: Any, products: Sequence[_ProductData], active: dict[str, int], wanted: int
+) -> _Prefetched:
+    """One batched generation for `products`: a pool of `need + POOL_SLACK` each, all styles."""
+    from generator.hf import GenerationRequest
+
+    requests = [
+        GenerationRequest(p, STYLES, wanted - active.get(p.product_id, 0) + POOL_SLACK)
+        for p in products
+    ]
+    result = generator.generate_many(requests)
+    pools = {r.product.product_id: c for r, c in zip(requests, result.candidates, strict=True)}
+    return _Prefetched(pools, result.stats)
+
+
+def reject_counts(sessions: sessionmaker[Session]) -> dict[str, dict[str, int]]:
+    """Rejected variants per generator version and reason code, e.g.
+    `{"hf-base-…": {"unsupported_number": 12, "garbled": 40}, "rules-1": {"banned_term": 1}}`."""
+    counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    with sessions() as session:
+        rows = session.execute(
+            select(Variant.generator_version, Variant.reject_reason, func.count())
+            .where(Variant.status == "rejected")
+            .group_by(Variant.generator_version, Variant.reject_reason)
+        )
+        for version, reason, n in rows:
+            counts[version][reason_kind(reason)] += n
+    return {version: dict(sorted(c.items())) for version, c in sorted(counts.items())}
 
 
 def _load(
@@ -152,7 +280,9 @@ def _top_up(
             .order_by(Variant.created_at, Variant.variant_id)
         ).all()
         known = {r.variant_id for r in rows}
-        siblings = {r.variant_id: r.text for r in rows if r.status == "active"}
+        # Near-duplicates are judged against every variant that was ever servable: the active
+        # ones and the retired ones (a copy of a withdrawn loser is no new candidate).
+        siblings = {r.variant_id: r.text for r in rows if r.status in ("active", "retired")}
         have = sum(1 for r in rows if r.status == "active" and r.source != CONTROL_SOURCE)
         need = wanted - have
         if need <= 0:

@@ -162,10 +162,13 @@ def list_versions(sessions: sessionmaker[Session]) -> list[VersionInfo]:
         return [VersionInfo.of(r) for r in rows]
 
 
-def newest_shipped(sessions: sessionmaker[Session], backend: str = "hf") -> VersionInfo | None:
-    """The current version of `backend`: the shipped one shipped last (None when none is)."""
+def newest_shipped(
+    sessions: sessionmaker[Session], backend: str = "hf", base_model: str | None = None
+) -> VersionInfo | None:
+    """The current version of `backend` (of `base_model` when given: an adapter only applies to
+    its own base): the shipped one shipped last, None when none is."""
     with sessions() as s:
-        row = _newest_shipped(s, backend)
+        row = _newest_shipped(s, backend, base_model)
         return None if row is None else VersionInfo.of(row)
 
 
@@ -189,12 +192,14 @@ def rollback(
     sessions: sessionmaker[Session],
     to: str | None = None,
     backend: str = "hf",
+    base_model: str | None = None,
     now: float | None = None,
 ) -> VersionInfo:
-    """Mark the current version `rolled_back`; then the previous shipped one is current, or,
-    with `to`, that named version is shipped again. Returns the version now current."""
+    """Mark the current version (of `base_model` when given) `rolled_back`; then the previous
+    shipped one is current, or, with `to`, that named version is shipped again. Returns the
+    version now current."""
     with sessions.begin() as s:
-        current = _newest_shipped(s, backend)
+        current = _newest_shipped(s, backend, base_model)
         if current is None:
             raise VersionError("no shipped generator version to roll back")
         if to is not None:
@@ -208,7 +213,7 @@ def rollback(
         current.status = "rolled_back"
         s.flush()
         if to is None:
-            target = _newest_shipped(s, backend)
+            target = _newest_shipped(s, backend, base_model)
             if target is None:
                 raise VersionError(
                     f"no earlier shipped generator version to roll back to from {current.version!r}"
@@ -218,12 +223,14 @@ def rollback(
         return VersionInfo.of(target)
 
 
-def _newest_shipped(s: Session, backend: str) -> GeneratorVersion | None:
+def _newest_shipped(s: Session, backend: str, base_model: str | None) -> GeneratorVersion | None:
+    query = select(GeneratorVersion).where(
+        GeneratorVersion.status == "shipped", GeneratorVersion.backend == backend
+    )
+    if base_model is not None:
+        query = query.where(GeneratorVersion.base_model == base_model)
     return s.scalars(
-        select(GeneratorVersion)
-        .where(GeneratorVersion.status == "shipped", GeneratorVersion.backend == backend)
-        .order_by(GeneratorVersion.shipped_at.desc(), GeneratorVersion.version.desc())
-        .limit(1)
+        query.order_by(GeneratorVersion.shipped_at.desc(), GeneratorVersion.version.desc()).limit(1)
     ).first()
 
 

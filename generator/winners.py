@@ -35,13 +35,14 @@ Usage::
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from copyloop.catalog import CONTROL_SOURCE
@@ -225,6 +226,68 @@ def preference_pairs(comparisons: Sequence[Comparison]) -> list[Pair]:
     return pairs
 
 
+@dataclass(frozen=True, slots=True)
+class RetireReport:
+    """`retired`: variant ids retired, by product; `kept`: clear losers kept because their
+    product would otherwise fall below `keep_active` active variants."""
+
+    retired: dict[str, list[str]]
+    kept: int
+
+    @property
+    def products(self) -> list[str]:
+        return sorted(self.retired)
+
+
+def retire_losers(
+    sessions: sessionmaker[Session],
+    params: WinnerParams | None = None,
+    keep_active: int = 2,
+    now: float | None = None,
+) -> RetireReport:
+    """Retire the active variants that lose clearly to their control (interval wholly below the
+    control's, with minimum exposure), worst first, never the control, and never below
+    `keep_active` active variants per product (control included). The reason, with the
+    numbers, goes to `reject_reason`; `retired_at` is set. A variant retired by a concurrent run
+    is skipped (the update is conditional on `status = 'active'`)."""
+    if keep_active < 2:
+        raise ValueError(f"keep_active must be >= 2, got {keep_active}")
+    now = time.time() if now is None else now
+    losers: dict[str, list[Comparison]] = defaultdict(list)
+    for c in compare_variants(sessions, params):
+        if c.loses and c.status == "active":
+            losers[c.product_id].append(c)
+    retired: dict[str, list[str]] = {}
+    kept = 0
+    for product_id, group in sorted(losers.items()):
+        with sessions.begin() as s:
+            active = s.scalar(
+                select(func.count())
+                .select_from(Variant)
+                .where(Variant.product_id == product_id, Variant.status == "active")
+            )
+            room = max(int(active or 0) - keep_active, 0)
+            for c in sorted(group, key=lambda c: c.gain)[:room]:
+                done = s.execute(
+                    update(Variant)
+                    .where(Variant.variant_id == c.variant_id, Variant.status == "active")
+                    .values(status="retired", retired_at=now, reject_reason=_retire_reason(c))
+                )
+                if done.rowcount:  # type: ignore[attr-defined]
+                    retired.setdefault(product_id, []).append(c.variant_id)
+            kept += len(group) - len(retired.get(product_id, []))
+    return RetireReport(retired, kept)
+
+
+def _retire_reason(c: Comparison) -> str:
+    e, k = c.estimate, c.control
+    return (
+        f"losing_to_control: reward {_value(e):.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}] below "
+        f"control {_value(k):.4f} [{k.ci_low:.4f}, {k.ci_high:.4f}] "
+        f"(SNIPS over {e.n} decisions, served {c.exposure}, control {c.control_exposure})"
+    )
+
+
 # -- internals --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _VariantInfo:
@@ -344,10 +407,12 @@ def _finite(*values: float | None) -> bool:
 __all__ = [
     "Comparison",
     "Pair",
+    "RetireReport",
     "Winner",
     "WinnerParams",
     "compare_variants",
     "preference_pairs",
+    "retire_losers",
     "select_winners",
     "winners",
 ]

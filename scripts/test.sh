@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev,generator
+# Headless Chromium for tests/browser (the report page); installed only when missing.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+      echo "could not install chromium: tests/browser will be skipped" >&2
+  fi
+fi
 if [ -z "${COPYLOOP_TEST_DATABASE_URL:-}" ] && \
    .venv/bin/python -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1)" 2>/dev/null; then
   export COPYLOOP_TEST_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/test"

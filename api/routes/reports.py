@@ -18,6 +18,7 @@ from api.deps import SessionsDep, SettingsDep
 from api.errors import AUTH_RESPONSES, InvalidRequest
 from copyloop.reports import to_csv, uplift_report
 from copyloop.reports.html import to_html
+from copyloop.reports.uplift import DEFAULT_OPE_SAMPLE
 
 router = APIRouter(
     tags=["reports"], dependencies=[Depends(require("analyst"))], responses=AUTH_RESPONSES
@@ -29,6 +30,15 @@ _MS_THRESHOLD = 1e11
 TimeParam = Annotated[
     str | None,
     Query(description="ISO-8601 (naive means UTC), epoch seconds, or epoch milliseconds."),
+]
+OpeSampleParam = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=200_000,
+        description="Most recent randomized decisions the counterfactual panel scores "
+        "(0 leaves the panel out).",
+    ),
 ]
 
 
@@ -67,6 +77,7 @@ def _report(
     since: str | None,
     until: str | None,
     product_id: str | None,
+    ope_sample: int = DEFAULT_OPE_SAMPLE,
 ) -> dict[str, Any]:
     return uplift_report(
         sessions,
@@ -74,6 +85,7 @@ def _report(
         since=parse_time(since, "since"),
         until=parse_time(until, "until"),
         product_id=product_id,
+        ope_sample=ope_sample,
     )
 
 
@@ -89,9 +101,12 @@ def uplift(
     until: TimeParam = None,
     product_id: Annotated[str | None, Query(max_length=128)] = None,
     format: Literal["json", "csv"] = "json",  # the contract names it so
+    ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
 ) -> Any:
-    """Bandit vs control over decisions with `since <= ts < until` (optionally one product)."""
-    report = _report(sessions, settings, since, until, product_id)
+    """Bandit vs control over decisions with `since <= ts < until` (optionally one product):
+    arms, uplift, sample-ratio check, per-product/variant/context/generator-version rows, time
+    series and the counterfactual panel."""
+    report = _report(sessions, settings, since, until, product_id, ope_sample)
     if format == "csv":
         return Response(
             to_csv(report),
@@ -108,6 +123,7 @@ def report_page(
     since: TimeParam = None,
     until: TimeParam = None,
     product_id: Annotated[str | None, Query(max_length=128)] = None,
+    ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
 ) -> HTMLResponse:
     """The report as an HTML page with charts."""
-    return HTMLResponse(to_html(_report(sessions, settings, since, until, product_id)))
+    return HTMLResponse(to_html(_report(sessions, settings, since, until, product_id, ope_sample)))

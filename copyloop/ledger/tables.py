@@ -91,6 +91,8 @@ class Decision(Base):
         Index("ix_decisions_open", "closed_at", "ts"),
         Index("ix_decisions_ts", "ts"),
         Index("ix_decisions_product", "product_id", "ts"),
+        Index("ix_decisions_report", "product_id", "variant_id", "policy", "ts", "probability"),
+        Index("ix_decisions_ts_policy_variant", "ts", "policy", "variant_id"),
     )
 
 
@@ -106,7 +108,10 @@ class Event(Base):
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_at: Mapped[float] = mapped_column(Float)
 
-    __table_args__ = (Index("ix_events_decision", "decision_id", "type"),)
+    __table_args__ = (
+        Index("ix_events_decision", "decision_id", "type"),
+        Index("ix_events_ts", "ts"),
+    )
 
 
 class Reward(Base):

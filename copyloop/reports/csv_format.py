@@ -64,7 +64,11 @@ def to_csv(report: dict[str, Any]) -> str:
         w.writerow({"section": "product", "key": p["product_id"], **_pick(p, _COUNTS)})
         for metric, u in p["uplift"].items():
             w.writerow(
-                {"section": "product_uplift", "key": f"{p['product_id']}/{metric}", **_pick(u, _LIFT)}
+                {
+                    "section": "product_uplift",
+                    "key": f"{p['product_id']}/{metric}",
+                    **_pick(u, _LIFT),
+                }
             )
     for v in report["variants"]:
         w.writerow(
@@ -98,7 +102,9 @@ def to_csv(report: dict[str, Any]) -> str:
             )
     for point in report.get("timeseries", {}).get("points", []):
         for arm, m in point["arms"].items():
-            w.writerow({"section": f"timeseries:{arm}", "key": point["start_iso"], **_pick(m, _COUNTS)})
+            w.writerow(
+                {"section": f"timeseries:{arm}", "key": point["start_iso"], **_pick(m, _COUNTS)}
+            )
         w.writerow(
             {
                 "section": "timeseries:lift",

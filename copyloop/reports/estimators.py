@@ -262,13 +262,6 @@ def ratio_snips(
     se = math.sqrt(ss) / sum_w
     ess = sum_w * sum_w / sum_w2 if sum_w2 > 0 else 0.0
     return Estimate(value, value - Z95 * se, value + Z95 * se, n, ess)
-    n = r.size
-    if n == 0:
-        return Estimate(None, None, None, 0, 0.0)
-    terms = w * r
-    value = float(terms.mean())
-    se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return Estimate(value, value - Z95 * se, value + Z95 * se, n, _ess(w))
 
 
 def _ess(w: np.ndarray) -> float:

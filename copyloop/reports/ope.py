@@ -18,7 +18,7 @@ served variant's mean reward in the same sample, shrunk toward the sample's over
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,97 +69,132 @@ def to_rows(raw: Sequence[Any]) -> tuple[list[LoggedDecisionRow], list[int]]:
     `raw` they came from: rows whose served variant is not in their action set or whose pmf
     does not match it are dropped."""
     out, kept = [], []
-    for i, r in enumerate(raw):
-        actions = tuple(str(a) for a in (r.actions or ()))
-        pmf = tuple(float(p) for p in (r.pmf or ()))
-        if r.variant_id not in actions or len(pmf) != len(actions) or r.probability <= 0:
+    for i, (
+        _,
+        _,
+        variant_id,
+        actions,
+        pmf,
+        probability,
+        _,
+        clicked,
+        purchased,
+        revenue,
+    ) in enumerate(raw):
+        actions = tuple(str(a) for a in (actions or ()))
+        pmf = tuple(float(p) for p in (pmf or ()))
+        if variant_id not in actions or len(pmf) != len(actions) or probability <= 0:
             continue
         out.append(
             LoggedDecisionRow(
                 actions=actions,
                 pmf=pmf,
-                chosen=actions.index(r.variant_id),
-                probability=float(r.probability),
-                outcome=(float(r.clicked), float(r.purchased), float(r.revenue)),
+                chosen=actions.index(variant_id),
+                probability=float(probability),
+                outcome=(float(clicked), float(purchased), float(revenue)),
             )
         )
         kept.append(i)
     return out, kept
 
 
+@dataclass(frozen=True)
+class Padded:
+    """The sample as arrays padded to the largest action set K: `pmf` (n, K) logging pmf (0 in
+    padding), `mask` (n, K) real actions, `chosen` (n,) served index, `logged_p` (n,),
+    `rewards` (n, 3) and `q` (n, K, 3) the reward model at every action."""
+
+    pmf: np.ndarray
+    mask: np.ndarray
+    chosen: np.ndarray
+    logged_p: np.ndarray
+    rewards: np.ndarray
+    q: np.ndarray
+
+    @classmethod
+    def of(cls, rows: Sequence[LoggedDecisionRow]) -> Padded:
+        n, k = len(rows), max((len(r.actions) for r in rows), default=1)
+        model = reward_model(rows)
+        pmf, mask, q = np.zeros((n, k)), np.zeros((n, k), dtype=bool), np.zeros((n, k, 3))
+        for i, row in enumerate(rows):
+            m = len(row.actions)
+            pmf[i, :m] = row.pmf
+            mask[i, :m] = True
+            q[i, :m] = [model[a] for a in row.actions]
+        return cls(
+            pmf=pmf,
+            mask=mask,
+            chosen=np.asarray([r.chosen for r in rows], dtype=np.int64),
+            logged_p=np.asarray([r.probability for r in rows]),
+            rewards=np.asarray([r.outcome for r in rows]).reshape(n, 3),
+            q=q,
+        )
+
+
 def target_distributions(
-    rows: Sequence[LoggedDecisionRow], greedy: Sequence[int | None] | None
-) -> dict[str, list[np.ndarray | None]]:
-    """Per target, per row, the target's distribution over that row's actions (None: the
-    target is undefined there, e.g. the model could not score the row)."""
-    out: dict[str, list[np.ndarray | None]] = {name: [] for name in TARGETS}
-    for i, row in enumerate(rows):
-        k = len(row.actions)
-        out["live"].append(np.asarray(row.pmf))
-        out["control"].append(np.eye(k)[0])
-        out["uniform"].append(np.full(k, 1.0 / k))
-        g = None if greedy is None else greedy[i]
-        out["greedy"].append(None if g is None else np.eye(k)[g])
+    data: Padded, greedy: Sequence[int | None] | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per target: its distribution over each row's actions (n, K) and the rows where it is
+    defined (n,) (the greedy target is undefined where the model could not score a row)."""
+    n, k = data.pmf.shape
+    everywhere = np.ones(n, dtype=bool)
+    uniform = data.mask / data.mask.sum(axis=1, keepdims=True).clip(1)
+    out = {
+        "live": (data.pmf, everywhere),
+        "control": (np.eye(k)[np.zeros(n, dtype=np.int64)], everywhere),
+        "uniform": (uniform, everywhere),
+    }
+    if greedy is not None:
+        defined = np.asarray([g is not None for g in greedy], dtype=bool)
+        idx = np.asarray([0 if g is None else g for g in greedy], dtype=np.int64)
+        out["greedy"] = (np.eye(k)[idx], defined)
     return out
 
 
-def reward_model(rows: Sequence[LoggedDecisionRow]) -> Callable[[str], np.ndarray]:
-    """q̂(a) for each metric: the variant's shrunk mean outcome in the sample (see module)."""
+def reward_model(rows: Sequence[LoggedDecisionRow]) -> dict[str, np.ndarray]:
+    """q̂(a) for each metric: the variant's shrunk mean outcome in the sample (see module);
+    a variant never served in the sample gets the overall mean."""
     totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         totals[row.actions[row.chosen]] += row.outcome
         counts[row.actions[row.chosen]] += 1
-    overall = (
-        np.sum([row.outcome for row in rows], axis=0) / len(rows) if rows else np.zeros(3)
-    )
-
-    def q(variant_id: str) -> np.ndarray:
-        n = counts.get(variant_id, 0)
-        return (totals.get(variant_id, np.zeros(3)) + PRIOR_WEIGHT * overall) / (n + PRIOR_WEIGHT)
-
-    return q
+    overall = np.sum([r.outcome for r in rows], axis=0) / len(rows) if rows else np.zeros(3)
+    model: dict[str, np.ndarray] = defaultdict(lambda: overall)
+    for a, total in totals.items():
+        model[a] = (total + PRIOR_WEIGHT * overall) / (counts[a] + PRIOR_WEIGHT)
+    return model
 
 
 def evaluate_target(
-    rows: Sequence[LoggedDecisionRow],
-    dists: Sequence[np.ndarray | None],
-    q: Callable[[str], np.ndarray],
-    rules: SupportRules,
+    data: Padded, pi: np.ndarray, defined: np.ndarray, rules: SupportRules
 ) -> dict[str, Any]:
-    """IPS, SNIPS and DR of one target for each metric, with its support diagnostics."""
-    keep = [i for i, d in enumerate(dists) if d is not None]
-    n = len(keep)
-    rewards = np.zeros((n, 3))
-    logged_p = np.zeros(n)
-    target_p = np.zeros(n)
-    q_logged = np.zeros((n, 3))
-    q_target = np.zeros((n, 3))
-    unsupported = np.zeros(n)
-    for j, i in enumerate(keep):
-        row, pi = rows[i], dists[i]
-        assert pi is not None
-        qs = np.stack([q(a) for a in row.actions])
-        rewards[j] = row.outcome
-        logged_p[j] = row.probability
-        target_p[j] = pi[row.chosen]
-        q_logged[j] = qs[row.chosen]
-        q_target[j] = pi @ qs
-        unsupported[j] = float(pi[np.asarray(row.pmf) < rules.min_logging_p].sum())
+    """IPS, SNIPS and DR of one target (`pi`, (n, K)) for each metric, on the rows where it
+    is `defined`, with its support diagnostics."""
+    rows = np.flatnonzero(defined)
+    n = rows.size
+    pi, chosen = pi[rows], data.chosen[rows]
+    target_p = pi[np.arange(n), chosen]
+    q = data.q[rows]
+    q_logged = q[np.arange(n), chosen]  # (n, 3)
+    q_target = np.einsum("nk,nkm->nm", pi, q)
+    unsupported = (pi * (data.mask[rows] & (data.pmf[rows] < rules.min_logging_p))).sum(axis=1)
     estimates: dict[str, dict[str, Any]] = {}
     ess = 0.0
     for metric, m in METRICS.items():
-        data = LoggedBandit(rewards[:, m], logged_p, target_p, q_logged[:, m], q_target[:, m])
-        per = {name: est(data) for name, est in ESTIMATORS.items()}
+        logged = LoggedBandit(
+            data.rewards[rows, m], data.logged_p[rows], target_p, q_logged[:, m], q_target[:, m]
+        )
+        per = {name: est(logged) for name, est in ESTIMATORS.items()}
         ess = per["ips"].ess
         estimates[metric] = {name: asdict(e) for name, e in per.items()}
     unsupported_mass = float(unsupported.mean()) if n else 0.0
     return {
-        "n": n,
+        "n": int(n),
         "ess": ess,
         "ess_share": ess / n if n else 0.0,
         "unsupported_mass": unsupported_mass,
-        "warning": support_warning(n, ess, unsupported_mass, rules),
+        "warning": support_warning(int(n), ess, unsupported_mass, rules),
         "estimates": estimates,
     }
 
@@ -195,14 +230,15 @@ def counterfactual_panel(
     """Every target's estimates on `rows` (a pure function of the sample and the greedy
     choices; the caller adds how the sample was drawn)."""
     rules = rules or SupportRules()
-    q = reward_model(rows)
-    dists = target_distributions(rows, greedy)
+    data = Padded.of(rows)
+    dists = target_distributions(data, greedy)
     policies: dict[str, Any] = {}
     for name, label in TARGETS.items():
-        if name == "greedy" and greedy is None:
+        if name not in dists:
             policies[name] = {"label": label, "available": False, "note": greedy_note}
             continue
-        policies[name] = {"label": label, "available": True, **evaluate_target(rows, dists[name], q, rules)}
+        result = evaluate_target(data, *dists[name], rules)
+        policies[name] = {"label": label, "available": True, **result}
         if name == "greedy":
             policies[name]["note"] = greedy_note
     return {

@@ -1,27 +1,62 @@
-"""The report's SQL: a few grouped scans of `decisions` joined to per-decision outcomes.
+"""The report's SQL: grouped scans of `decisions` plus one small per-report table of outcomes.
 
-Every aggregate is computed by the database (SQLite or PostgreSQL), so the report over a million
-decisions moves a few thousand rows to Python. The one bounded row-level read is the sample of
-recent decisions that the counterfactual panel scores (`recent_logged`).
+Outcomes are sparse (most page views get no event), so each aggregate is computed in two
+parts and added up in Python: a scan of `decisions` alone for counts and importance-weight sums
+(covering indexes from migration 0003 keep it narrow), and the same grouping over
+`report_outcomes`, a temporary table holding, per decision in the window with at least one
+in-span event, its keys and outcome. A decision's outcome counts the events whose `ts` falls in
+`[ts − clock_skew_s, ts + reward_window_s]` (CONTRACT.md), whether or not its window has closed.
 
-A decision's outcome counts the events whose `ts` falls in `[ts − clock_skew_s, ts +
-reward_window_s]` (CONTRACT.md), whether or not its window has closed yet.
+Everything runs on one connection in one read transaction (`ReportReader`): on SQLite a
+deferred one, so a long report never holds the write lock the consumer needs (WAL readers do
+not block writers); the temporary table lives in SQLite's `temp` schema / PostgreSQL's
+`pg_temp` and is dropped when the reader closes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, case, cast, func, select, true
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    select,
+    true,
+)
+from sqlalchemy.orm import Session, sessionmaker
 
 from copyloop.ledger.tables import Decision, Event, Product, Variant
 from copyloop.settings import Settings
 
-#: Distinct values kept per context key (by impressions); the rest are summed as `(other)`.
-MAX_CONTEXT_VALUES = 25
+_TEMP = MetaData()
+#: Per decision in the window with at least one in-span event: its keys and outcome.
+OUTCOMES = Table(
+    "report_outcomes",
+    _TEMP,
+    Column("decision_id", String(128), primary_key=True),
+    Column("product_id", String(128)),
+    Column("variant_id", String(64)),
+    Column("policy", String(16)),
+    Column("ts", Float),
+    Column("probability", Float),
+    Column("clicked", Integer),
+    Column("purchased", Integer),
+    Column("revenue", Float),
+    prefixes=["TEMPORARY"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,113 +67,275 @@ class Filters:
     until: float | None = None
     product_id: str | None = None
 
-    def where(self) -> list[Any]:
+    def where(self, table: Any = Decision) -> list[Any]:
         where = []
         if self.since is not None:
-            where.append(Decision.ts >= self.since)
+            where.append(table.ts >= self.since)
         if self.until is not None:
-            where.append(Decision.ts < self.until)
+            where.append(table.ts < self.until)
         if self.product_id is not None:
-            where.append(Decision.product_id == self.product_id)
+            where.append(table.product_id == self.product_id)
         return where
 
 
-def outcomes(settings: Settings) -> Select[Any]:
-    """Per decision with at least one in-span event: clicked, carted, purchased (0/1), revenue."""
+def outcomes(settings: Settings, f: Filters | None = None) -> Any:
+    """Per decision with at least one in-span event (in `f`'s window): product_id, variant_id,
+    policy, ts, probability, clicked, purchased (0/1), revenue (sum of purchase values)."""
+    f = f or Filters()
     in_span = and_(
         Event.decision_id == Decision.decision_id,
         Event.ts >= Decision.ts - settings.clock_skew_s,
         Event.ts <= Decision.ts + settings.reward_window_s,
     )
+    event_window = []  # lets the events(ts) index skip events far outside the window
+    if f.since is not None:
+        event_window.append(Event.ts >= f.since - settings.clock_skew_s)
+    if f.until is not None:
+        event_window.append(Event.ts <= f.until + settings.reward_window_s)
 
     def flag(kind: str) -> Any:
         return func.max(case((Event.type == kind, 1), else_=0))
 
+    keys = (Decision.product_id, Decision.variant_id, Decision.policy, Decision.ts)
     return (
         select(
-            Event.decision_id.label("decision_id"),
-            flag("click").label("clicked"),
-            flag("add_to_cart").label("carted"),
-            flag("purchase").label("purchased"),
-            func.sum(
-                case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0)
-            ).label("revenue"),
+            Event.decision_id,
+            *keys,
+            Decision.probability,
+            flag("click"),
+            flag("purchase"),
+            func.sum(case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0)),
         )
         .select_from(Event)
         .join(Decision, in_span)
-        .group_by(Event.decision_id)
+        .where(*f.where(), *event_window)
+        .group_by(Event.decision_id, *keys, Decision.probability)
     )
 
 
-class _Outcome:
-    """Columns of the per-decision outcome (0 when a decision has no event in its span)."""
+class ReportReader:
+    """The report's queries on one connection, after `outcomes` were materialized."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.sub = outcomes(settings).subquery("o")
-        self.clicked = func.coalesce(self.sub.c.clicked, 0)
-        self.purchased = func.coalesce(self.sub.c.purchased, 0)
-        self.revenue = func.coalesce(self.sub.c.revenue, 0.0)
+    def __init__(self, conn: Connection, settings: Settings, f: Filters) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.f = f
+        self.sqlite = conn.dialect.name == "sqlite"
 
-    def sums(self) -> list[Any]:
-        """n, clicks, purchases, revenue, Σ revenue² (in that order)."""
+    def _outcome_sums(self, o: Any) -> list[Any]:
+        """Σ clicked, Σ purchased, Σ revenue, Σ revenue² over `report_outcomes` rows."""
         return [
-            func.count(),
-            func.sum(self.clicked),
-            func.sum(self.purchased),
-            func.sum(self.revenue),
-            func.sum(self.revenue * self.revenue),
+            func.sum(o.c.clicked),
+            func.sum(o.c.purchased),
+            func.sum(o.c.revenue),
+            func.sum(o.c.revenue * o.c.revenue),
         ]
 
-    def join(self, stmt: Select[Any]) -> Select[Any]:
-        return stmt.outerjoin(self.sub, self.sub.c.decision_id == Decision.decision_id)
+    def cube(self) -> list[tuple[Any, ...]]:
+        """Per (product, variant, policy): product_id, variant_id, policy, n, clicks, purchases,
+        revenue, revenue², then Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², Σw²·click,
+        Σw²·purchase, Σw²·revenue, Σw²·revenue², with w = 1 / logged probability."""
+        keys = (Decision.product_id, Decision.variant_id, Decision.policy)
+        w = 1.0 / Decision.probability
+        counts = self.conn.execute(
+            select(*keys, func.count(), func.sum(w), func.sum(w * w))
+            .where(*self.f.where())
+            .group_by(*keys)
+        ).all()
+        o = OUTCOMES
+        ow = 1.0 / o.c.probability
+        okeys = (o.c.product_id, o.c.variant_id, o.c.policy)
+        sums = {
+            tuple(r[:3]): r[3:]
+            for r in self.conn.execute(
+                select(
+                    *okeys,
+                    *self._outcome_sums(o),
+                    func.sum(ow * o.c.clicked),
+                    func.sum(ow * o.c.purchased),
+                    func.sum(ow * o.c.revenue),
+                    func.sum(ow * ow * o.c.clicked),
+                    func.sum(ow * ow * o.c.purchased),
+                    func.sum(ow * ow * o.c.revenue),
+                    func.sum(ow * ow * o.c.revenue * o.c.revenue),
+                ).group_by(*okeys)
+            )
+        }
+        out = []
+        for product_id, variant_id, policy, n, sw, sw2 in counts:
+            c, p, r, r2, swc, swp, swr, sw2c, sw2p, sw2r, sw2r2 = sums.get(
+                (product_id, variant_id, policy), (0,) * 11
+            )
+            out.append(
+                (product_id, variant_id, policy, n, c, p, r, r2)
+                + (sw, swc, swp, swr, sw2, sw2c, sw2p, sw2r, sw2r2)
+            )
+        return out
 
+    def ts_range(self) -> tuple[float | None, float | None]:
+        """Earliest and latest decision ts in the window (an index read)."""
+        row = self.conn.execute(
+            select(func.min(Decision.ts), func.max(Decision.ts)).where(*self.f.where())
+        ).one()
+        return row[0], row[1]
 
-def cube(s: Session, settings: Settings, f: Filters) -> Sequence[Any]:
-    """Per (product, variant, policy): outcome sums and the importance-weight sums behind the
-    per-variant SNIPS rates (w = 1 / logged probability of the served variant).
+    def _bucket(self, ts: Any, origin: float, bucket_s: float) -> Any:
+        x = (ts - origin) / bucket_s
+        # SQLite's CAST truncates (x ≥ 0 here); PostgreSQL's rounds, so it gets floor().
+        return cast(x, Integer) if self.sqlite else cast(func.floor(x), Integer)
 
-    Columns: product_id, variant_id, policy, n, clicks, purchases, revenue, revenue², then
-    Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², Σw²·click, Σw²·purchase, Σw²·revenue,
-    Σw²·revenue².
-    """
-    o = _Outcome(settings)
-    w = 1.0 / Decision.probability
-    w2 = w * w
-    stmt = select(
-        Decision.product_id,
-        Decision.variant_id,
-        Decision.policy,
-        *o.sums(),
-        func.sum(w),
-        func.sum(w * o.clicked),
-        func.sum(w * o.purchased),
-        func.sum(w * o.revenue),
-        func.sum(w2),
-        func.sum(w2 * o.clicked),
-        func.sum(w2 * o.purchased),
-        func.sum(w2 * o.revenue),
-        func.sum(w2 * o.revenue * o.revenue),
-    ).select_from(Decision)
-    stmt = (
-        o.join(stmt)
-        .where(*f.where())
-        .group_by(Decision.product_id, Decision.variant_id, Decision.policy)
-    )
-    return s.execute(stmt).all()
+    def timeseries(self, origin: float, bucket_s: float) -> list[tuple[Any, ...]]:
+        """Per (time bucket, policy, variant): bucket, policy, variant_id, n, clicks,
+        purchases, revenue, revenue². Bucket k covers `[origin + k·bucket_s, origin +
+        (k+1)·bucket_s)`; `origin` ≤ every ts in the window."""
+        counts = self._bucket_counts(origin, bucket_s)
+        o = OUTCOMES
+        ob = self._bucket(o.c.ts, origin, bucket_s).label("bucket")
+        sums = {
+            tuple(r[:3]): r[3:]
+            for r in self.conn.execute(
+                select(ob, o.c.policy, o.c.variant_id, *self._outcome_sums(o)).group_by(
+                    ob, o.c.policy, o.c.variant_id
+                )
+            )
+        }
+        return [
+            (k, policy, variant_id, n, *sums.get((k, policy, variant_id), (0, 0, 0.0, 0.0)))
+            for k, policy, variant_id, n in counts
+        ]
 
+    def _bucket_counts(self, origin: float, bucket_s: float) -> list[tuple[Any, ...]]:
+        """(bucket, policy, variant_id, n) over the window's decisions."""
+        keys = (Decision.policy, Decision.variant_id)
+        if not self.sqlite:  # one hash aggregate
+            b = self._bucket(Decision.ts, origin, bucket_s).label("bucket")
+            stmt = select(b, *keys, func.count()).where(*self.f.where()).group_by(b, *keys)
+            return [tuple(r) for r in self.conn.execute(stmt)]
+        # SQLite sorts to group: one range scan of the (ts, policy, variant_id) index per
+        # bucket keeps each sort small (measured ~1.6x faster at 1M decisions than one query).
+        lo, hi = self.ts_range()
+        if lo is None or hi is None:
+            return []
+        out: list[tuple[Any, ...]] = []
+        first, last = int((lo - origin) // bucket_s), int((hi - origin) // bucket_s)
+        for k in range(first, last + 1):
+            start, end = origin + k * bucket_s, origin + (k + 1) * bucket_s
+            stmt = (
+                select(*keys, func.count())
+                .where(*self.f.where(), Decision.ts >= start, Decision.ts < end)
+                .group_by(*keys)
+            )
+            out.extend((k, *r) for r in self.conn.execute(stmt))
+        return out
 
-def variant_meta(s: Session, variant_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-    """variant_id → (style, source, generator_version) for the ids that exist."""
-    out: dict[str, tuple[str, str, str]] = {}
-    ids = sorted(set(variant_ids))
-    for i in range(0, len(ids), 500):
-        rows = s.execute(
+    def context_cutoff(self, limit: int) -> float | None:
+        """The ts of the `limit`-th most recent decision in the window, or None when the
+        window holds no more than `limit` (then every decision is read)."""
+        return self.conn.execute(
+            select(Decision.ts)
+            .where(*self.f.where())
+            .order_by(Decision.ts.desc())
+            .offset(limit - 1)
+            .limit(1)
+        ).scalar()
+
+    def contexts(self, cutoff: float | None) -> list[tuple[Any, ...]]:
+        """Per (context key, value, policy) over decisions with ts ≥ `cutoff`: key, value,
+        policy, n, clicks, purchases, revenue, revenue². The JSON object is expanded by the
+        database (`json_each` on SQLite, `json_each_text` on PostgreSQL); values come back as
+        text or numbers, rendered by the caller with `str`."""
+        each = func.json_each if self.sqlite else func.json_each_text
+        kv = each(Decision.context).table_valued("key", "value").alias("kv")
+        since = [] if cutoff is None else [Decision.ts >= cutoff]
+        keys = (kv.c.key, kv.c.value, Decision.policy)
+        counts = self.conn.execute(
+            select(*keys, func.count())
+            .select_from(Decision)
+            .join(kv, true())
+            .where(*self.f.where(), *since)
+            .group_by(*keys)
+        ).all()
+        o = OUTCOMES
+        sums = {
+            (str(r[0]), str(r[1]), r[2]): r[3:]
+            for r in self.conn.execute(
+                select(*keys, *self._outcome_sums(o))
+                .select_from(o)
+                .join(Decision, Decision.decision_id == o.c.decision_id)
+                .join(kv, true())
+                .where(*since)
+                .group_by(*keys)
+            )
+        }
+        out: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0, 0.0])
+        for key, value, policy, n in counts:
+            k = (str(key), str(value), policy)
+            c, p, r, r2 = sums.get(k, (0, 0, 0.0, 0.0))
+            acc = out[k]
+            out[k] = [acc[0] + n, acc[1] + c, acc[2] + p, acc[3] + r, acc[4] + r2]
+        return [(*k, *v) for k, v in out.items()]
+
+    def recent_logged(self, limit: int) -> Sequence[Any]:
+        """The `limit` most recent randomized decisions (policy bandit or control) with their
+        outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
+        clicked, purchased, revenue. Fallback decisions are not randomized and are left out."""
+        o = OUTCOMES
+        return self.conn.execute(
             select(
-                Variant.variant_id, Variant.style, Variant.source, Variant.generator_version
-            ).where(Variant.variant_id.in_(ids[i : i + 500]))
-        )
-        out.update({r[0]: (r[1], r[2], r[3]) for r in rows})
-    return out
+                Decision.decision_id,
+                Decision.product_id,
+                Decision.variant_id,
+                Decision.actions,
+                Decision.pmf,
+                Decision.probability,
+                Decision.context,
+                func.coalesce(o.c.clicked, 0).label("clicked"),
+                func.coalesce(o.c.purchased, 0).label("purchased"),
+                func.coalesce(o.c.revenue, 0.0).label("revenue"),
+            )
+            .select_from(Decision)
+            .outerjoin(o, o.c.decision_id == Decision.decision_id)
+            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
+            .order_by(Decision.ts.desc(), Decision.decision_id)
+            .limit(limit)
+        ).all()
+
+    def variant_meta(self, variant_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """variant_id → (style, source, generator_version) for the ids that exist."""
+        out: dict[str, tuple[str, str, str]] = {}
+        ids = sorted(set(variant_ids))
+        for i in range(0, len(ids), 500):
+            rows = self.conn.execute(
+                select(
+                    Variant.variant_id, Variant.style, Variant.source, Variant.generator_version
+                ).where(Variant.variant_id.in_(ids[i : i + 500]))
+            )
+            out.update({r[0]: (r[1], r[2], r[3]) for r in rows})
+        return out
+
+
+@contextmanager
+def report_reader(
+    sessions: sessionmaker[Session], settings: Settings, f: Filters
+) -> Iterator[ReportReader]:
+    """A `ReportReader` on one connection in one read transaction, `report_outcomes` filled."""
+    with sessions() as s:
+        conn = s.connection()
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # The ledger's engine opens every SQLite transaction with BEGIN IMMEDIATE (the write
+            # lock). A report only reads: trade it for a deferred (snapshot) read transaction.
+            conn.exec_driver_sql("COMMIT")
+            conn.exec_driver_sql("BEGIN")
+        drop = "DROP TABLE IF EXISTS " + ("temp." if sqlite else "pg_temp.") + OUTCOMES.name
+        conn.exec_driver_sql(drop)
+        OUTCOMES.create(conn)
+        try:
+            fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(settings, f))
+            conn.execute(fill)
+            yield ReportReader(conn, settings, f)
+        finally:
+            s.rollback()  # the table was created inside the transaction: this drops it
 
 
 def product_categories(s: Session, product_ids: Sequence[str]) -> dict[str, str]:
@@ -152,100 +349,3 @@ def product_categories(s: Session, product_ids: Sequence[str]) -> dict[str, str]
         )
         out.update({r[0]: r[1] for r in rows})
     return out
-
-
-def ts_range(s: Session, f: Filters) -> tuple[float | None, float | None]:
-    """Earliest and latest decision ts in the window (an index read)."""
-    row = s.execute(select(func.min(Decision.ts), func.max(Decision.ts)).where(*f.where())).one()
-    return row[0], row[1]
-
-
-def timeseries(
-    s: Session, settings: Settings, f: Filters, origin: float, bucket_s: float
-) -> Sequence[Any]:
-    """Per (time bucket, policy, style): outcome sums. Bucket k covers
-    `[origin + k·bucket_s, origin + (k+1)·bucket_s)`; `origin` ≤ every ts in the window."""
-    o = _Outcome(settings)
-    x = (Decision.ts - origin) / bucket_s
-    # SQLite's CAST truncates (x ≥ 0 here); PostgreSQL's rounds, so it gets floor().
-    bucket = cast(x, Integer) if _dialect(s) == "sqlite" else cast(func.floor(x), Integer)
-    bucket = bucket.label("bucket")
-    stmt = select(bucket, Decision.policy, Variant.style, *o.sums()).select_from(Decision)
-    stmt = (
-        o.join(stmt)
-        .outerjoin(Variant, Variant.variant_id == Decision.variant_id)
-        .where(*f.where())
-        .group_by(bucket, Decision.policy, Variant.style)
-        .order_by(bucket)
-    )
-    return s.execute(stmt).all()
-
-
-def contexts(s: Session, settings: Settings, f: Filters) -> Sequence[Any]:
-    """Per (context key, value, policy): outcome sums, over every key the storefront sent.
-
-    The JSON object is expanded by the database: `json_each` on SQLite, `json_each_text` on
-    PostgreSQL (both return key, value). Values come back as text or numbers; the caller
-    renders them with `str`."""
-    o = _Outcome(settings)
-    each = "json_each" if _dialect(s) == "sqlite" else "json_each_text"
-    kv = getattr(func, each)(Decision.context).table_valued("key", "value").alias("kv")
-    stmt = select(kv.c.key, kv.c.value, Decision.policy, *o.sums()).select_from(Decision)
-    stmt = (
-        o.join(stmt.join(kv, true()))
-        .where(*f.where())
-        .group_by(kv.c.key, kv.c.value, Decision.policy)
-    )
-    return s.execute(stmt).all()
-
-
-def recent_logged(s: Session, settings: Settings, f: Filters, limit: int) -> Sequence[Any]:
-    """The `limit` most recent randomized decisions (policy bandit or control) with their
-    outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
-    clicked, purchased, revenue. Fallback decisions are not randomized and are left out."""
-    o = _Outcome(settings)
-    stmt = select(
-        Decision.decision_id,
-        Decision.product_id,
-        Decision.variant_id,
-        Decision.actions,
-        Decision.pmf,
-        Decision.probability,
-        Decision.context,
-        o.clicked.label("clicked"),
-        o.purchased.label("purchased"),
-        o.revenue.label("revenue"),
-    ).select_from(Decision)
-    stmt = (
-        o.join(stmt)
-        .where(*f.where(), Decision.policy.in_(("bandit", "control")))
-        .order_by(Decision.ts.desc(), Decision.decision_id)
-        .limit(limit)
-    )
-    return s.execute(stmt).all()
-
-
-def count_randomized(s: Session, f: Filters) -> int:
-    stmt = select(func.count()).select_from(Decision)
-    stmt = stmt.where(*f.where(), Decision.policy.in_(("bandit", "control")))
-    return int(s.scalar(stmt) or 0)
-
-
-def _dialect(s: Session) -> str:
-    bind = s.get_bind()
-    return bind.dialect.name
-
-
-__all__ = [
-    "MAX_CONTEXT_VALUES",
-    "Filters",
-    "contexts",
-    "count_randomized",
-    "cube",
-    "outcomes",
-    "product_categories",
-    "recent_logged",
-    "timeseries",
-    "ts_range",
-    "variant_meta",
-]

@@ -60,24 +60,40 @@ def fill(
         c.execute(
             insert(Product),
             [
-                dict(product_id=p, title=p, category=f"c{i % 3}", description=f"{p} text",
-                     attributes={}, created_at=now, updated_at=now)
+                dict(
+                    product_id=p,
+                    title=p,
+                    category=f"c{i % 3}",
+                    description=f"{p} text",
+                    attributes={},
+                    created_at=now,
+                    updated_at=now,
+                )
                 for i, p in enumerate(products)
             ],
         )
         c.execute(
             insert(Variant),
             [
-                dict(variant_id=vid, product_id=p, text=f"{s} copy of {p}", style=s,
-                     source="control" if s == "control" else "rules", status="active",
-                     generator_version="" if s == "control" else "rules-1", created_at=now)
+                dict(
+                    variant_id=vid,
+                    product_id=p,
+                    text=f"{s} copy of {p}",
+                    style=s,
+                    source="control" if s == "control" else "rules",
+                    status="active",
+                    generator_version="" if s == "control" else "rules-1",
+                    created_at=now,
+                )
                 for p, vids in zip(products, variant_ids, strict=True)
                 for s, vid in zip(STYLES, vids, strict=True)
             ],
         )
     truth = Truth(
-        arms={a: {"impressions": 0, "clicks": 0, "purchases": 0, "revenue": 0.0}
-              for a in ("bandit", "control")},
+        arms={
+            a: {"impressions": 0, "clicks": 0, "purchases": 0, "revenue": 0.0}
+            for a in ("bandit", "control")
+        },
         start=start,
         end=start + span_s,
     )
@@ -106,11 +122,21 @@ def fill(
             p, a = products[prod[i]], int(chosen[i])
             policy = "control" if is_control[i] else "bandit"
             decisions.append(
-                dict(decision_id=did, product_id=p, variant_id=variant_ids[prod[i]][a],
-                     policy=policy, probability=float(pmf[i, a]), model_version=1,
-                     context={"device": DEVICES[dev[i]], "segment": SEGMENTS[seg[i]]},
-                     actions=variant_ids[prod[i]], pmf=[float(x) for x in pmf[i]],
-                     ts=float(ts[i]), received_at=float(ts[i]), partition=0, closed_at=None)
+                dict(
+                    decision_id=did,
+                    product_id=p,
+                    variant_id=variant_ids[prod[i]][a],
+                    policy=policy,
+                    probability=float(pmf[i, a]),
+                    model_version=1,
+                    context={"device": DEVICES[dev[i]], "segment": SEGMENTS[seg[i]]},
+                    actions=variant_ids[prod[i]],
+                    pmf=[float(x) for x in pmf[i]],
+                    ts=float(ts[i]),
+                    received_at=float(ts[i]),
+                    partition=0,
+                    closed_at=None,
+                )
             )
             key = (p, variant_ids[prod[i]][a])
             truth.variants[key] = truth.variants.get(key, 0) + 1
@@ -119,14 +145,30 @@ def fill(
             if not clicked[i]:
                 continue
             delay = window_s + 60.0 if late[i] else 30.0
-            events.append(dict(event_id=f"{did}-c", decision_id=did, type="click",
-                               ts=float(ts[i]) + delay, value=None, received_at=now))
+            events.append(
+                dict(
+                    event_id=f"{did}-c",
+                    decision_id=did,
+                    type="click",
+                    ts=float(ts[i]) + delay,
+                    value=None,
+                    received_at=now,
+                )
+            )
             if late[i]:
                 continue
             t["clicks"] += 1
             if bought[i]:
-                events.append(dict(event_id=f"{did}-p", decision_id=did, type="purchase",
-                                   ts=float(ts[i]) + 90.0, value=float(value[i]), received_at=now))
+                events.append(
+                    dict(
+                        event_id=f"{did}-p",
+                        decision_id=did,
+                        type="purchase",
+                        ts=float(ts[i]) + 90.0,
+                        value=float(value[i]),
+                        received_at=now,
+                    )
+                )
                 t["purchases"] += 1
                 t["revenue"] += float(value[i])
         with engine.begin() as c:

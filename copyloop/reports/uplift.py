@@ -22,21 +22,24 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.reports import queries
 from copyloop.reports.csv_format import to_csv
 from copyloop.reports.estimators import ArmStats, ratio_snips, sample_ratio, uplift
 from copyloop.reports.ope import counterfactual_panel, to_rows
-from copyloop.reports.queries import MAX_CONTEXT_VALUES, Filters
+from copyloop.reports.queries import Filters, report_reader
 from copyloop.settings import Settings
 
 ARMS = ("bandit", "control", "fallback")
 RANDOMIZED = ("bandit", "control")
 METRICS = {"ctr": "clicked", "cvr": "purchased", "revenue_per_impression": "revenue"}
 #: Decisions the counterfactual panel scores at most (the most recent ones in the window).
-DEFAULT_OPE_SAMPLE = 20_000
+DEFAULT_OPE_SAMPLE = 10_000
+#: Decisions (the most recent in the window) whose context JSON the breakdown expands at most.
+DEFAULT_CONTEXT_SAMPLE = 200_000
 HOUR, DAY = 3600.0, 86400.0
 #: Ranges up to this long get hourly buckets, longer ones daily buckets.
 HOURLY_UP_TO_S = 4 * DAY
+#: Distinct values kept per context key (by impressions); the rest are summed as `(other)`.
+MAX_CONTEXT_VALUES = 25
 
 __all__ = ["DEFAULT_OPE_SAMPLE", "to_csv", "uplift_report"]
 
@@ -98,23 +101,26 @@ def uplift_report(
     product_id: str | None = None,
     *,
     ope_sample: int = DEFAULT_OPE_SAMPLE,
+    context_sample: int = DEFAULT_CONTEXT_SAMPLE,
     greedy: bool = True,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for the semantics).
 
     `ope_sample` bounds the decisions the counterfactual panel reads (0 leaves it out);
-    `greedy=False` skips scoring them with the newest model (VW).
+    `context_sample` the decisions (the most recent) the per-context breakdown expands (0
+    leaves it out); `greedy=False` skips scoring the panel's sample with the newest model.
     """
     f = Filters(since, until, product_id)
-    with sessions() as s:
-        cube_rows = queries.cube(s, settings, f)
-        meta = queries.variant_meta(s, [r[1] for r in cube_rows])
-        lo, hi = queries.ts_range(s, f)
+    with report_reader(sessions, settings, f) as q:
+        cube_rows = q.cube()
+        lo, hi = q.ts_range()
         bucket_s = HOUR if _span(f, lo, hi) <= HOURLY_UP_TO_S else DAY
         origin = math.floor(lo / bucket_s) * bucket_s if lo is not None else 0.0
-        ts_rows = queries.timeseries(s, settings, f, origin, bucket_s) if lo is not None else []
-        ctx_rows = queries.contexts(s, settings, f)
-        raw = queries.recent_logged(s, settings, f, ope_sample) if ope_sample > 0 else []
+        ts_rows = q.timeseries(origin, bucket_s) if lo is not None else []
+        meta = q.variant_meta([r[1] for r in cube_rows] + [r[2] for r in ts_rows])
+        cutoff = q.context_cutoff(context_sample) if context_sample > 0 else None
+        ctx_rows = q.contexts(cutoff) if context_sample > 0 else []
+        raw = q.recent_logged(ope_sample) if ope_sample > 0 else []
 
     by_arm: dict[str, Sums] = defaultdict(Sums)
     for r in cube_rows:
@@ -137,7 +143,9 @@ def uplift_report(
         "interval_method": "95% normal intervals; relative lift by the delta method on the log "
         "ratio; p-values from a Welch z-test on the difference",
         "srm": asdict(
-            sample_ratio(arms["control"]["impressions"], arms["bandit"]["impressions"], settings.holdout)
+            sample_ratio(
+                arms["control"]["impressions"], arms["bandit"]["impressions"], settings.holdout
+            )
         ),
         "products": _products(cube_rows),
         "variants": _variants(cube_rows, meta),
@@ -147,7 +155,8 @@ def uplift_report(
         "product shown that variant",
         "generator_versions": _generator_versions(cube_rows, meta),
         "contexts": _contexts(ctx_rows),
-        "timeseries": _timeseries(ts_rows, origin, bucket_s),
+        "contexts_scope": _context_scope(cutoff, context_sample),
+        "timeseries": _timeseries(ts_rows, meta, origin, bucket_s),
         "ope": _ope(sessions, raw, randomized, ope_sample, greedy),
     }
 
@@ -276,9 +285,7 @@ def _contexts(ctx_rows: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
         per[str(key)][str(value)][policy] += Sums.of(rest, 0)
     out: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(per):
-        values = sorted(
-            per[key].items(), key=lambda kv: (-sum(s.n for s in kv[1].values()), kv[0])
-        )
+        values = sorted(per[key].items(), key=lambda kv: (-sum(s.n for s in kv[1].values()), kv[0]))
         if len(values) > MAX_CONTEXT_VALUES:
             other: dict[str, Sums] = defaultdict(Sums)
             for _, by_arm in values[MAX_CONTEXT_VALUES - 1 :]:
@@ -302,17 +309,33 @@ def _contexts(ctx_rows: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _timeseries(ts_rows: Sequence[Any], origin: float, bucket_s: float) -> dict[str, Any]:
+def _context_scope(cutoff: float | None, limit: int) -> dict[str, Any]:
+    if limit <= 0:
+        return {"complete": False, "note": "per-context breakdown not computed (limit 0)"}
+    if cutoff is None:
+        return {"complete": True, "since": None, "note": "every decision in the window"}
+    return {
+        "complete": False,
+        "since": cutoff,
+        "note": f"the {limit} most recent decisions in the window (ts >= {cutoff:.3f}); "
+        "counts cover those only",
+    }
+
+
+def _timeseries(
+    ts_rows: Sequence[Any], meta: dict[str, tuple[str, str, str]], origin: float, bucket_s: float
+) -> dict[str, Any]:
     """Per bucket: each arm's impressions and outcomes, the cumulative lift of the bandit over
     control up to the bucket's end, and the traffic allocation (control share; the bandit arm's
     impressions by style)."""
     buckets: dict[int, dict[str, Sums]] = defaultdict(lambda: defaultdict(Sums))
     styles: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for bucket, policy, style, *rest in ts_rows:
+    for bucket, policy, variant_id, *rest in ts_rows:
         part = Sums.of(rest, 0)
         buckets[int(bucket)][policy] += part
         if policy == "bandit":
-            styles[int(bucket)][style or "(unknown)"] += part.n
+            style = meta[variant_id][0] if variant_id in meta else "(unknown)"
+            styles[int(bucket)][style] += part.n
     points = []
     cumulative: dict[str, Sums] = defaultdict(Sums)
     for k in range(min(buckets, default=0), max(buckets, default=-1) + 1):

@@ -1,14 +1,25 @@
 """Generator fixtures: tiny transformers models built offline from the sample catalog's texts
-(once per test session), for the `hf` backend's tests and part B's fine-tuning tests."""
+(once per test session), for the `hf` backend's tests and the fine-tuning tests."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 from copyloop.catalog import read_catalog
 from tests.conftest import SAMPLE_CATALOG
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models run faster on one intra-op thread: the CI machine's two cores are shared
+    with other processes, and two torch threads fighting over them ran ~10x slower."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _texts() -> list[str]:

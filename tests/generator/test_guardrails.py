@@ -3,6 +3,8 @@ every rules candidate for the sample catalog passes (or is only a near-duplicate
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from fractions import Fraction
 
 import pytest
@@ -11,8 +13,17 @@ from hypothesis import strategies as st
 
 from copyloop.catalog import ProductIn, read_catalog
 from copyloop.settings import load_settings
-from generator.facts import FactSheet
-from generator.guardrails import GuardrailParams, Verdict, check, similarity
+from generator.facts import (
+    COLOUR_PATTERN,
+    MATERIAL_PATTERN,
+    FactSheet,
+    normalize,
+    number_value,
+    numbers_in,
+    quantities_in,
+    terms_in,
+)
+from generator.guardrails import GuardrailParams, Verdict, check, reason_kind, similarity
 from generator.rules import STYLES, RulesGenerator
 from tests.conftest import SAMPLE_CATALOG
 
@@ -135,7 +146,7 @@ def test_params_validate_with_exact_messages() -> None:
 def test_params_from_settings() -> None:
     settings = load_settings(min_variant_chars=30, max_variant_chars=300, banned_terms="a,b c")
     params = GuardrailParams.from_settings(settings, known_brands=["X"])
-    assert params == GuardrailParams(30, 300, ("a", "b c"), 0.8, frozenset({"X"}))
+    assert params == GuardrailParams(30, 300, ("a", "b c"), 0.8, frozenset({"X"}), True)
 
 
 def test_every_rules_candidate_of_the_sample_catalog_is_grounded() -> None:
@@ -157,3 +168,152 @@ def test_every_rules_candidate_of_the_sample_catalog_is_grounded() -> None:
                 assert verdict.reason.startswith("near_duplicate:"), (product.product_id, verdict)
     # The first round (one per style) always survives: the styles differ meaningfully.
     assert accepted >= len(products) * len(STYLES)
+
+
+# -- generated copy: what models get wrong ------------------------------------------------------
+
+STRICT = GuardrailParams(
+    min_chars=20,
+    max_chars=600,
+    banned_terms=PARAMS.banned_terms,
+    known_brands=PARAMS.known_brands,
+    spelled_numbers=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("A twelve-piece set: stainless steel, walnut.", "unsupported_number: twelve"),
+        ("Made for two cooks, stainless steel and walnut.", "unsupported_number: two"),
+        ("A dozen uses for one stainless steel knife.", "unsupported_number: dozen"),
+        ("A stainless steel knife with a walnut handle.\ufffd", "bad_characters: U+FFFD"),
+        ("Нож из нержавеющей стали с ручкой из ореха.", "foreign_script: CYRILLIC"),
+        ("A stainless steel knife 刀 with a walnut handle.", "foreign_script: CJK"),
+        (
+            "A steel knife &&^ ~~ with %$# a walnut ##@ handle ^^.",
+            "garbled: 5/12 tokens, e.g. '&&^'",
+        ),
+        (
+            "<|assistant|>\nA stainless steel knife, walnut handle.",
+            "leftover_markup: '<|assistant|>'",
+        ),
+        ("A stainless steel knife.\nAttributes: walnut handle", "leftover_markup: 'Attributes:'"),
+        ("Product: Saltmarsh Chef's Knife in stainless steel.", "leftover_markup: 'Product:'"),
+        ("<p>A stainless steel knife with a walnut handle.</p>", "leftover_markup: '<p>'"),
+        (
+            "Write a product description: a steel knife, walnut.",
+            "leftover_markup: 'Write a product description'",
+        ),
+        ("A knife knife knife knife of stainless steel.", "repeated_words: 'knife' 4x in a row"),
+        (
+            "Sharp and keen, sharp and keen, sharp and keen: a steel knife.",
+            "repeated_words: 'sharp and keen' 3x in a row",
+        ),
+    ],
+)
+def test_model_failure_modes_are_rejected(text: str, reason: str) -> None:
+    assert check(text, KNIFE, [], STRICT) == Verdict(False, reason)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A knife, a knife and a sheath: stainless steel and walnut.",  # twice is fine
+        'Its 9/16" spine (2.5 mm) keeps the blade stiff; 210 g in all.',
+        "Crème-smooth cuts: stainless steel, walnut, and a grey BPA-free sheath.",
+        "- Blade: 8 inch, stainless steel\n- Handle: walnut\n- Weight: 210 g",
+        "One knife for every job: stainless steel, walnut, grey.",  # "one" states no count
+    ],
+)
+def test_faithful_generated_texts_pass_the_strict_checks(text: str) -> None:
+    assert check(text, KNIFE, [], STRICT) == Verdict(True, None)
+
+
+def _absent(pool: list[str], supported: frozenset[str]) -> str:
+    return next(term for term in pool if term not in supported)
+
+
+def _as_written(value: Fraction) -> str:
+    return str(value) if 10**6 % value.denominator else f"{float(value):g}"
+
+
+def _replace_once(text: str, pattern: str, new: str) -> str:
+    return re.sub(pattern, new, text, count=1, flags=re.IGNORECASE)
+
+
+#: What each planted change must be rejected as.
+EXPECTED = {
+    "number+1": "unsupported_number",
+    "mixed": "unsupported_number",
+    "material": "unsupported_material",
+    "colour": "unsupported_colour",
+    "brand": "unsupported_brand",
+    "unit": "unsupported_quantity",
+}
+UNIT_SWAPS = {"kg": "lb", "g": "oz", "mm": "cm", "cm": "mm", "l": "ml", "ml": "l", "qt": "gal"}
+
+
+def plant_contradictions(product: ProductIn, brands: set[str]) -> list[tuple[str, str]]:
+    """(kind, text) pairs: the product's own description with one fact changed each time."""
+    facts = FactSheet.of(product)
+    text = product.description
+    planted: list[tuple[str, str]] = []
+    for token in dict.fromkeys(numbers_in(text)):
+        value = number_value(token)
+        assert isinstance(value, Fraction)
+        # Whole tokens only: not the 9/16 of a 1-9/16 (a range's 110-135 has two tokens).
+        after_hyphen = r"(?<!\d-)" if "/" in token else ""
+        whole = rf"(?<![\d.,/]){after_hyphen}{re.escape(token)}(?![\d/])(?!\.\d)(?!,\d{{3}})"
+        mixed = f"1-{token}" if "/" in token else f"1{token}"  # 9/16 -> 1-9/16, 260 -> 1260
+        for kind, changed in (("number+1", _as_written(value + 1)), ("mixed", mixed)):
+            if number_value(changed) not in facts.numbers:
+                planted.append((kind, _replace_once(text, whole, changed)))
+                assert planted[-1][1] != text, (product.product_id, token)
+    normalized = normalize(text)
+    for kind, pattern, pool, supported in (
+        ("material", MATERIAL_PATTERN, ["copper", "bamboo", "silk", "granite"], facts.materials),
+        ("colour", COLOUR_PATTERN, ["crimson", "teal", "lavender"], facts.colours),
+    ):
+        for term in sorted(terms_in(normalized, pattern)):
+            words = r"[\s-]+".join(re.escape(w) for w in term.split())
+            changed = _replace_once(text, rf"\b{words}\b", _absent(pool, supported))
+            if changed != text:
+                planted.append((kind, changed))
+    brand = str(product.attributes.get("brand", ""))
+    if brand and brand in text:
+        other = sorted(b for b in brands if b != brand and b.lower() not in facts.normalized)[0]
+        planted.append(("brand", text.replace(brand, other, 1)))
+    for value, unit in sorted(quantities_in(text), key=str):
+        if unit in UNIT_SWAPS and (value, UNIT_SWAPS[unit]) not in facts.quantities:
+            shown = _as_written(value) if isinstance(value, Fraction) else value
+            pattern = rf"(?<![\d.]){re.escape(shown)}([\s-]?){unit}\b"
+            changed = _replace_once(text, pattern, rf"{shown}\g<1>{UNIT_SWAPS[unit]}")
+            if changed != text:
+                planted.append(("unit", changed))
+    return planted
+
+
+def test_planted_contradictions_across_the_catalog_never_pass() -> None:
+    """Each product's own description passes; every copy of it with one fact planted wrong (a
+    number changed, a fraction made mixed, a material, colour, brand or unit swapped) is
+    rejected, and for that change's reason: the table shows 0 contradictions passing."""
+    products = read_catalog(SAMPLE_CATALOG)
+    brands = {str(p.attributes["brand"]) for p in products}
+    params = GuardrailParams(max_chars=2000, known_brands=frozenset(brands), spelled_numbers=True)
+    planted_by_kind: Counter[str] = Counter()
+    passing: list[tuple[str, str, str]] = []
+    wrong_reason: list[tuple[str, str, str | None]] = []
+    for product in products:
+        assert check(product.description, product, [], params).ok, product.product_id
+        for kind, text in plant_contradictions(product, brands):
+            planted_by_kind[kind] += 1
+            verdict = check(text, product, [], params)
+            if verdict.ok:
+                passing.append((product.product_id, kind, text))
+            elif reason_kind(verdict.reason) != EXPECTED[kind]:
+                wrong_reason.append((product.product_id, kind, verdict.reason))
+    assert passing == []
+    assert wrong_reason == []
+    assert set(planted_by_kind) == set(EXPECTED)
+    assert sum(planted_by_kind.values()) >= 500, planted_by_kind

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from copyloop.catalog import ProductIn, read_catalog, upsert_products, variant_id
 from copyloop.ledger import Variant
 from copyloop.settings import Settings
-from generator import BackendUnavailableError, GeneratorError, UnknownProductError
+from generator import GeneratorError, UnknownProductError
 from generator.jobs import GenerateReport, generate_variants
 from tests.conftest import SAMPLE_CATALOG
 
@@ -116,12 +116,12 @@ def test_unknown_products_and_backends_are_refused(
     with pytest.raises(UnknownProductError) as caught:
         generate_variants(sessions, settings, product_ids=["nope", catalog[0].product_id, "gone"])
     assert str(caught.value) == "unknown product ids: gone, nope"
-    with pytest.raises(BackendUnavailableError) as unavailable:
+    with pytest.raises(GeneratorError) as unset:
         generate_variants(sessions, settings, backend="hf")
-    assert str(unavailable.value) == (
-        "the hf backend is not available yet (it is being built); use --backend rules"
+    assert str(unset.value) == (
+        "the hf backend needs generator_model: set COPYLOOP_GENERATOR_MODEL to a local model "
+        "directory (or the id of a model in the local cache)"
     )
-    assert isinstance(unavailable.value, GeneratorError)
     with pytest.raises(GeneratorError, match=r"^unknown generator backend 'gpt' \(expected"):
         generate_variants(sessions, settings, backend="gpt")
     with pytest.raises(ValueError, match=r"^per_product must be >= 1, got 0$"):

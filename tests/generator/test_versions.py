@@ -3,6 +3,10 @@ or to a named version, and refuses with exact messages when it has nowhere to go
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,3 +88,41 @@ def test_ship_reject_and_register_checks(sessions: sessionmaker[Session]) -> Non
     rejected = reject(sessions, "hf-a", "bad")
     assert rejected.status == "rejected" and rejected.gate_reason == "bad"
     assert newest_shipped(sessions) is None
+
+
+def test_cli_lists_versions_and_rolls_back(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    base = ensure_base(sessions, "var/m", now=1.0)
+    register(
+        sessions,
+        version="hf-x",
+        base_model="var/m",
+        status="shipped",
+        now=2.0,
+        adapter_path="var/generator/hf-x",
+        gate_reason="shipped (held-out NLL …)",
+    )
+    env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url, "COPYLOOP_GENERATOR_MODEL": "var/m"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "copyloop", "generator", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    listed = cli("versions")
+    assert listed.returncode == 0, listed.stderr
+    assert base.version in listed.stdout and "hf-x" in listed.stdout
+    assert "* " in listed.stdout.split("hf-x")[0].splitlines()[-1]  # hf-x is current
+    rolled = cli("rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout.strip() == f"current generator version: {base.version}"
+    assert newest_shipped(sessions) == ensure_base(sessions, "var/m")
+    again = cli("rollback", "--to", "hf-x")
+    assert again.returncode == 0 and again.stdout.strip() == "current generator version: hf-x"
+    bad = cli("rollback", "--to", "nope")
+    assert bad.returncode == 2 and "unknown generator version 'nope'" in bad.stderr

@@ -1,0 +1,163 @@
+"""Benchmark of the uplift report over a large synthetic ledger, on SQLite and PostgreSQL.
+
+Builds N decisions (+ their click/purchase events, ~7% of decisions get one) with
+`copyloop.reports.synthetic.fill` in a fresh, migrated ledger, saves an untrained model
+snapshot (so the counterfactual panel scores its greedy policy too), then times
+`uplift_report` (JSON) and its HTML rendering, next to two baselines measured on the same
+database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full aggregate
+`SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
+
+    .venv/bin/python bench/report.py --decisions 1000000 --backend sqlite,postgresql
+    .venv/bin/python bench/report.py --decisions 100000 --keep /tmp/ledger.db   # reuse a file
+
+PostgreSQL: a fresh database on the server of `--pg-url` (default the CI's
+postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from copyloop.ledger import make_engine, make_sessionmaker, snapshots
+from copyloop.migrations import upgrade
+from copyloop.reports import uplift_report
+from copyloop.reports.html import to_html
+from copyloop.reports.synthetic import fill
+from copyloop.settings import load_settings
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _timed(fn: Any, repeat: int) -> tuple[list[float], Any]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def run(url: str, n: int, repeat: int, fill_db: bool, ope_sample: int) -> dict[str, Any]:
+    if fill_db:
+        upgrade(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    settings = load_settings(database_url=url)
+    out: dict[str, Any] = {"backend": engine.dialect.name, "decisions": n}
+    try:
+        if fill_db:
+            t = time.perf_counter()
+            fill(engine, n, n_products=128, seed=1)
+            out["fill_s"] = round(time.perf_counter() - t, 1)
+            from bandit import Policy
+
+            policy = Policy(settings.vw_args)
+            snapshots.save(sessions, policy.save(), 0, settings.vw_args)
+            policy.close()
+        with engine.connect() as c:
+            if engine.dialect.name == "postgresql":
+                c.execute(text("ANALYZE"))
+            else:
+                c.exec_driver_sql("ANALYZE")
+            count_t, _ = _timed(lambda: c.execute(text("SELECT COUNT(*) FROM decisions")).all(), 3)
+            agg_t, _ = _timed(
+                lambda: c.execute(
+                    text("SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy")
+                ).all(),
+                3,
+            )
+            events = c.execute(text("SELECT COUNT(*) FROM events")).scalar()
+        out["events"] = events
+        report_t, report = _timed(
+            lambda: uplift_report(sessions, settings, ope_sample=ope_sample), repeat
+        )
+        html_t, html = _timed(lambda: to_html(report), 1)
+        no_ope_t, _ = _timed(lambda: uplift_report(sessions, settings, ope_sample=0), 1)
+        assert (
+            report["arms"]["bandit"]["impressions"] + report["arms"]["control"]["impressions"] == n
+        )
+        count_s, agg_s, report_s = min(count_t), min(agg_t), statistics.median(report_t)
+        out.update(
+            {
+                "load": loadavg(),
+                "count_s": round(count_s, 3),
+                "full_aggregate_s": round(agg_s, 3),
+                "report_s": round(report_s, 2),
+                "report_runs_s": [round(x, 2) for x in report_t],
+                "report_without_ope_s": round(no_ope_t[0], 2),
+                "html_render_s": round(html_t[0], 3),
+                "html_bytes": len(html),
+                "ope_sample": ope_sample,
+                "ratio_to_count": round(report_s / count_s, 1),
+                "ratio_to_full_aggregate": round(report_s / agg_s, 2),
+            }
+        )
+        return out
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decisions", type=int, default=1_000_000)
+    ap.add_argument("--backend", default="sqlite,postgresql")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ope-sample", type=int, default=10_000)
+    ap.add_argument("--pg-url", default=PG_URL)
+    ap.add_argument("--keep", help="SQLite file to build once and reuse (not deleted)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    results = []
+    for backend in args.backend.split(","):
+        if backend == "sqlite":
+            if args.keep:
+                path = Path(args.keep)
+                results.append(
+                    run(
+                        f"sqlite:///{path}",
+                        args.decisions,
+                        args.repeat,
+                        not path.exists(),
+                        args.ope_sample,
+                    )
+                )
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    url = f"sqlite:///{tmp}/ledger.db"
+                    results.append(run(url, args.decisions, args.repeat, True, args.ope_sample))
+        elif backend == "postgresql":
+            name = f"copyloop_bench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
+            try:
+                results.append(run(url, args.decisions, args.repeat, True, args.ope_sample))
+            finally:
+                with admin.connect() as c:
+                    c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                admin.dispose()
+        else:
+            raise SystemExit(f"unknown backend {backend!r}")
+        print(json.dumps(results[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
