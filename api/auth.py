@@ -15,20 +15,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ResourcesDep
+from api.deps import Resources, ResourcesDep
 from api.errors import Forbidden, Unauthorized
 from copyloop.ledger.tables import ApiKey
 
 ROLES = ("serve", "events", "analyst", "admin")
 KEY_PREFIX = "cl_"
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cl_…`")
+_bearer_doc = "An API key: `Authorization: Bearer cl_…`"
+_bearer = HTTPBearer(auto_error=False, description=_bearer_doc)
 
 
 def hash_key(key: str) -> str:
@@ -103,29 +104,60 @@ def require(*roles: str) -> Callable[..., Awaitable[str]]:
     Missing, unknown or revoked key → 401 `unauthorized`; a valid key of another role → 403
     `forbidden`. Async, so a cached key costs no thread hop on the hot path.
     """
-    unknown = set(roles) - set(ROLES)
-    if unknown:
-        raise ValueError(f"unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
-    allowed = frozenset(roles) | {"admin"}
+    allowed = _allowed(roles)
 
     async def check(
         resources: ResourcesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> str:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        keys = resources.keys
-        key_hash = hash_key(credentials.credentials)
-        hit, role = keys.cached(key_hash)
-        if not hit:
-            role = await run_in_threadpool(keys.lookup, key_hash)
-        if role is None:
-            raise Unauthorized("unknown or revoked API key")
-        if role not in allowed:
-            raise Forbidden(
-                f"a {role!r} key may not call this route; it needs one of {sorted(allowed)}",
-                {"role": role, "allowed": sorted(allowed)},
-            )
-        return role
+        return await _role(resources, credentials, allowed)
 
     return check
+
+
+class Authorized(HTTPBearer):
+    """The hot routes' one dependency: checks the bearer key like `require(*roles)` and returns
+    the app's `Resources`.
+
+    A sub-class of `HTTPBearer`, so OpenAPI documents the same `HTTPBearer` security scheme,
+    while FastAPI resolves a single dependency per request: `require` plus one `Depends` per
+    resource cost ~22 % of the API's time under load (BENCHMARKS.md).
+    """
+
+    def __init__(self, *roles: str) -> None:
+        super().__init__(auto_error=False, scheme_name="HTTPBearer", description=_bearer_doc)
+        self.allowed = _allowed(roles)
+
+    async def __call__(self, request: Request) -> Resources:  # type: ignore[override]
+        resources: Resources = request.state.resources
+        await _role(resources, await super().__call__(request), self.allowed)
+        return resources
+
+
+async def _role(
+    resources: Resources, credentials: HTTPAuthorizationCredentials | None, allowed: frozenset[str]
+) -> str:
+    """The caller's role, or `Unauthorized` / `Forbidden`. Async: a cached key costs no thread
+    hop on the hot path."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    keys = resources.keys
+    key_hash = hash_key(credentials.credentials)
+    hit, role = keys.cached(key_hash)
+    if not hit:
+        role = await run_in_threadpool(keys.lookup, key_hash)
+    if role is None:
+        raise Unauthorized("unknown or revoked API key")
+    if role not in allowed:
+        raise Forbidden(
+            f"a {role!r} key may not call this route; it needs one of {sorted(allowed)}",
+            {"role": role, "allowed": sorted(allowed)},
+        )
+    return role
+
+
+def _allowed(roles: tuple[str, ...]) -> frozenset[str]:
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
+    return frozenset(roles) | {"admin"}

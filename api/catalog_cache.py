@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bandit import Arm, ProductFeatures
+from bandit.vw_format import arm_lines
 from copyloop.ledger.tables import Product, Variant
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,20 @@ CONTROL_INDEX = 0
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """One servable product: `arms[i]` is shown as `texts[i]` in style `styles[i]`; the control
-    (original copy) is `arms[CONTROL_INDEX]`."""
+    (original copy) is `arms[CONTROL_INDEX]`. `arm_lines` are the arms in VW's text format,
+    rendered once here rather than on every page view."""
 
     features: ProductFeatures
     arms: tuple[Arm, ...]
     texts: tuple[str, ...]
     styles: tuple[str, ...]
     control_index: int = CONTROL_INDEX
+    arm_lines: tuple[str, ...] = field(init=False)
+    variant_ids: tuple[str, ...] = field(init=False)
 
-    @property
-    def variant_ids(self) -> list[str]:
-        return [a.variant_id for a in self.arms]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arm_lines", arm_lines(self.arms))
+        object.__setattr__(self, "variant_ids", tuple(a.variant_id for a in self.arms))
 
 
 def build_entries(rows: Iterable[Any]) -> dict[str, CatalogEntry]:

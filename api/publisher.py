@@ -2,10 +2,15 @@
 
 `Publisher.publish(topic, key, value)` only puts the message on a bounded in-memory queue (or, if
 the queue is full, appends it to the spool on disk); it never waits on Kafka. A background thread
-takes batches from the queue and sends them with kafka-python (`acks=all`, linger, batching),
-keyed by `key` (the decision id). When Kafka cannot be reached or a send fails, the undelivered
-messages are appended to the `Spool` (fsync per batch); once a producer is connected again the
-spool is re-published in order before any newer message, and each drained file is removed.
+takes batches from the queue and sends them with kafka-python (`acks=all`, batching), keyed by
+`key` (the decision id). After the first message of a batch it lingers `linger_ms` collecting
+more before it sends and flushes: a produce round costs the thread (and the serving process's
+GIL) ~1 ms of CPU whatever its size, so at a few hundred decisions/s sending each one as it came
+cost more than choosing it (BENCHMARKS.md).
+
+When Kafka cannot be reached or a send fails, the undelivered messages are appended to the
+`Spool` (fsync per batch); once a producer is connected again the spool is re-published in
+order before any newer message, and each drained file is removed.
 Spool files left by a previous process are adopted and re-published at start.
 
 Delivery is at least once: a send whose acknowledgement was lost is spooled and sent again.
@@ -56,7 +61,7 @@ class Publisher:
         partitions: int = 1,
         queue_size: int = 10_000,
         batch_size: int = 500,
-        linger_ms: int = 5,
+        linger_ms: int = 50,
         connect_timeout_s: float = 3.0,
         flush_timeout_s: float = 15.0,
         max_backoff_s: float = 5.0,
@@ -66,6 +71,7 @@ class Publisher:
         self.topics = list(topics)
         self.partitions = partitions
         self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000.0
         self.connect_timeout_s = connect_timeout_s
         self.flush_timeout_s = flush_timeout_s
         self.max_backoff_s = max_backoff_s
@@ -73,7 +79,7 @@ class Publisher:
             "bootstrap_servers": bootstrap,
             "client_id": "copyloop-api",
             "acks": "all",
-            "linger_ms": linger_ms,
+            "linger_ms": 5,  # the thread lingers (linger_ms) and flushes each batch itself
             "batch_size": 256 * 1024,
             "compression_type": None,
             "max_block_ms": int(connect_timeout_s * 1000),
@@ -182,10 +188,14 @@ class Publisher:
         self._drop_producer(timeout_s=self.flush_timeout_s)
 
     def _take(self, timeout_s: float) -> list[Record]:
+        """Up to `batch_size` records: waits up to `timeout_s` for the first, then lingers
+        `linger_s` for more unless the batch is full already (or the publisher is closing)."""
         try:
             batch = [self._queue.get(timeout=timeout_s)]
         except queue.Empty:
             return []
+        if self.linger_s > 0 and self._queue.qsize() + 1 < self.batch_size:
+            self._stop.wait(self.linger_s)  # one wake-up per batch, not one per message
         while len(batch) < self.batch_size:
             try:
                 batch.append(self._queue.get_nowait())

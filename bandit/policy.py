@@ -14,11 +14,11 @@ consumer owns its own.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from vowpalwabbit import pyvw
 
 from bandit.features import Arm, ProductFeatures
@@ -75,7 +75,8 @@ class Policy:
         self.vw_args = vw_args
         self.holdout = holdout
         self.version = version
-        self._rng = np.random.default_rng(seed)
+        # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
+        self._rng = random.Random(seed)
         self._vw = _workspace(vw_args, model)
 
     # -- serving ---------------------------------------------------------------------------
@@ -85,26 +86,35 @@ class Policy:
         product: ProductFeatures,
         arms: Sequence[Arm],
         control_index: int = 0,
+        *,
+        rendered_arms: Sequence[str] | None = None,
     ) -> Choice:
-        """Pick one of `arms` for this page view. `arms[control_index]` is the original copy."""
+        """Pick one of `arms` for this page view. `arms[control_index]` is the original copy.
+
+        `rendered_arms` is `vw_format.arm_lines(arms)`, when the caller keeps it (the API's
+        catalog does): then only the shared line is built per call.
+        """
         n = len(arms)
         if n == 0:
             raise ValueError("arms must not be empty")
         if not 0 <= control_index < n:
             raise ValueError(f"control_index must be in [0, {n}), got {control_index}")
-        vw_pmf = np.asarray(self._vw.predict(to_vw(context, product, arms)), dtype=np.float64)
-        vw_pmf = vw_pmf / vw_pmf.sum()
-        pmf = (1.0 - self.holdout) * vw_pmf
+        scores = self._vw.predict(to_vw(context, product, arms, rendered_arms=rendered_arms))
+        total = float(sum(scores))
+        vw_pmf = [float(p) / total for p in scores]
+        keep = 1.0 - self.holdout
+        pmf = [keep * p for p in vw_pmf]
         pmf[control_index] += self.holdout
-        if self._rng.random() < self.holdout:
+        rng = self._rng
+        if rng.random() < self.holdout:
             index, policy = control_index, "control"
         else:
-            index, policy = int(self._rng.choice(n, p=vw_pmf)), "bandit"
+            index, policy = _sample(vw_pmf, rng.random()), "bandit"
         return Choice(
             index=index,
             variant_id=arms[index].variant_id,
-            probability=float(pmf[index]),
-            pmf=tuple(float(p) for p in pmf),
+            probability=pmf[index],
+            pmf=tuple(pmf),
             policy=policy,
             model_version=self.version,
         )
@@ -137,6 +147,21 @@ class Policy:
 
     def close(self) -> None:
         self._vw.finish()
+
+
+def _sample(pmf: Sequence[float], u: float) -> int:
+    """The index `i` with `cdf[i-1] <= u < cdf[i]` for `u` in [0, 1); the last index with mass
+    when rounding leaves the cdf just below `u`.
+
+    >>> _sample([0.2, 0.5, 0.3], 0.1), _sample([0.2, 0.5, 0.3], 0.2), _sample([0.2, 0.8, 0.0], 1.0)
+    (0, 1, 1)
+    """
+    cumulative = 0.0
+    for i, p in enumerate(pmf):
+        cumulative += p
+        if u < cumulative:
+            return i
+    return max(i for i, p in enumerate(pmf) if p > 0)
 
 
 def _workspace(vw_args: str, model: bytes | None) -> pyvw.Workspace:

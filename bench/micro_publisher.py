@@ -1,10 +1,9 @@
-"""CPU cost of `api.publisher.Publisher` per decision at a paced rate, today vs a proposed batching.
+"""CPU cost of `api.publisher.Publisher` per decision at a paced rate, with and without lingering.
 
-Today the publisher thread takes whatever is queued the moment one message arrives (at a few
-hundred decisions/s that is 1-3 messages), sends them and `flush()`es: one produce request, one
-acknowledgement wait and kafka-python's per-request overhead per 1-3 decisions. The proposal
-(a subclass here; nothing in api/ is changed) lingers up to `--linger-ms` collecting more before
-the send + flush.
+`linger_ms=0` is the publisher as first written: the thread takes whatever is queued the moment
+one message arrives (at a few hundred decisions/s that is 1-3 messages), sends them and
+`flush()`es: one produce request and kafka-python's per-request overhead per 1-3 decisions.
+`--linger-ms` (50, the publisher's default now) collects more before the send + flush.
 
 Publishes `--rate` messages/s for `--duration` s from this process (decision-sized values) to a
 fresh tansu broker and reports this process's CPU per message, minus the pacing loop's own cost.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import shutil
 import tempfile
 import time
@@ -24,27 +22,6 @@ import uuid
 
 from api.publisher import Publisher
 from copyloop.broker import EmbeddedBroker, ensure_topics, free_port
-
-
-class LingeringPublisher(Publisher):
-    """Proposed: after the first message, keep collecting up to `linger_s` or `batch_size`."""
-
-    linger_s = 0.05
-
-    def _take(self, timeout_s: float):  # type: ignore[no-untyped-def]
-        batch = super()._take(timeout_s)
-        if not batch:
-            return batch
-        deadline = time.monotonic() + self.linger_s
-        while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
 
 
 def paced(publish, rate: float, duration: float) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -77,9 +54,16 @@ def main() -> None:
             # The pacing loop alone (publish = no-op), to subtract.
             base_cpu, n = paced(lambda *_: None, rate, min(3.0, args.duration))
             base_per = base_cpu / n
-            for cls in (Publisher, LingeringPublisher):
-                LingeringPublisher.linger_s = args.linger_ms / 1000
-                pub = cls(broker.bootstrap, f"{tmp}/{cls.__name__}-{rate}", queue_size=100_000)
+            for name, linger in (
+                ("linger_ms=0", 0),
+                (f"linger_ms={args.linger_ms:g}", args.linger_ms),
+            ):
+                pub = Publisher(
+                    broker.bootstrap,
+                    f"{tmp}/{name}-{rate}",
+                    queue_size=100_000,
+                    linger_ms=int(linger),
+                )
                 pub.start()
                 deadline = time.monotonic() + 20
                 while not pub.stats().connected and time.monotonic() < deadline:
@@ -94,7 +78,7 @@ def main() -> None:
                 pub.close()
                 per = (cpu / n - base_per) * 1e6
                 print(
-                    f"  {cls.__name__:<20} rate {rate:6.0f}/s: {per:7.1f} µs CPU per message "
+                    f"  {name:<20} rate {rate:6.0f}/s: {per:7.1f} µs CPU per message "
                     f"= {per * rate / 1e4:5.1f}% of a core; delivered {sent}/{n}; "
                     f"load {os.getloadavg()[0]:.2f}",
                     flush=True,

@@ -165,7 +165,7 @@ class HFGenerator:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 where, local_files_only=local_files_only
             )
-            model = auto.from_pretrained(
+            model: Any = auto.from_pretrained(
                 where, dtype=torch_dtype, local_files_only=local_files_only
             )
         except (OSError, ValueError, KeyError) as exc:
@@ -278,7 +278,7 @@ class HFGenerator:
         ).to(self.device)
         sampling = self.temperature > 0
         samples = samples if sampling else 1  # greedy decoding has one answer per prompt
-        config = GenerationConfig(
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
             max_new_tokens=self.max_new_tokens,
             num_return_sequences=samples,
             do_sample=sampling,

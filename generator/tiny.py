@@ -9,7 +9,12 @@ Usage::
 
     from generator.tiny import build_tiny_causal_lm
     path = build_tiny_causal_lm("var/tiny-gpt2", [p.description for p in products])
-    # COPYLOOP_GENERATOR_MODEL=var/tiny-gpt2 copyloop generate --backend hf
+
+or, from the shell, trained on the sample catalog (an offline demo of the `hf` path; a random
+model writes gibberish, so the guardrails reject what it writes)::
+
+    python -m generator.tiny var/tiny-gpt2            # --seq2seq for a tiny T5
+    COPYLOOP_GENERATOR_MODEL=var/tiny-gpt2 copyloop generate --backend hf
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def _train_tokenizer(texts: Iterable[str], vocab_size: int, *, chat: bool) -> An
         show_progress=False,
     )
     core.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
     )
     if chat:
@@ -141,8 +146,8 @@ def build_tiny_seq2seq(
         num_heads=num_heads,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
     )
+    config.decoder_start_token_id = tokenizer.pad_token_id
     model = T5ForConditionalGeneration(config)
     _seeded_init(model, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -163,3 +168,24 @@ def catalog_texts(products: Iterable[Any]) -> list[str]:
         texts.append(p.description)
         texts.extend(f"{k.replace('_', ' ')}: {v}" for k, v in p.attributes.items())
     return texts
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Build a tiny model trained on the sample catalog's texts: `OUT_DIR [--seq2seq]`."""
+    import argparse
+
+    from copyloop.catalog import read_catalog
+
+    parser = argparse.ArgumentParser(prog="python -m generator.tiny", description=main.__doc__)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seq2seq", action="store_true", help="A tiny T5 instead of a GPT-2.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sample = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+    texts = catalog_texts(read_catalog(sample))
+    build = build_tiny_seq2seq if args.seq2seq else build_tiny_causal_lm
+    return build(args.out_dir, texts, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -151,7 +151,7 @@ class Trainer:
             lp, n = self.logps(self.batch([examples[i] for i in order.next()]))
             loss = -lp.sum() / n.sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
             if progress is not None:
@@ -183,7 +183,7 @@ class Trainer:
             w = weights[sel]
             loss = -(w * F.logsigmoid(self.cfg.dpo_beta * margin)).sum() / w.sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
             if progress is not None:

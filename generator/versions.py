@@ -202,6 +202,7 @@ def rollback(
         current = _newest_shipped(s, backend, base_model)
         if current is None:
             raise VersionError("no shipped generator version to roll back")
+        target: GeneratorVersion | None = None
         if to is not None:
             target = _row(s, to)
             if target.version == current.version:
@@ -219,6 +220,7 @@ def rollback(
                     f"no earlier shipped generator version to roll back to from {current.version!r}"
                 )
         else:
+            assert target is not None
             target.status, target.shipped_at = "shipped", time.time() if now is None else now
         return VersionInfo.of(target)
 

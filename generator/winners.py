@@ -41,7 +41,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -397,7 +396,7 @@ def _confidence(gain: float, se: float) -> float:
         return 0.5
     if se <= 0:
         return 1.0 if gain > 0 else (0.0 if gain < 0 else 0.5)
-    return float(stats.norm.cdf(gain / se))
+    return 0.5 * (1.0 + math.erf(gain / se / math.sqrt(2.0)))  # Φ(gain / se)
 
 
 def _finite(*values: float | None) -> bool:

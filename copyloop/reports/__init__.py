@@ -1,5 +1,11 @@
-"""Reports for analysts: the uplift of the bandit over the control holdout, breakdowns and
-off-policy estimates. Aggregations are SQL (`uplift`), estimators pure functions (`estimators`)."""
+"""Reports for analysts: the uplift of the bandit over the control holdout, breakdowns, time
+series and off-policy estimates.
+
+`queries` (the SQL), `uplift` (assembles the report dict), `estimators` (pure estimators with
+frozen results), `ope` (the counterfactual panel), `greedy` (scores logged contexts with the
+newest model), `csv_format` / `html` (rendering), `synthetic` (logs with known truth, for tests
+and benchmarks).
+"""
 
 from copyloop.reports.uplift import to_csv, uplift_report
 

@@ -41,15 +41,21 @@ def greedy_actions(
         categories = product_categories(s, [r.product_id for r in raw])
     policy = Policy(snap.vw_args, model=snap.model, version=snap.version)
     out: list[int | None] = []
+    # Page views repeat (product, context, action set): VW scores each distinct one once.
+    seen: dict[tuple[Any, ...], int] = {}
     try:
         for r in raw:
-            actions = [str(a) for a in (r.actions or ())]
+            actions = tuple(str(a) for a in (r.actions or ()))
             if not actions or any(a not in arms for a in actions):
                 out.append(None)
                 continue
-            product = ProductFeatures(r.product_id, categories.get(r.product_id, ""))
-            scores = policy.scores(r.context or {}, product, [arms[a] for a in actions])
-            out.append(max(range(len(scores)), key=scores.__getitem__))
+            context = r.context or {}
+            key = (r.product_id, actions, tuple(sorted((k, str(v)) for k, v in context.items())))
+            if key not in seen:
+                product = ProductFeatures(r.product_id, categories.get(r.product_id, ""))
+                scores = policy.scores(context, product, [arms[a] for a in actions])
+                seen[key] = max(range(len(scores)), key=scores.__getitem__)
+            out.append(seen[key])
     finally:
         policy.close()
     scored = sum(g is not None for g in out)

@@ -246,7 +246,9 @@ class ReportReader:
         text or numbers, rendered by the caller with `str`."""
         each = func.json_each if self.sqlite else func.json_each_text
         kv = each(Decision.context).table_valued("key", "value").alias("kv")
-        since = [] if cutoff is None else [Decision.ts >= cutoff]
+        # PostgreSQL raises on a non-object; a context stored as JSON null has no keys anyway.
+        is_object = (func.json_type if self.sqlite else func.json_typeof)(Decision.context)
+        since = [is_object == "object"] + ([] if cutoff is None else [Decision.ts >= cutoff])
         keys = (kv.c.key, kv.c.value, Decision.policy)
         counts = self.conn.execute(
             select(*keys, func.count())
@@ -280,7 +282,8 @@ class ReportReader:
         outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
         clicked, purchased, revenue. Fallback decisions are not randomized and are left out."""
         o = OUTCOMES
-        return self.conn.execute(
+        # The limit first (a backward scan of the ts index), then the outcomes of those only.
+        recent = (
             select(
                 Decision.decision_id,
                 Decision.product_id,
@@ -289,15 +292,30 @@ class ReportReader:
                 Decision.pmf,
                 Decision.probability,
                 Decision.context,
+                Decision.ts,
+            )
+            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
+            .order_by(Decision.ts.desc(), Decision.decision_id)
+            .limit(limit)
+            .subquery("recent")
+        )
+        r = recent.c
+        return self.conn.execute(
+            select(
+                r.decision_id,
+                r.product_id,
+                r.variant_id,
+                r.actions,
+                r.pmf,
+                r.probability,
+                r.context,
                 func.coalesce(o.c.clicked, 0).label("clicked"),
                 func.coalesce(o.c.purchased, 0).label("purchased"),
                 func.coalesce(o.c.revenue, 0.0).label("revenue"),
             )
-            .select_from(Decision)
-            .outerjoin(o, o.c.decision_id == Decision.decision_id)
-            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
-            .order_by(Decision.ts.desc(), Decision.decision_id)
-            .limit(limit)
+            .select_from(recent)
+            .outerjoin(o, o.c.decision_id == r.decision_id)
+            .order_by(r.ts.desc(), r.decision_id)
         ).all()
 
     def variant_meta(self, variant_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
@@ -331,8 +349,13 @@ def report_reader(
         conn.exec_driver_sql(drop)
         OUTCOMES.create(conn)
         try:
+            if not sqlite:
+                # Grouped scans over a million rows sort or hash far more than the default 4MB.
+                conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
             fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(settings, f))
             conn.execute(fill)
+            if not sqlite:  # a fresh temporary table has no statistics: plans would guess
+                conn.exec_driver_sql("ANALYZE " + OUTCOMES.name)
             yield ReportReader(conn, settings, f)
         finally:
             s.rollback()  # the table was created inside the transaction: this drops it

@@ -108,3 +108,54 @@ def test_an_unreachable_ledger_is_retriable():
         engine.dispose()
 
     assert info.value.retriable is True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"event_id": "e1", "decision_id": "d1", "type": "click", "ts": 1767323045000}',
+        b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": 20, "ts": 1.7e12}',
+        b'{"event_id": " e1 ", "decision_id": "d1\\t", "type": "click"}',  # stripped
+        b'{"event_id": "e1", "decision_id": "d1", "type": "click", "ts": "1767323045000"}',
+        b'{"event_id": "e1", "decision_id": "d1", "type": "click", "ts": "2026-01-02T03:04:05"}',
+        b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": "19.5"}',
+        b'{"event_id": "e1", "decision_id": "d1", "type": "click", "extra": [1, {"a": null}]}',
+        b'{"event_id": "e1", "decision_id": "d1", "type": "click", "value": null, "ts": null}',
+    ],
+)
+def test_the_fast_event_decoder_agrees_with_the_schema(value: bytes) -> None:
+    from copyloop.messages import parse_event
+
+    reference = parse_event(value)
+
+    event = decode_event(value, kafka_timestamp_ms=1767323045500)
+
+    assert (event.event_id, event.decision_id, event.type, event.value) == (
+        reference.event_id,
+        reference.decision_id,
+        reference.type,
+        reference.value,
+    )
+    assert event.ts == (reference.ts if reference.ts is not None else 1767323045.5)
+    assert type(event.value) is type(reference.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"event_id": "e1", "decision_id": "d1", "type": "view"}', "type: Input should be"),
+        (b'{"event_id": "", "decision_id": "d1", "type": "click"}', "event_id: String should"),
+        (b'{"event_id": "e1", "type": "click"}', "decision_id: Field required"),
+        (b'{"event_id": "e1", "decision_id": "d1", "type": "click", "ts": 1}', "ts: is out of"),
+        (b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": -1}', "value:"),
+        (b'{"event_id": "e1", "decision_id": "d1", "type": "click", "value": NaN}', "value:"),
+        (b'{"event_id": "e1", "decision_id": "d1", "type": true}', "type:"),
+        (b"[1, 2]", "an event must be a JSON object, got list"),
+        (b"\xff{", "not JSON"),
+    ],
+)
+def test_a_bad_event_is_refused_with_the_schemas_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(BadMessage) as info:
+        decode_event(value, 1)
+
+    assert reason in str(info.value)
