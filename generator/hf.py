@@ -111,7 +111,7 @@ class HFGenerator:
         adapter_path: str | Path | None = None,
         device: str | None = None,
         dtype: str | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         max_new_tokens: int = 160,
         max_prompt_tokens: int = 768,
         num_return_sequences: int | None = None,
@@ -120,7 +120,7 @@ class HFGenerator:
         seed: int = 0,
         local_files_only: bool = True,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -138,14 +138,15 @@ class HFGenerator:
                 "the hf backend needs torch and transformers: pip install 'copyloop[generator]'"
             ) from exc
         self.version = version
-        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Prompts per model call (each sampled k times): a GPU wants many rows at once.
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.num_return_sequences = num_return_sequences
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         torch_dtype = getattr(torch, dtype, None)

@@ -47,13 +47,13 @@ def simulate(rng: np.random.Generator, n: int, pi: np.ndarray) -> LoggedBandit:
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_interval_coverage_over_seeded_experiments(name: str) -> None:
-    """400 seeded experiments of 3,000 decisions: the 95% interval covers the true value of
+    """400 seeded experiments of 6,000 decisions: the 95% interval covers the true value of
     the target in 95% ± 3% of them (3% is 2.75 binomial standard deviations at n = 400)."""
     truth = true_value(PI)
     estimator = ESTIMATORS[name]
     covered, errors = 0, []
     for seed in range(400):
-        est = estimator(simulate(np.random.default_rng(1000 + seed), 3000, PI))
+        est = estimator(simulate(np.random.default_rng(1000 + seed), 6000, PI))
         assert est.value is not None and est.ci_low is not None and est.ci_high is not None
         covered += est.ci_low <= truth <= est.ci_high
         errors.append(est.value - truth)
