@@ -37,7 +37,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(keys_app, name="keys")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class BadInput(Exception):
