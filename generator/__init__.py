@@ -1,12 +1,16 @@
 """The generator: candidate descriptions per product, each in a style, checked by guardrails.
 
-Modules: `facts` (what a product's data supports), `rules` (the CPU backend), `guardrails`
-(checks every candidate passes before it can be served), `jobs` (generate and store variants).
+Modules: `facts` (what a product's data supports), `rules` (the CPU backend), `hf` (transformers
+causal or seq2seq models, batched, on the GPU when there is one), `prompts`, `guardrails` (checks
+every candidate passes before it can be served), `jobs` (generate and store variants), `winners`
+(variants that beat the control by their logged-propensity bounds), `training` and `finetune`
+(LoRA SFT + weighted DPO behind an evaluation gate), `versions` (shipped versions, rollback),
+`tiny` (tiny local models for tests and offline demos).
 
 Errors::
 
     GeneratorError                  base of everything raised here
-    ├── BackendUnavailableError     the requested backend cannot run (e.g. `hf` not built yet)
+    ├── BackendUnavailableError     the requested backend cannot run (e.g. `hf` without a model)
     ├── UnknownStyleError           a style the backend does not know (also a ValueError)
     └── UnknownProductError         product ids that are not in the ledger (also a LookupError)
 """

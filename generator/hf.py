@@ -352,10 +352,13 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def clean_text(text: str) -> str:
-    """Trim each line, squeeze runs of spaces and of blank lines.
+    """Trim each line, squeeze runs of spaces and of blank lines, drop NUL characters (which a
+    random or broken model can emit and PostgreSQL cannot store; other control characters stay,
+    for the guardrails to see and reject).
 
-    >>> clean_text("  A  mug.\\n\\n\\n\\n- Holds  350 ml \\n")
+    >>> clean_text("  A  mug.\\n\\n\\n\\n- Holds  350 ml \\n\\x00")
     'A mug.\\n\\n- Holds 350 ml'
     """
+    text = text.replace("\x00", "")
     lines = [_SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
