@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         2,
         ge=1,
-        description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1 on 2 cores).",
+        description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1).",
     )
     spool_dir: str = Field("./var/spool", description="Where undelivered Kafka messages wait.")
     catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
