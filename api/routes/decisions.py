@@ -94,7 +94,7 @@ def _decide(
         product_id=product_id,
         variant_id=choice.variant_id,
         style=entry.styles[i],
-        policy=choice.policy,  # type: ignore[arg-type]  # Choice.policy is one of the three
+        policy=choice.policy,
         probability=choice.probability,
         model_version=choice.model_version,
         context=context,
