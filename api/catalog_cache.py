@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.background import Periodic
 from bandit import Arm, ProductFeatures
 from bandit.vw_format import arm_lines
 from copyloop.ledger.tables import Product, Variant
@@ -100,8 +100,9 @@ class CatalogCache:
         self._entries: dict[str, CatalogEntry] = {}
         self._missing: set[str] = set()
         self._lock = threading.Lock()  # serialises writers; readers need none
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="copyloop-catalog", daemon=True)
+        self._refresher = Periodic(
+            "copyloop-catalog", refresh_s, self.refresh, lambda: "serving the previous catalog"
+        )
         self.loaded = threading.Event()  # set after the first full load
 
     def __len__(self) -> int:
@@ -145,20 +146,8 @@ class CatalogCache:
         self.loaded.set()
 
     def start(self) -> CatalogCache:
-        self._thread.start()
+        self._refresher.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except SQLAlchemyError as exc:
-                log.warning("catalog refresh failed (%s); serving the previous catalog", exc)
-            except Exception:
-                log.exception("catalog refresh failed; serving the previous catalog")
-            self._stop.wait(self.refresh_s)
+        self._refresher.close()

@@ -13,12 +13,11 @@ control variant with `policy = "fallback"`.
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.background import Periodic
 from bandit import ModelLoadError, Policy
 from copyloop.ledger.snapshots import latest_version, load_latest
 
@@ -47,8 +46,12 @@ class PolicyHolder:
         self.reload_s = reload_s
         self.policy: Policy | None = None
         self._skipped: int | None = None  # newest version that failed to load
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="copyloop-reloader", daemon=True)
+        self._reloader = Periodic(
+            "copyloop-reloader",
+            reload_s,
+            self.reload_once,
+            lambda: f"keeping version {self.version}",
+        )
         self.reloads = 0
 
     @property
@@ -87,20 +90,8 @@ class PolicyHolder:
         return True
 
     def start(self) -> PolicyHolder:
-        self._thread.start()
+        self._reloader.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reload_once()
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("model reload check failed (%s); keeping version %d", exc, self.version)
-            except Exception:
-                log.exception("model reload failed; keeping version %d", self.version)
-            self._stop.wait(self.reload_s)
+        self._reloader.close()
