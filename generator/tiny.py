@@ -107,15 +107,7 @@ def build_tiny_causal_lm(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
-    _seeded_init(model, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _save(GPT2LMHeadModel(config), tokenizer, seed, out, bos_token_id=tokenizer.bos_token_id)
 
 
 def build_tiny_seq2seq(
@@ -148,11 +140,22 @@ def build_tiny_seq2seq(
         eos_token_id=tokenizer.eos_token_id,
     )
     config.decoder_start_token_id = tokenizer.pad_token_id
-    model = T5ForConditionalGeneration(config)
+    return _save(
+        T5ForConditionalGeneration(config),
+        tokenizer,
+        seed,
+        out,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _save(model: Any, tokenizer: Any, seed: int, out: Path, **generation: int) -> Path:
+    """Seed the weights, set the generation config's special tokens, save model and tokenizer."""
     _seeded_init(model, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.decoder_start_token_id = tokenizer.pad_token_id
+    for key, value in generation.items():
+        setattr(model.generation_config, key, value)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
