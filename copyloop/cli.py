@@ -283,16 +283,28 @@ def finetune(
         bool, typer.Option("--dry-run", help="Collect winners and pairs; train nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Last stdout line: result JSON.")] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE of the round's configuration (generator.finetune.FinetuneConfig: "
+            "sft_steps, learning_rate, lora_r, gate_samples, guardrail_margin …); repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """One fine-tuning round of the hf generator on the winning variants, behind the gate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from copyloop.ledger import make_engine, make_sessionmaker
     from generator import GeneratorError
-    from generator.finetune import config_from_settings
+    from generator.finetune import config_from_settings, parse_overrides
     from generator.finetune import main as run_finetune
 
     settings = _settings()
+    try:
+        cfg = config_from_settings(settings, dry_run=dry_run, **parse_overrides(overrides or []))
+    except ValueError as exc:
+        _fail(str(exc), 2)
     engine = make_engine(settings.database_url)
     try:
         sessions = make_sessionmaker(engine)
@@ -306,9 +318,7 @@ def finetune(
                 progress.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
 
             try:
-                result = run_finetune(
-                    config_from_settings(settings, dry_run=dry_run), sessions, settings, tick
-                )
+                result = run_finetune(cfg, sessions, settings, tick)
             except GeneratorError as exc:
                 _fail(str(exc), 1)
     finally:
@@ -495,7 +505,11 @@ def keys_create(
 def main() -> None:
     """Entry point: maps bad input to exit 2 and other failures to exit 1."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click *returns* the code of a `typer.Exit` (it raises only
+        # from nested calls): a command's own exit code must not be dropped.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except BadInput as exc:

@@ -79,6 +79,30 @@ class Settings(BaseSettings):
     # generator
     generator_backend: Literal["rules", "hf"] = "rules"
     generator_model: str | None = None
+    generator_device: str | None = Field(
+        None, description="torch device of the hf backend (default: cuda when there is one)."
+    )
+    generator_dtype: str | None = Field(
+        None, description="torch dtype of the hf backend (default: bfloat16 on CUDA, else float32)."
+    )
+    generator_batch_size: int | None = Field(
+        None, ge=1, description="Prompts per hf model call (default: 64 on CUDA, 8 on a CPU)."
+    )
+    generator_temperature: float = Field(
+        0.8, ge=0, description="Sampling temperature of the hf backend (0: greedy decoding)."
+    )
+    generator_top_p: float = Field(
+        0.95, gt=0, le=1, description="Nucleus sampling mass of the hf backend."
+    )
+    generator_static_cache: bool | None = Field(
+        None,
+        description="Decode with a static (preallocated) KV cache, which lets torch.compile keep "
+        "one graph (default: on CUDA only).",
+    )
+    generator_compile: bool = Field(
+        False,
+        description="torch.compile the hf model's forward pass (CUDA; pays a warm-up per shape).",
+    )
     variants_per_product: int = Field(4, ge=1, description="Candidates wanted per product.")
     banned_terms: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 from unicodedata import name as unicode_name
@@ -280,6 +280,8 @@ class FactSheet:
     materials: frozenset[str]  # every vocabulary term the data contains, parts included
     colours: frozenset[str]
     scripts: frozenset[str] = frozenset({"LATIN"})  # writing systems of the data's letters
+    #: What a "Label: value" line may say after each attribute's label (see `attribute_labels`).
+    labels: Mapping[str, LabelledValue] = field(default_factory=dict)
 
     @classmethod
     def of(cls, product: ProductLike) -> FactSheet:
@@ -303,7 +305,46 @@ class FactSheet:
             materials=frozenset(t for t in MATERIALS if contains_term(normalized, t)),
             colours=frozenset(t for t in COLOURS if contains_term(normalized, t)),
             scripts=frozenset(scripts_in(text) | {"LATIN"}),
+            labels=attribute_labels(product.attributes),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledValue:
+    """The words and numbers an attribute's value is written with (unit spellings included)."""
+
+    words: frozenset[str]
+    numbers: frozenset[Fraction | str]
+
+
+def attribute_labels(attributes: Mapping[str, Any]) -> dict[str, LabelledValue]:
+    """Each attribute's label as text writes it (lower case, underscores as spaces; a unit
+    suffix also dropped: `weight_g` is labelled `weight g` and `weight`), mapped to the words
+    and numbers of its value plus every spelling of its unit.
+
+    >>> labels = attribute_labels({"weight_g": 165, "material": "stainless steel"})
+    >>> sorted(labels), sorted(labels["weight"].words)[:3], labels["weight"].numbers
+    (['material', 'weight', 'weight g'], ['g', 'gram', 'grams'], frozenset({Fraction(165, 1)}))
+    """
+    labels: dict[str, LabelledValue] = {}
+    for key, value in attributes.items():
+        text = format_value(value)
+        unit = unit_of_key(key)
+        names = {" ".join(key.lower().replace("_", " ").split())}
+        if unit is not None:
+            names.add(" ".join(key.lower().rsplit("_", 1)[0].replace("_", " ").split()))
+        words = words_in(text) | ({unit} if unit else set())
+        for word in list(words):
+            if word in UNITS:
+                words |= {spelling for spelling, u in UNITS.items() if u == UNITS[word]}
+        numbers = frozenset(number_value(n) for n in numbers_in(text))
+        for name in names:
+            seen = labels.get(name)
+            labelled = LabelledValue(frozenset(words), numbers)
+            if seen is not None:  # `weight_g` and `weight_kg` both say `weight`: either may
+                labelled = LabelledValue(seen.words | words, seen.numbers | numbers)
+            labels[name] = labelled
+    return labels
 
 
 MATERIAL_PATTERN = vocabulary_pattern(MATERIALS)

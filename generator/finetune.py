@@ -12,12 +12,16 @@ One round:
 3. **Preference step.** DPO on the training pairs, each pair's loss weighted by its reward gain ×
    confidence: ``-w · log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])``
    with the base model (adapter disabled) as the frozen reference.
-4. **The gate.** The adapter ships only if (a) the held-out winners' per-token NLL is below the
-   base model's, (b) the guardrail pass rate of fresh samples for held-out products is not
-   below the current shipped version's by more than `guardrail_tolerance`, and (c) the samples'
-   distinct-2 (unique bigrams / bigrams) is not below the shipped version's by more than
-   `diversity_tolerance`. The version is recorded either way (base, adapter, data, metrics,
-   verdict and reason); a refused one is `rejected` and never generates.
+4. **The gate.** Fresh samples of the new version and of the current shipped one, for the
+   held-out products in every style (`gate_samples` per prompt, the same seed, as long as
+   generation makes them). The adapter ships only if (a) the held-out winners' per-token NLL
+   is below the base model's, (b) the guardrail pass rate is non-inferior to the shipped
+   version's: the one-sided 95% lower bound of the difference (new − shipped; Newcombe's
+   hybrid score interval from Wilson intervals) is above `-guardrail_margin`, so a handful of
+   lucky samples cannot ship a worse generator, and (c) the samples' distinct-2 (unique
+   bigrams / bigrams) is not below the shipped version's by more than `diversity_tolerance`.
+   The version is recorded either way (base, adapter, data, metrics, verdict and reason); a
+   refused one is `rejected` and never generates.
 
 Usage::
 
@@ -39,7 +43,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -85,10 +89,15 @@ class FinetuneConfig:
     min_winners: int = field(default=4, metadata={"help": "Fewer winners: skip the round."})
     min_exposure: int = field(default=100, metadata={"help": "Decisions a winner needs."})
     heldout_fraction: float = field(default=0.25, metadata={"help": "Share of products held out."})
-    gate_samples: int = field(default=2, metadata={"help": "Samples per held-out winner style."})
-    gate_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per gate sample."})
-    guardrail_tolerance: float = field(
-        default=0.0, metadata={"help": "Allowed drop of the guardrail pass rate."}
+    gate_samples: int = field(
+        default=8, metadata={"help": "Gate samples per (held-out product, style) and version."}
+    )
+    gate_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Tokens per gate sample (default: as generation)."}
+    )
+    guardrail_margin: float = field(
+        default=0.05,
+        metadata={"help": "Non-inferiority margin of the guardrail pass rate (95% one-sided)."},
     )
     diversity_tolerance: float = field(
         default=0.05, metadata={"help": "Allowed drop of distinct-2."}
@@ -96,6 +105,8 @@ class FinetuneConfig:
     dry_run: bool = field(default=False, metadata={"help": "Collect and report; train nothing."})
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.guardrail_margin < 1.0:
+            raise ValueError(f"guardrail_margin must be in [0, 1), got {self.guardrail_margin}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.min_winners < 2:
@@ -308,6 +319,49 @@ def due(
     return None
 
 
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings as typed :class:`FinetuneConfig` overrides (the CLI's ``--set``):
+    numbers, booleans (true/false), comma-separated tuples, `none` for optional fields.
+    Raises ValueError naming the pair that is not one.
+
+    >>> parse_overrides(["sft_steps=40", "learning_rate=3e-3", "target_modules=c_attn,c_fc"])
+    {'sft_steps': 40, 'learning_rate': 0.003, 'target_modules': ('c_attn', 'c_fc')}
+    >>> parse_overrides(["epochs=3"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown finetune setting 'epochs' (known: base_model, output_dir, ...)
+    """
+    hints = get_type_hints(FinetuneConfig)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        if key not in hints or key == "dry_run":
+            known = ", ".join(k for k in hints if k != "dry_run")
+            raise ValueError(f"unknown finetune setting {key!r} (known: {known})")
+        kinds = [t for t in get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        raw = raw.strip()
+        if raw.lower() == "none" and type(None) in get_args(hints[key]):
+            out[key] = None
+            continue
+        kind = kinds[0]
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError(raw)
+                out[key] = raw.lower() == "true"
+            elif get_origin(kind) is tuple:
+                out[key] = tuple(part.strip() for part in raw.split(",") if part.strip())
+            else:
+                out[key] = kind(raw)
+        except ValueError:
+            name = getattr(kind, "__name__", str(kind))
+            raise ValueError(f"finetune setting {key} takes a {name}, got {raw!r}") from None
+    return out
+
+
 def config_from_settings(settings: Settings, **overrides: Any) -> FinetuneConfig:
     """The scheduler's and the CLI's round: base model, output dir, seed and data thresholds
     from the settings, training knobs at their defaults unless overridden."""
@@ -323,17 +377,26 @@ def config_from_settings(settings: Settings, **overrides: Any) -> FinetuneConfig
 
 
 def verdict(metrics: dict[str, Any], cfg: FinetuneConfig) -> tuple[bool, str]:
-    """The gate: (ships, reason). NaN anywhere fails its check."""
+    """The gate: (ships, reason). NaN anywhere fails its check. `metrics` holds the held-out
+    NLLs, each version's guardrail counts (`guardrail_passed` of `guardrail_asked`, and the
+    `shipped_` ones) and distinct-2; the bound of the pass-rate difference is added to it."""
     nll, base = metrics["heldout_nll"], metrics["heldout_nll_base"]
+    low = pass_rate_difference_low(
+        metrics["guardrail_passed"],
+        metrics["guardrail_asked"],
+        metrics["shipped_guardrail_passed"],
+        metrics["shipped_guardrail_asked"],
+    )
+    metrics["guardrail_difference_low"] = low
     rate, shipped_rate = metrics["guardrail_pass"], metrics["shipped_guardrail_pass"]
     dist, shipped_dist = metrics["distinct_2"], metrics["shipped_distinct_2"]
     checks = [
         ("heldout_nll", nll < base, f"held-out NLL {nll:.4f} vs base {base:.4f}"),
         (
             "guardrail_pass",
-            rate >= shipped_rate - cfg.guardrail_tolerance,
-            f"guardrail pass {rate:.3f} vs shipped {shipped_rate:.3f} "
-            f"(tolerance {cfg.guardrail_tolerance})",
+            low > -cfg.guardrail_margin,
+            f"guardrail pass {rate:.3f} vs shipped {shipped_rate:.3f}, difference >= {low:+.3f} "
+            f"at 95% (margin {cfg.guardrail_margin})",
         ),
         (
             "distinct_2",
@@ -347,6 +410,30 @@ def verdict(metrics: dict[str, Any], cfg: FinetuneConfig) -> tuple[bool, str]:
     return not failed, f"{head} ({'; '.join(text for _, _, text in checks)})"
 
 
+def pass_rate_difference_low(
+    passed: int, asked: int, passed_ref: int, asked_ref: int, confidence: float = 0.95
+) -> float:
+    """One-sided `confidence` lower bound of ``passed/asked − passed_ref/asked_ref``: Newcombe's
+    hybrid score interval (method 10) from two Wilson intervals; -1 when either side is empty.
+
+    >>> round(pass_rate_difference_low(40, 50, 40, 50), 3)
+    -0.132
+    >>> round(pass_rate_difference_low(400, 500, 400, 500), 3)
+    -0.042
+    >>> pass_rate_difference_low(1, 0, 0, 10)
+    -1.0
+    """
+    from scipy.stats import binomtest
+
+    if asked < 1 or asked_ref < 1:
+        return -1.0
+    two_sided = 1.0 - 2.0 * (1.0 - confidence)
+    p, q = passed / asked, passed_ref / asked_ref
+    low_p = binomtest(passed, asked).proportion_ci(two_sided, method="wilson").low
+    high_q = binomtest(passed_ref, asked_ref).proportion_ci(two_sided, method="wilson").high
+    return (p - q) - math.sqrt((p - low_p) ** 2 + (high_q - q) ** 2)
+
+
 def sample_quality(
     model_path: str,
     version: str,
@@ -355,33 +442,30 @@ def sample_quality(
     settings: Settings,
     cfg: FinetuneConfig,
 ) -> dict[str, float]:
-    """Sample `gate_samples` texts per (held-out product, winner style) from one version and
-    measure them: `guardrail_pass` (passing samples / samples asked for: empty or duplicate
-    outputs count as failures) and `distinct_2` (unique word bigrams / bigrams)."""
+    """Sample `gate_samples` texts per (held-out product, style) from one version and measure
+    them: `guardrail_passed` of `guardrail_asked` (empty or duplicate outputs fail),
+    `guardrail_pass` (their ratio) and `distinct_2` (unique word bigrams / bigrams)."""
     from generator.guardrails import GuardrailParams, check
     from generator.hf import GenerationRequest, HFGenerator
+    from generator.rules import STYLES
 
     with warnings.catch_warnings():
         # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias.
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
-        generator = HFGenerator(
+        generator = HFGenerator.from_settings(
             model_path,
+            settings,
             version=version,
             adapter_path=adapter_path,
             seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            max_new_tokens=cfg.gate_max_new_tokens,
+            **({"max_new_tokens": cfg.gate_max_new_tokens} if cfg.gate_max_new_tokens else {}),
         )
-    styles: dict[str, list[str]] = {}
-    for w in data.heldout:
-        styles.setdefault(w.product_id, []).append(w.style)
+    heldout = sorted({w.product_id for w in data.heldout})
     requests = [
-        GenerationRequest(
-            data.products[pid], tuple(dict.fromkeys(s)), cfg.gate_samples * len(set(s))
-        )
-        for pid, s in sorted(styles.items())
+        GenerationRequest(data.products[pid], STYLES, cfg.gate_samples * len(STYLES))
+        for pid in heldout
     ]
     result = generator.generate_many(requests)
     params = GuardrailParams.from_settings(settings, known_brands=data.brands)
@@ -393,6 +477,8 @@ def sample_quality(
             texts.append(c.text)
             passed += check(c.text, request.product, siblings, params).ok
     return {
+        "guardrail_passed": passed,
+        "guardrail_asked": asked,
         "guardrail_pass": passed / asked if asked else 0.0,
         "distinct_2": distinct_n(texts, 2),
         "samples": float(len(texts)),
@@ -429,6 +515,8 @@ __all__ = [
     "due",
     "distinct_n",
     "main",
+    "parse_overrides",
+    "pass_rate_difference_low",
     "sample_quality",
     "split_heldout",
     "verdict",

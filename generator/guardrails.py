@@ -12,12 +12,16 @@ the verdict's reason, a short string led by a snake_case code:
 `too_short`/`too_long` outside `[min_chars, max_chars]` after stripping
 `leftover_markup`      prompt or chat markup echoed back (``<|user|>``, ``Attributes:``, HTML)
 `repeated_words`       degeneration: a word 4× in a row, or a 2–4-word phrase 3× in a row
+`repeated_sentence`    degeneration: a sentence or line (3 words or more) said twice
 `banned_term`          a banned word or phrase, case-insensitive, whole words
 `unsupported_number`   a number (digits, or a spelled-out count) the data does not state
 `unsupported_quantity` a number with a unit the data does not pair with it
 `unsupported_brand`    a known brand that is not this product's
 `unsupported_material` / `unsupported_colour`  a vocabulary term absent from the data
 `unsupported_name`     a capitalised word, not starting a sentence, absent from the data
+`mismatched_value`     a ``Label: value`` line that gives an attribute another one's value
+                       ("Capacity: red", "Weight: 58 HRC"): every fact is in the data, the
+                       pairing is wrong
 `near_duplicate`       token-shingle Jaccard similarity to a sibling ≥ the threshold
 =====================  ==========================================================
 
@@ -91,6 +95,9 @@ class GuardrailParams:
     #: generation (`from_settings`); off by default because hand-written catalog copy often says
     #: "two vents" without an attribute for it, and the data checks run on such copy too.
     spelled_numbers: bool = False
+    #: Hold "Label: value" lines to the labelled attribute's own value. On for generation; off
+    #: by default because hand-written copy labels loosely ("Material: 100% cotton").
+    labelled_values: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chars < self.max_chars:
@@ -119,6 +126,7 @@ class GuardrailParams:
             banned_terms=tuple(settings.banned_terms),
             known_brands=frozenset(known_brands),
             spelled_numbers=True,
+            labelled_values=True,
         )
 
 
@@ -152,6 +160,7 @@ def check(
         lambda: _repetition(text),
         lambda: _banned(text, params.banned_terms),
         lambda: _facts(text, facts, params.brands, params.spelled_numbers),
+        lambda: _labelled(text, facts) if params.labelled_values else PASS,
         lambda: _near_duplicate(text, siblings, params.near_duplicate_threshold),
     )
     for run in checks:  # cheapest first; stop at the first failure
@@ -241,6 +250,13 @@ def _repetition(text: str) -> Verdict:
                 words[start + k * size : start + (k + 1) * size] == phrase for k in range(times)
             ):
                 return Verdict(False, f"repeated_words: {' '.join(phrase)!r} {times}x in a row")
+    seen: set[tuple[str, ...]] = set()
+    for line in text.lower().splitlines():
+        for sentence in _SENTENCE_END.split(_BULLET.sub("", line)):
+            said = tuple(re.findall(r"\w+", sentence))
+            if len(said) >= 3 and said in seen:
+                return Verdict(False, f"repeated_sentence: {' '.join(said)!r}")
+            seen.add(said)
     return PASS
 
 
@@ -276,6 +292,37 @@ def _facts(text: str, facts: FactSheet, brands: _Brands, spelled_numbers: bool) 
     for name in _inner_capitalized(text):
         if not _supported_word(name, facts.words):
             return Verdict(False, f"unsupported_name: {name}")
+    return PASS
+
+
+#: "Label: value" opening a line (after a list marker) or a ";"-separated part of one: a label
+#: of one to four words.
+_LABELLED = re.compile(
+    r"^\s*(?:[-*\u2022]\s+)?([^\W\d_][^\W\d_'-]*(?:[ \t]+[^\W\d_][^\W\d_'-]*){0,3})"
+    r"[ \t]*:[ \t]*(.+)$"
+)
+_VALUE_END = re.compile(r"(?<=[.!?])\s|\.$")
+
+
+def _labelled(text: str, facts: FactSheet) -> Verdict:
+    """A value after an attribute's label must be written with that attribute's own words or
+    numbers, and state no number the attribute does not."""
+    for line in text.splitlines():
+        for part in line.split(";"):
+            match = _LABELLED.match(part)
+            if match is None:
+                continue
+            allowed = facts.labels.get(" ".join(match.group(1).lower().split()))
+            if allowed is None:
+                continue  # not an attribute's label ("The details:", "Specifications:")
+            value = _VALUE_END.split(match.group(2), maxsplit=1)[0].strip()
+            words = words_in(value)
+            numbers = {number_value(n) for n in numbers_in(value)}
+            if not words and not numbers:
+                continue
+            shared = words & allowed.words or numbers & allowed.numbers
+            if not shared or not numbers <= allowed.numbers:
+                return Verdict(False, f"mismatched_value: {match.group(1).strip()}: {value}")
     return PASS
 
 

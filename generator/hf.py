@@ -4,7 +4,9 @@ The model is loaded from a local directory (or a model id already in the local c
 downloaded), as `AutoModelForSeq2SeqLM` when its config says `is_encoder_decoder`, else as
 `AutoModelForCausalLM` with left padding so every row's continuation starts at the same column.
 An optional peft adapter (a fine-tuned generator version) is applied and merged. bf16 on CUDA,
-fp32 on CPU.
+fp32 on CPU. With `static_cache` (the default on CUDA) decoding writes into a preallocated KV
+cache and prompts are padded to a multiple of 64 tokens, so that a compiled decode step
+(`compile`, transformers' auto-compile with CUDA graphs) sees few shapes.
 
 One prompt per (product, style) (see :mod:`generator.prompts`), `k` samples per prompt through
 `num_return_sequences`, prompts from many products batched together (sorted by length so
@@ -28,14 +30,31 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from generator import BackendUnavailableError, GeneratorError
 from generator.facts import ProductLike
 from generator.prompts import build_prompt, format_for_model
 from generator.rules import Candidate
 
+if TYPE_CHECKING:
+    from copyloop.settings import Settings
+
 SOURCE = "llm"
+
+#: Prompts are padded to a multiple of this many tokens with a static cache (few shapes to
+#: compile for; the padding is masked out).
+STATIC_PAD = 64
+
+
+def max_new_tokens(max_chars: int) -> int:
+    """Tokens generated per candidate at most: about 4 characters a token for English BPEs,
+    with room to overshoot (the length guardrail rejects what comes out too long).
+
+    >>> max_new_tokens(600), max_new_tokens(30)
+    (200, 16)
+    """
+    return max(16, min(512, max_chars // 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +137,8 @@ class HFGenerator:
         temperature: float = 0.8,
         top_p: float = 0.95,
         seed: int = 0,
+        static_cache: bool | None = None,
+        compile: bool = False,
         local_files_only: bool = True,
     ) -> None:
         if batch_size is not None and batch_size < 1:
@@ -147,6 +168,8 @@ class HFGenerator:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.static_cache = self.device.type == "cuda" if static_cache is None else static_cache
+        self.compile = compile
         if dtype is None:
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         torch_dtype = getattr(torch, dtype, None)
@@ -183,6 +206,32 @@ class HFGenerator:
         self.model = model.to(self.device).eval()
         self.model_path = where
         self.adapter_path = None if adapter_path is None else str(adapter_path)
+
+    @classmethod
+    def from_settings(
+        cls,
+        model_path: str | Path,
+        settings: Settings,
+        *,
+        version: str,
+        adapter_path: str | Path | None = None,
+        **overrides: Any,
+    ) -> HFGenerator:
+        """A generator configured by copyloop's `generator_*` settings (and `seed`, and
+        `max_variant_chars` for the token budget); keyword overrides win."""
+        options: dict[str, Any] = {
+            "device": settings.generator_device,
+            "dtype": settings.generator_dtype,
+            "batch_size": settings.generator_batch_size,
+            "max_new_tokens": max_new_tokens(settings.max_variant_chars),
+            "temperature": settings.generator_temperature,
+            "top_p": settings.generator_top_p,
+            "static_cache": settings.generator_static_cache,
+            "compile": settings.generator_compile,
+            "seed": settings.seed,
+        }
+        options.update(overrides)
+        return cls(model_path, version=version, adapter_path=adapter_path, **options)
 
     # -- the Backend protocol ------------------------------------------------------------------
 
@@ -276,6 +325,7 @@ class HFGenerator:
             truncation=True,
             max_length=self.max_prompt_tokens,
             add_special_tokens=self.is_encoder_decoder,  # causal prompts carry their own markup
+            pad_to_multiple_of=STATIC_PAD if self.static_cache else None,
         ).to(self.device)
         sampling = self.temperature > 0
         samples = samples if sampling else 1  # greedy decoding has one answer per prompt
@@ -291,6 +341,8 @@ class HFGenerator:
             decoder_start_token_id=getattr(
                 self.model.generation_config, "decoder_start_token_id", None
             ),
+            cache_implementation="static" if self.static_cache else None,
+            disable_compile=not self.compile,
         )
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():

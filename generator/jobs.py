@@ -36,7 +36,7 @@ from generator import GeneratorError, UnknownProductError
 from generator.facts import FactSheet, ProductLike
 from generator.guardrails import GuardrailParams, check, reason_kind
 from generator.rules import STYLES, Candidate, RulesGenerator
-from generator.versions import VersionInfo, base_version_name, ensure_base, list_versions
+from generator.versions import base_version_name, ensure_base, newest_shipped
 
 if TYPE_CHECKING:
     from generator.hf import GenerationStats, HFGenerator
@@ -95,23 +95,6 @@ def make_backend(
     raise GeneratorError(f"unknown generator backend {name!r} (expected rules or hf)")
 
 
-def _max_new_tokens(max_chars: int) -> int:
-    """Tokens generated per candidate at most: about 4 characters a token for English BPEs,
-    with room to overshoot (the length guardrail rejects what comes out too long)."""
-    return max(16, min(512, max_chars // 3))
-
-
-def current_hf_version(sessions: sessionmaker[Session], model: str) -> VersionInfo | None:
-    """The newest shipped `hf` version built on `model` (as the setting names it), if any: a
-    version of another base model cannot be applied to this one."""
-    shipped = [
-        v
-        for v in list_versions(sessions)
-        if v.backend == "hf" and v.status == "shipped" and v.base_model == model
-    ]
-    return max(shipped, key=lambda v: (v.shipped_at or 0.0, v.version), default=None)
-
-
 def _hf_backend(settings: Settings, sessions: sessionmaker[Session] | None) -> HFGenerator:
     from generator.hf import HFGenerator
 
@@ -121,13 +104,12 @@ def _hf_backend(settings: Settings, sessions: sessionmaker[Session] | None) -> H
             "the hf backend needs generator_model: set COPYLOOP_GENERATOR_MODEL to a local model "
             "directory (or the id of a model in the local cache)"
         )
-    current = None if sessions is None else current_hf_version(sessions, model)
-    generator = HFGenerator(
+    current = None if sessions is None else newest_shipped(sessions, base_model=model)
+    generator = HFGenerator.from_settings(
         model,
+        settings,
         version=current.version if current else base_version_name(model),
         adapter_path=current.adapter_path if current else None,
-        seed=settings.seed,
-        max_new_tokens=_max_new_tokens(settings.max_variant_chars),
     )
     if sessions is not None and current is None:
         # Recorded only now that the model has loaded: a model that cannot load gets no version.

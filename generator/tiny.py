@@ -1,27 +1,39 @@
-"""Tiny, randomly initialised transformers models built offline: for tests and demos of `hf`.
+"""Tiny transformers models built offline: for tests and demos of `hf`.
 
 Nothing here downloads anything. A byte-level BPE tokenizer is trained on the texts given
 (e.g. the sample catalog), wrapped as a `PreTrainedTokenizerFast` with pad/bos/eos tokens and a
 minimal chat template, and saved beside a tiny GPT-2 (causal) or T5 (seq2seq) model whose
 weights are drawn from a seeded generator. The same texts and seed give the same files.
 
+A random model writes gibberish, which the guardrails reject. :func:`build_warm_tiny_lm` goes
+one step further: it *distils the rules backend* into the tiny model (full-parameter training on
+the rules backend's candidates for the given products, each behind the very prompt the `hf`
+backend builds), so that sampling from it writes copy for those products that often passes the
+guardrails and sometimes does not (it mixes up facts, loops, mislabels values: the failure
+modes of real models, in small). It writes only what it memorised: a stand-in for a real model
+in offline tests and demos, not a general copywriter.
+
 Usage::
 
     from generator.tiny import build_tiny_causal_lm
     path = build_tiny_causal_lm("var/tiny-gpt2", [p.description for p in products])
 
-or, from the shell, trained on the sample catalog (an offline demo of the `hf` path; a random
-model writes gibberish, so the guardrails reject what it writes)::
+or, from the shell, trained on the sample catalog::
 
-    python -m generator.tiny var/tiny-gpt2            # --seq2seq for a tiny T5
+    python -m generator.tiny var/tiny-gpt2                    # random (--seq2seq: a tiny T5)
+    python -m generator.tiny var/tiny-gpt2 --warm --steps 300 --products 16
     COPYLOOP_GENERATOR_MODEL=var/tiny-gpt2 copyloop generate --backend hf
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from generator.facts import ProductLike
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
@@ -173,21 +185,149 @@ def catalog_texts(products: Iterable[Any]) -> list[str]:
     return texts
 
 
+def teacher_texts(
+    products: Iterable[ProductLike], seeds: int = 3, per_style: int = 3
+) -> list[tuple[ProductLike, str, str]]:
+    """(product, style, text) for every distinct candidate the rules backend writes for
+    `products` in every style, over `seeds` seeds and `per_style` rounds: the distillation set."""
+    from generator.rules import STYLES, RulesGenerator
+
+    seen: dict[tuple[str, str, str], tuple[ProductLike, str, str]] = {}
+    products = list(products)
+    for seed in range(seeds):
+        rules = RulesGenerator(seed=seed)
+        for product in products:
+            for c in rules.generate(product, STYLES, per_style * len(STYLES)):
+                seen.setdefault((product.product_id, c.style, c.text), (product, c.style, c.text))
+    return list(seen.values())
+
+
+def distil(
+    model_dir: str | Path,
+    teacher: Sequence[tuple[ProductLike, str, str]],
+    *,
+    steps: int,
+    batch_size: int = 16,
+    learning_rate: float = 6e-3,
+    max_length: int = 512,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
+    """Train every parameter of the model in `model_dir` to write each teacher text given its
+    prompt (loss on the completion only, one-cycle learning rate), save it back, and return
+    each step's loss. `progress(step, steps, loss)` after each step."""
+    import torch
+    import transformers
+
+    from generator.training import Example, collate, completion_logps, encode
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not teacher:
+        raise ValueError("teacher must hold at least one (product, style, text)")
+    where = str(model_dir)
+    config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True)
+    examples: list[Example] = [
+        encode(tokenizer, product, style, text, max_length, seq2seq)
+        for product, style, text in teacher
+    ]
+    rng = random.Random(seed)
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_pretrained(where, local_files_only=True)
+        model.train()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0
+        )
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1
+        )
+        for step in range(steps):
+            batch = collate(rng.sample(examples, min(batch_size, len(examples))),
+                            tokenizer.pad_token_id, seq2seq)  # fmt: skip
+            logp, count = completion_logps(model, batch, seq2seq)
+            loss = -logp.sum() / count.sum().clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, steps, losses[-1])
+    model.save_pretrained(where)
+    return losses
+
+
+def build_warm_tiny_lm(
+    out_dir: str | Path,
+    products: Sequence[ProductLike],
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    vocab_size: int = 4096,
+    n_layer: int = 2,
+    n_embd: int = 128,
+    n_head: int = 4,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Path, list[float]]:
+    """A tiny GPT-2 that has learned to write the rules backend's copy for `products` (see the
+    module docstring): the tokenizer is trained on the catalog's texts, the prompts and the
+    teacher texts, so that both take few tokens. Returns the directory and the losses."""
+    from generator.prompts import build_prompt
+    from generator.rules import STYLES
+
+    teacher = teacher_texts(products)
+    texts = catalog_texts(products)
+    texts += [build_prompt(p, s) for p in products[:1] for s in STYLES]
+    texts += [text for _, _, text in teacher]
+    out = build_tiny_causal_lm(out_dir, texts, vocab_size=vocab_size, seed=seed,
+                               n_layer=n_layer, n_embd=n_embd, n_head=n_head)  # fmt: skip
+    return out, distil(out, teacher, steps=steps, seed=seed, progress=progress)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Build a tiny model trained on the sample catalog's texts: `OUT_DIR [--seq2seq]`."""
+    """Build a tiny model from the sample catalog's texts: `OUT_DIR [--seq2seq | --warm]`."""
     import argparse
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from copyloop.catalog import read_catalog
 
     parser = argparse.ArgumentParser(prog="python -m generator.tiny", description=main.__doc__)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seq2seq", action="store_true", help="A tiny T5 instead of a GPT-2.")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--seq2seq", action="store_true", help="A random tiny T5, not a GPT-2.")
+    kind.add_argument(
+        "--warm", action="store_true", help="Distil the rules backend into a tiny GPT-2."
+    )
+    parser.add_argument("--steps", type=int, default=300, help="Distillation steps (--warm).")
+    parser.add_argument(
+        "--products", type=int, default=16, help="Sample products to distil on, spread over "
+        "the catalog (--warm; more products need more steps)."
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sample = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
-    texts = catalog_texts(read_catalog(sample))
-    build = build_tiny_seq2seq if args.seq2seq else build_tiny_causal_lm
-    return build(args.out_dir, texts, seed=args.seed)
+    products = read_catalog(sample)
+    if not args.warm:
+        build = build_tiny_seq2seq if args.seq2seq else build_tiny_causal_lm
+        return build(args.out_dir, catalog_texts(products), seed=args.seed)
+    chosen = products[:: max(1, len(products) // max(1, args.products))][: args.products]
+    columns = (TextColumn("distil"), BarColumn(), TextColumn("{task.completed}/{task.total} "
+               "loss {task.fields[loss]:.3f}"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns) as bar:
+        task = bar.add_task("distil", total=args.steps, loss=float("nan"))
+        out, losses = build_warm_tiny_lm(
+            args.out_dir, chosen, steps=args.steps, seed=args.seed,
+            progress=lambda done, _, loss: bar.update(task, completed=done, loss=loss),
+        )  # fmt: skip
+    print(f"{out}: {len(chosen)} products, loss {losses[0]:.3f} -> {losses[-1]:.3f}")  # noqa: T201
+    return out
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 the loss on completion tokens only, a weighted DPO step against the adapter-disabled base, and
 per-token NLL for the gate. Causal LMs and seq2seq models alike.
 
-Imports torch, transformers and peft at import time: only `finetune.main` imports this module.
-Shapes: a batch is ``input_ids``/``attention_mask`` [B, T] and ``labels`` [B, T'] with -100 on
-every position that is not a completion token (prompt and padding).
+Imports torch, transformers and peft at import time: only `finetune.main` and `generator.tiny`
+import this module. Shapes: a causal batch is ``input_ids``/``attention_mask``/``position_ids``
+[B, T], left-padded so that every row's completion ends at the last column, and ``labels``
+[B, C] over the last C columns (C: the longest completion), -100 where a row's completion has
+not started. Only those C columns get logits (``logits_to_keep``): with a 150k-token vocabulary
+the prompt's logits would be most of the memory and time. A seq2seq batch is the encoder's
+``input_ids``/``attention_mask`` [B, T] and decoder ``labels`` [B, C], -100 on padding.
 """
 
 from __future__ import annotations
@@ -75,50 +79,17 @@ class Trainer:
 
     # -- data ----------------------------------------------------------------------------------
     def example(self, product: ProductLike, style: str, text: str) -> Example:
-        prompt = format_for_model(self.tokenizer, build_prompt(product, style))
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=self.seq2seq)["input_ids"]
-        completion = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        completion = [*completion, self.tokenizer.eos_token_id]
-        if self.seq2seq:  # encoder and decoder have their own budgets
-            return Example(
-                tuple(prompt_ids[-self.cfg.max_length :]), tuple(completion[: self.cfg.max_length])
-            )
-        completion = completion[: self.cfg.max_length // 2]
-        keep = self.cfg.max_length - len(completion)
-        return Example(tuple(prompt_ids[-keep:]), tuple(completion))
+        return encode(self.tokenizer, product, style, text, self.cfg.max_length, self.seq2seq)
 
     def batch(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Right-padded tensors on the device (labels: completion tokens only)."""
-        pad = self.tokenizer.pad_token_id
-        if self.seq2seq:
-            src = [list(e.prompt) for e in examples]
-            tgt = [list(e.completion) for e in examples]
-            ids, mask = _pad(src, pad)
-            lab, _ = _pad(tgt, IGNORE)
-        else:
-            seqs = [list(e.prompt) + list(e.completion) for e in examples]
-            ids, mask = _pad(seqs, pad)
-            lab, _ = _pad([[IGNORE] * len(e.prompt) + list(e.completion) for e in examples], IGNORE)
-        out = {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        """Padded tensors on the device (see the module docstring for the layout)."""
+        out = collate(examples, self.tokenizer.pad_token_id, self.seq2seq)
         return {k: v.to(self.device) for k, v in out.items()}
 
     # -- log-likelihoods -----------------------------------------------------------------------
     def logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probability of each row's completion tokens [B], and their count [B]."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        labels = batch["labels"]
-        if self.seq2seq:
-            logits = self.model(**batch).logits
-            targets = labels
-        else:
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits[:, :-1]
-            targets = labels[:, 1:]
-        mask = targets != IGNORE
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * mask).sum(-1), mask.sum(-1)
+        return completion_logps(self.model, batch, self.seq2seq)
 
     @torch.no_grad()
     def nll(self, examples: Sequence[Example], *, adapter: bool) -> float:
@@ -231,11 +202,67 @@ class _Batches:
         return out
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    tokenizer: Any, product: ProductLike, style: str, text: str, max_length: int, seq2seq: bool
+) -> Example:
+    """`text` as the completion of `product`'s prompt in `style` (exactly what generation
+    conditions on), cut to `max_length` tokens: the completion to half of it for causal models
+    (the prompt keeps its end), each side to all of it for seq2seq."""
+    prompt = format_for_model(tokenizer, build_prompt(product, style))
+    prompt_ids = tokenizer(prompt, add_special_tokens=seq2seq)["input_ids"]
+    completion = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    if seq2seq:  # encoder and decoder have their own budgets
+        return Example(tuple(prompt_ids[-max_length:]), tuple(completion[:max_length]))
+    completion = completion[: max_length // 2]
+    keep = max_length - len(completion)
+    return Example(tuple(prompt_ids[-keep:]), tuple(completion))
+
+
+def collate(examples: Sequence[Example], pad_id: int, seq2seq: bool) -> dict[str, torch.Tensor]:
+    """Tensors of a batch on the CPU (layout in the module docstring)."""
+    width = max(len(e.completion) for e in examples)
+    if seq2seq:
+        ids, mask = _pad([e.prompt for e in examples], pad_id)
+        labels, _ = _pad([e.completion for e in examples], IGNORE)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    ids, mask = _pad([e.prompt + e.completion for e in examples], pad_id, left=True)
+    labels, _ = _pad([e.completion for e in examples], IGNORE, left=True)
+    labels = labels[:, -width:]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def completion_logps(
+    model: Any, batch: dict[str, torch.Tensor], seq2seq: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's completion tokens [B], and their count [B]."""
+    labels = batch["labels"]
+    if seq2seq:
+        logits = model(**batch).logits
+    else:
+        # The logit at column t predicts column t + 1: the last C + 1 columns' logits, less the
+        # last one, predict the C label columns.
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=labels.shape[1] + 1,
+        ).logits[:, :-1]
+    mask = labels != IGNORE
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1), mask.sum(-1)
+
+
+def _pad(
+    rows: Sequence[Sequence[int]], value: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[len(rows), longest] ids padded with `value` (on the left when `left`), and the mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask

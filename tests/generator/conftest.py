@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from copyloop.catalog import read_catalog
+from copyloop.catalog import ProductIn, read_catalog
 from tests.conftest import SAMPLE_CATALOG
 
 
@@ -44,3 +45,37 @@ def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from generator.tiny import build_tiny_seq2seq
 
     return build_tiny_seq2seq(tmp_path_factory.mktemp("tiny-seq2seq"), _texts(), seed=0)
+
+
+#: The products the warm tiny model is distilled on: 16 spread over the sample catalog's
+#: categories.
+WARM_PRODUCTS = read_catalog(SAMPLE_CATALOG)[::8]
+WARM_STEPS = 300
+
+
+@dataclass(frozen=True)
+class WarmModel:
+    path: Path
+    losses: list[float]
+    products: list[ProductIn]
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> WarmModel:
+    """A tiny GPT-2 distilled from the rules backend on WARM_PRODUCTS (≈1.5 min on two CPU
+    threads, the one place the tests use both cores): it writes copy for those products that
+    often passes the guardrails."""
+    pytest.importorskip("transformers")
+    import torch
+
+    from generator.tiny import build_warm_tiny_lm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path, losses = build_warm_tiny_lm(
+            tmp_path_factory.mktemp("warm-causal"), WARM_PRODUCTS, steps=WARM_STEPS, seed=0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return WarmModel(path, losses, WARM_PRODUCTS)

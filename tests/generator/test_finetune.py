@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from copyloop.catalog import ProductIn, read_catalog
 from copyloop.ledger import Variant
 from copyloop.settings import Settings
-from generator.finetune import FinetuneConfig, FinetuneError, due, main, split_heldout, verdict
+from generator.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    due,
+    main,
+    pass_rate_difference_low,
+    split_heldout,
+    verdict,
+)
 from generator.jobs import generate_variants
 from generator.rules import STYLES, RulesGenerator
 from generator.versions import base_version_name, list_versions, newest_shipped, rollback
@@ -202,8 +210,12 @@ def test_no_base_model_and_bad_config_are_refused(
 GOOD = {
     "heldout_nll": 5.0,
     "heldout_nll_base": 6.0,
-    "guardrail_pass": 0.5,
-    "shipped_guardrail_pass": 0.5,
+    "guardrail_passed": 400,
+    "guardrail_asked": 500,
+    "guardrail_pass": 0.8,
+    "shipped_guardrail_passed": 400,
+    "shipped_guardrail_asked": 500,
+    "shipped_guardrail_pass": 0.8,
     "distinct_2": 0.8,
     "shipped_distinct_2": 0.82,
 }
@@ -212,15 +224,33 @@ GOOD = {
 @pytest.mark.parametrize(
     ("change", "failed"),
     [
-        ({}, None),
+        ({}, None),  # equal rates on 500 samples each: the bound (-0.042) clears the margin
         ({"heldout_nll": 6.0}, "heldout_nll"),  # equal is not an improvement
         ({"heldout_nll": float("nan")}, "heldout_nll"),
-        ({"guardrail_pass": 0.45}, "guardrail_pass"),
+        # equal rates on 50 samples each cannot rule out a drop of 0.05 (bound -0.13)
+        ({"guardrail_passed": 40, "guardrail_asked": 50}, "guardrail_pass"),
+        ({"guardrail_passed": 380, "guardrail_pass": 0.76}, "guardrail_pass"),
+        ({"guardrail_passed": 0, "guardrail_asked": 0}, "guardrail_pass"),
         ({"distinct_2": 0.70}, "distinct_2"),
-        ({"distinct_2": 0.2, "guardrail_pass": 0.0}, "guardrail_pass, distinct_2"),
+        ({"distinct_2": 0.2, "guardrail_passed": 200}, "guardrail_pass, distinct_2"),
     ],
 )
 def test_the_gate_verdict(change: dict[str, float], failed: str | None) -> None:
-    ok, reason = verdict(GOOD | change, FinetuneConfig(diversity_tolerance=0.05))
+    metrics = GOOD | change
+    ok, reason = verdict(metrics, FinetuneConfig(diversity_tolerance=0.05, guardrail_margin=0.05))
     assert ok is (failed is None)
     assert reason.startswith("shipped (" if failed is None else f"rejected: {failed} (")
+    assert "difference >= " in reason and "at 95% (margin 0.05)" in reason
+    assert metrics["guardrail_difference_low"] <= metrics["guardrail_pass"] - 0.8
+
+
+def test_the_pass_rate_bound_covers_at_its_level() -> None:
+    """Equal true pass rates: the one-sided 95% lower bound of the difference is above 0 in
+    about 5% of seeded experiments (Newcombe's interval is close to nominal, a bit wide)."""
+    rng = np.random.default_rng(3)
+    n, p, runs = 120, 0.6, 2000
+    new, old = rng.binomial(n, p, runs), rng.binomial(n, p, runs)
+    above = np.mean(
+        [pass_rate_difference_low(int(a), n, int(b), n) > 0 for a, b in zip(new, old, strict=True)]
+    )
+    assert 0.02 <= above <= 0.06, above

@@ -146,7 +146,15 @@ def test_params_validate_with_exact_messages() -> None:
 def test_params_from_settings() -> None:
     settings = load_settings(min_variant_chars=30, max_variant_chars=300, banned_terms="a,b c")
     params = GuardrailParams.from_settings(settings, known_brands=["X"])
-    assert params == GuardrailParams(30, 300, ("a", "b c"), 0.8, frozenset({"X"}), True)
+    assert params == GuardrailParams(
+        min_chars=30,
+        max_chars=300,
+        banned_terms=("a", "b c"),
+        near_duplicate_threshold=0.8,
+        known_brands=frozenset({"X"}),
+        spelled_numbers=True,
+        labelled_values=True,
+    )
 
 
 def test_every_rules_candidate_of_the_sample_catalog_is_grounded() -> None:
@@ -178,6 +186,7 @@ STRICT = GuardrailParams(
     banned_terms=PARAMS.banned_terms,
     known_brands=PARAMS.known_brands,
     spelled_numbers=True,
+    labelled_values=True,
 )
 
 
@@ -210,6 +219,18 @@ STRICT = GuardrailParams(
             "Sharp and keen, sharp and keen, sharp and keen: a steel knife.",
             "repeated_words: 'sharp and keen' 3x in a row",
         ),
+        (
+            "Oven safe to 260°C. A steel knife. Oven safe to 260°C.",
+            "repeated_sentence: 'oven safe to 260 c'",
+        ),
+        ("- Material: walnut\n- Handle: stainless steel", "mismatched_value: Material: walnut"),
+        ("Weight: 8 inch\nHandle: walnut", "mismatched_value: Weight: 8 inch"),
+        ("Blade length: 8 inch; colour: walnut.", "mismatched_value: colour: walnut"),
+        (
+            "Stainless steel, walnut.\nWeight: 2.5 mm thick",
+            "mismatched_value: Weight: 2.5 mm thick",
+        ),
+        ("- Spine: 2.5 mm, walnut handle", "mismatched_value: Spine: 2.5 mm, walnut handle"),
     ],
 )
 def test_model_failure_modes_are_rejected(text: str, reason: str) -> None:
@@ -224,6 +245,10 @@ def test_model_failure_modes_are_rejected(text: str, reason: str) -> None:
         "Crème-smooth cuts: stainless steel, walnut, and a grey BPA-free sheath.",
         "- Blade: 8 inch, stainless steel\n- Handle: walnut\n- Weight: 210 g",
         "One knife for every job: stainless steel, walnut, grey.",  # "one" states no count
+        "Weight: 210 grams; colour: gray.\nSpine: 9/16 inch",  # unit spellings, aliases
+        "The details: handle walnut, weight 210 g.",  # not an attribute's label
+        "Specifications: stainless steel\n- Handle: a warm walnut, oiled",
+        "A walnut handle. A steel blade. A walnut handle, twice is too much? No: once.",
     ],
 )
 def test_faithful_generated_texts_pass_the_strict_checks(text: str) -> None:
@@ -317,3 +342,47 @@ def test_planted_contradictions_across_the_catalog_never_pass() -> None:
     assert wrong_reason == []
     assert set(planted_by_kind) == set(EXPECTED)
     assert sum(planted_by_kind.values()) >= 500, planted_by_kind
+
+
+def swap_labelled_values(text: str, product: ProductIn) -> list[str]:
+    """Copies of a "Label: value" text with the values of two of its labelled lines swapped,
+    for each pair of lines whose attributes share no word or number."""
+    facts = FactSheet.of(product)
+    lines = text.splitlines()
+    labelled = []
+    for index, line in enumerate(lines):
+        label, sep, value = line.partition(": ")
+        allowed = facts.labels.get(label.lower())
+        if sep and allowed is not None:
+            labelled.append((index, label, value, allowed))
+    swapped = []
+    for a, (i, label_i, value_i, allowed_i) in enumerate(labelled):
+        for j, label_j, value_j, allowed_j in labelled[a + 1 :]:
+            if allowed_i.words & allowed_j.words or allowed_i.numbers & allowed_j.numbers:
+                continue
+            copy = list(lines)
+            copy[i], copy[j] = f"{label_i}: {value_j}", f"{label_j}: {value_i}"
+            swapped.append("\n".join(copy))
+    return swapped
+
+
+def test_swapped_attribute_values_across_the_catalog_never_pass() -> None:
+    """The rules backend's spec sheet of every product passes; every copy of it with two
+    attributes' values swapped ("Capacity: red", "Weight: 58 HRC": each fact is in the data,
+    the pairing is not) is rejected as a mismatched value."""
+    products = read_catalog(SAMPLE_CATALOG)
+    brands = {str(p.attributes["brand"]) for p in products}
+    params = GuardrailParams.from_settings(load_settings(), known_brands=brands)
+    rules = RulesGenerator(seed=0)
+    planted = 0
+    passing: list[tuple[str, str, str | None]] = []
+    for product in products:
+        [sheet] = rules.generate(product, ["technical"], 1)
+        assert check(sheet.text, product, [], params).ok, product.product_id
+        for text in swap_labelled_values(sheet.text, product):
+            planted += 1
+            verdict = check(text, product, [], params)
+            if reason_kind(verdict.reason) != "mismatched_value":
+                passing.append((product.product_id, text, verdict.reason))
+    assert passing == []
+    assert planted >= 1000, planted
