@@ -186,18 +186,23 @@ def catalog_texts(products: Iterable[Any]) -> list[str]:
 
 
 def teacher_texts(
-    products: Iterable[ProductLike], seeds: int = 3, per_style: int = 3
+    products: Iterable[ProductLike],
+    styles: Sequence[str] | None = None,
+    seeds: int = 3,
+    per_style: int = 3,
 ) -> list[tuple[ProductLike, str, str]]:
     """(product, style, text) for every distinct candidate the rules backend writes for
-    `products` in every style, over `seeds` seeds and `per_style` rounds: the distillation set."""
+    `products` in `styles` (default: all), over `seeds` seeds and `per_style` rounds: the
+    distillation set."""
     from generator.rules import STYLES, RulesGenerator
 
+    styles = STYLES if styles is None else tuple(styles)
     seen: dict[tuple[str, str, str], tuple[ProductLike, str, str]] = {}
     products = list(products)
     for seed in range(seeds):
         rules = RulesGenerator(seed=seed)
         for product in products:
-            for c in rules.generate(product, STYLES, per_style * len(STYLES)):
+            for c in rules.generate(product, styles, per_style * len(styles)):
                 seen.setdefault((product.product_id, c.style, c.text), (product, c.style, c.text))
     return list(seen.values())
 
@@ -267,6 +272,7 @@ def build_warm_tiny_lm(
     out_dir: str | Path,
     products: Sequence[ProductLike],
     *,
+    styles: Sequence[str] | None = None,
     steps: int = 300,
     seed: int = 0,
     vocab_size: int = 4096,
@@ -275,19 +281,34 @@ def build_warm_tiny_lm(
     n_head: int = 4,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[Path, list[float]]:
-    """A tiny GPT-2 that has learned to write the rules backend's copy for `products` (see the
-    module docstring): the tokenizer is trained on the catalog's texts, the prompts and the
-    teacher texts, so that both take few tokens. Returns the directory and the losses."""
+    """A tiny GPT-2 that has learned to write the rules backend's copy for `products` in
+    `styles` (default: all; the others it has never seen written: something to learn from
+    winners later), see the module docstring. The tokenizer is trained on the catalog's texts,
+    the prompts and the teacher texts, so that both take few tokens. Returns the directory and
+    the losses."""
     from generator.prompts import build_prompt
     from generator.rules import STYLES
 
-    teacher = teacher_texts(products)
+    teacher = teacher_texts(products, styles)
     texts = catalog_texts(products)
     texts += [build_prompt(p, s) for p in products[:1] for s in STYLES]
     texts += [text for _, _, text in teacher]
     out = build_tiny_causal_lm(out_dir, texts, vocab_size=vocab_size, seed=seed,
                                n_layer=n_layer, n_embd=n_embd, n_head=n_head)  # fmt: skip
     return out, distil(out, teacher, steps=steps, seed=seed, progress=progress)
+
+
+def spread_pairs(products: Sequence[ProductLike], n: int) -> list[ProductLike]:
+    """`n` products spread over `products` in neighbouring pairs (the sample catalog lists
+    product families two by two: a 5.5 qt and a 3.5 qt Dutch oven), so that what a model
+    learns from one family member can carry over to the other.
+
+    >>> spread_pairs(list(range(128)), 6)
+    [0, 1, 42, 43, 84, 85]
+    """
+    pairs = max(1, n // 2)
+    step = max(2, len(products) // pairs // 2 * 2)
+    return [p for start in range(0, len(products), step) for p in products[start : start + 2]][:n]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -307,9 +328,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--steps", type=int, default=300, help="Distillation steps (--warm).")
     parser.add_argument(
-        "--products", type=int, default=16, help="Sample products to distil on, spread over "
-        "the catalog (--warm; more products need more steps)."
+        "--products", type=int, default=16, help="Sample products to distil on, in pairs of a "
+        "family spread over the catalog (--warm; more products need more steps)."
     )  # fmt: skip
+    parser.add_argument(
+        "--styles", default=None, help="Comma-separated styles to distil (--warm; default: all)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sample = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
@@ -317,13 +341,14 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.warm:
         build = build_tiny_seq2seq if args.seq2seq else build_tiny_causal_lm
         return build(args.out_dir, catalog_texts(products), seed=args.seed)
-    chosen = products[:: max(1, len(products) // max(1, args.products))][: args.products]
+    chosen = spread_pairs(products, args.products)
     columns = (TextColumn("distil"), BarColumn(), TextColumn("{task.completed}/{task.total} "
                "loss {task.fields[loss]:.3f}"), TimeRemainingColumn())  # fmt: skip
     with Progress(*columns) as bar:
         task = bar.add_task("distil", total=args.steps, loss=float("nan"))
         out, losses = build_warm_tiny_lm(
             args.out_dir, chosen, steps=args.steps, seed=args.seed,
+            styles=args.styles.split(",") if args.styles else None,
             progress=lambda done, _, loss: bar.update(task, completed=done, loss=loss),
         )  # fmt: skip
     print(f"{out}: {len(chosen)} products, loss {losses[0]:.3f} -> {losses[-1]:.3f}")  # noqa: T201

@@ -4,6 +4,8 @@ set), a real Kafka-protocol broker (tansu) for the session, settings pointing at
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,20 @@ from copyloop.settings import Settings, load_settings
 PG_URL = os.environ.get("COPYLOOP_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """`copyloop ARGS…` in a child process with `env`, as an operator runs it; asserts exit 0
+    and returns its stdout."""
+    out = subprocess.run(
+        [sys.executable, "-m", "copyloop", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-4000:])
+    return out.stdout
 
 
 @pytest.fixture(params=BACKENDS)

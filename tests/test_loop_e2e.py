@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,6 +21,7 @@ from kafka import KafkaProducer
 from copyloop.broker import EmbeddedBroker, free_port
 from copyloop.runner import Stack, settings_env
 from copyloop.settings import Settings
+from tests.conftest import cli
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -68,18 +67,6 @@ def write_catalog(path: Path, n: int) -> list[str]:
                 + "\n"
             )
     return ids
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "copyloop", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 #: The shoppers' taste: click probability by (device, style); the original copy is mediocre.

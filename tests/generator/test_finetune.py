@@ -25,6 +25,7 @@ from generator.finetune import (
     FinetuneError,
     due,
     main,
+    parse_overrides,
     pass_rate_difference_low,
     split_heldout,
     verdict,
@@ -254,3 +255,39 @@ def test_the_pass_rate_bound_covers_at_its_level() -> None:
         [pass_rate_difference_low(int(a), n, int(b), n) > 0 for a, b in zip(new, old, strict=True)]
     )
     assert 0.02 <= above <= 0.06, above
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--set", "epochs=3"], 2, "unknown finetune setting 'epochs' (known: base_model"),
+        (["--set", "sft_steps=many"], 2, "finetune setting sft_steps takes a int, got 'many'"),
+        (["--set", "sft_steps"], 2, "--set takes KEY=VALUE, got 'sft_steps'"),
+        (["--set", "lora_r=0"], 2, "lora_r must be >= 1, got 0"),
+        ([], 1, "no base model: set COPYLOOP_GENERATOR_MODEL"),
+    ],
+)
+def test_cli_finetune_refuses_bad_settings_with_its_exit_code(
+    database_url: str, args: list[str], code: int, message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COPYLOOP_GENERATOR_MODEL"}
+    env["COPYLOOP_DATABASE_URL"] = database_url
+    out = subprocess.run(
+        [sys.executable, "-m", "copyloop", "finetune", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert message in " ".join(out.stderr.split())
+
+
+def test_parse_overrides_types_every_kind() -> None:
+    assert parse_overrides(["gate_max_new_tokens=none", "lora_dropout=0.1"]) == {
+        "gate_max_new_tokens": None,
+        "lora_dropout": 0.1,
+    }
+    assert parse_overrides(["base-model=/m", "seed=3"]) == {"base_model": "/m", "seed": 3}
+    with pytest.raises(ValueError, match=r"^unknown finetune setting 'dry_run'"):
+        parse_overrides(["dry_run=true"])

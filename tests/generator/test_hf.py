@@ -33,6 +33,7 @@ from generator.hf import GenerationRequest, HFGenerator  # noqa: E402
 from generator.jobs import generate_variants, reject_counts  # noqa: E402
 
 PRODUCTS = read_catalog(SAMPLE_CATALOG)
+SettingsFactory = Callable[..., Settings]
 MODELS = ["tiny_causal_lm", "tiny_seq2seq"]
 
 
@@ -175,8 +176,6 @@ def test_bf16_on_cuda(tiny_causal_lm: Path) -> None:
 
 # -- into the ledger --------------------------------------------------------------------------
 
-SettingsFactory = Callable[..., Settings]
-
 
 @pytest.fixture
 def two_products(sessions: sessionmaker[Session]) -> list[ProductIn]:
@@ -281,3 +280,37 @@ def test_cli_generate_with_hf_reports_throughput(
     assert out.returncode == 0, out.stderr
     assert "variants: GenerateReport(products=2" in out.stdout
     assert "products/s" in out.stdout and "tokens/s" in out.stdout
+
+
+def test_a_static_cache_writes_what_the_dynamic_one_does(model_path: Path) -> None:
+    """Greedy decoding into a preallocated cache, prompts padded to a multiple of 64 tokens (the
+    CUDA default, compiled there), gives the same texts as the dynamic cache on the CPU."""
+    requests = [GenerationRequest(p, ("concise", "bullets"), 2) for p in PRODUCTS[:3]]
+    dynamic = generator(model_path, temperature=0.0, static_cache=False)
+    static = generator(model_path, temperature=0.0, static_cache=True)
+    assert static.static_cache and not dynamic.static_cache
+    assert static.generate_many(requests).candidates == dynamic.generate_many(requests).candidates
+
+
+def test_from_settings_reads_the_generator_settings(
+    tiny_causal_lm: Path, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(
+        generator_temperature=0.0,
+        generator_top_p=0.5,
+        generator_batch_size=3,
+        generator_dtype="float64",
+        generator_static_cache=True,
+        max_variant_chars=90,
+        seed=9,
+    )
+    gen = HFGenerator.from_settings(tiny_causal_lm, settings, version="v", top_p=0.7)
+    assert (gen.temperature, gen.top_p, gen.batch_size, gen.max_new_tokens, gen.seed) == (
+        0.0,
+        0.7,
+        3,
+        30,
+        9,
+    )
+    assert gen.model.dtype == torch.float64 and gen.static_cache and not gen.compile
+    assert gen.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
