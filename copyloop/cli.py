@@ -333,11 +333,15 @@ def finetune(
 
 
 @generator_app.command("versions")
-def generator_versions() -> None:
-    """Every generator version, oldest first; `*` marks the current one."""
+def generator_versions(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON.")] = False,
+) -> None:
+    """Every generator version, oldest first (`*` marks the current one), and what each wrote:
+    candidates accepted and rejected by the guardrails, with the commonest reject reasons."""
     from rich.table import Table
 
     from copyloop.ledger import make_engine, make_sessionmaker
+    from generator.jobs import version_counts
     from generator.versions import list_versions, newest_shipped
 
     settings = _settings()
@@ -346,8 +350,17 @@ def generator_versions() -> None:
         sessions = make_sessionmaker(engine)
         rows = list_versions(sessions)
         current = newest_shipped(sessions, base_model=settings.generator_model)
+        counts = version_counts(sessions)
     finally:
         engine.dispose()
+    if as_json:
+        out = [
+            {**asdict(v), "current": current is not None and v.version == current.version}
+            | {"candidates": asdict(counts[v.version]) if v.version in counts else None}
+            for v in rows
+        ]
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
     table = Table("", "version", "status", "base", "adapter", "parent", "created", "gate")
     for v in rows:
         created = datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M")
@@ -362,7 +375,22 @@ def generator_versions() -> None:
             created,
             v.gate_reason or "",
         )
-    Console(width=200).print(table)
+    written = Table(
+        "written by", "active", "retired", "rejected", "pass rate", "top reject reasons"
+    )
+    for version, c in counts.items():
+        top = sorted(c.rejects.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        written.add_row(
+            version,
+            str(c.statuses.get("active", 0)),
+            str(c.statuses.get("retired", 0)),
+            str(c.statuses.get("rejected", 0)),
+            f"{c.pass_rate:.0%}",
+            ", ".join(f"{reason} {n}" for reason, n in top),
+        )
+    console = Console(width=200)
+    console.print(table)
+    console.print(written)
 
 
 @generator_app.command("rollback")

@@ -203,19 +203,45 @@ def _prefetch(
     return _Prefetched(pools, result.stats)
 
 
+@dataclass(frozen=True, slots=True)
+class VersionCounts:
+    """What one generator version wrote: candidates by status (`active`, `retired`,
+    `rejected`) and the rejects by reason code."""
+
+    statuses: dict[str, int]
+    rejects: dict[str, int]
+
+    @property
+    def pass_rate(self) -> float:
+        """Share of its candidates that passed the guardrails (active or retired since)."""
+        total = sum(self.statuses.values())
+        return (total - self.statuses.get("rejected", 0)) / total if total else 0.0
+
+
+def version_counts(sessions: sessionmaker[Session]) -> dict[str, VersionCounts]:
+    """Non-control candidates per generator version (`rules-1`, `hf-base-…`, fine-tuned ones)."""
+    statuses: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    rejects: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    with sessions() as session:
+        rows = session.execute(
+            select(Variant.generator_version, Variant.status, Variant.reject_reason, func.count())
+            .where(Variant.source != CONTROL_SOURCE)
+            .group_by(Variant.generator_version, Variant.status, Variant.reject_reason)
+        )
+        for version, status, reason, n in rows:
+            statuses[version][status] += n
+            if status == "rejected":
+                rejects[version][reason_kind(reason)] += n
+    return {
+        v: VersionCounts(dict(sorted(statuses[v].items())), dict(sorted(rejects[v].items())))
+        for v in sorted(statuses)
+    }
+
+
 def reject_counts(sessions: sessionmaker[Session]) -> dict[str, dict[str, int]]:
     """Rejected variants per generator version and reason code, e.g.
     `{"hf-base-…": {"unsupported_number": 12, "garbled": 40}, "rules-1": {"banned_term": 1}}`."""
-    counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    with sessions() as session:
-        rows = session.execute(
-            select(Variant.generator_version, Variant.reject_reason, func.count())
-            .where(Variant.status == "rejected")
-            .group_by(Variant.generator_version, Variant.reject_reason)
-        )
-        for version, reason, n in rows:
-            counts[version][reason_kind(reason)] += n
-    return {version: dict(sorted(c.items())) for version, c in sorted(counts.items())}
+    return {v: c.rejects for v, c in version_counts(sessions).items() if c.rejects}
 
 
 def _load(
