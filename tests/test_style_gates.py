@@ -18,9 +18,7 @@ pytestmark = pytest.mark.timeout(900)
 def test_ruff_is_clean() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ruff", "check", *PACKAGES, "tests", "bench"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stdout[-4000:]
 
@@ -28,8 +26,6 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports", *PACKAGES],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stdout[-4000:]

@@ -31,10 +31,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     env.pop("COPYLOOP_KAFKA_BOOTSTRAP", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "copyloop", "up", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 90
@@ -65,11 +62,7 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COPYLOOP_")}
     out = subprocess.run(
         [sys.executable, "-m", "copyloop", "demo", "--impressions", "2500", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=500,
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
