@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     finetune_output_dir: str = Field(
         "./var/generator", description="Where fine-tuned adapters are written (<dir>/<version>)."
     )
+    finetune_options: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Training knobs of every round (scheduler and CLI), as space-separated "
+        "KEY=VALUE pairs of generator.finetune.FinetuneConfig, e.g. 'sft_steps=200 lora_r=16 "
+        "target_modules=q_proj,v_proj'; the CLI's --set wins over them.",
+    )
 
     @field_validator("holdout")
     @classmethod
@@ -169,6 +175,15 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("finetune_options", mode="before")
+    @classmethod
+    def _split_options(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return value.split()
         return value
 
     @model_validator(mode="after")

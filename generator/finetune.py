@@ -364,7 +364,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def config_from_settings(settings: Settings, **overrides: Any) -> FinetuneConfig:
     """The scheduler's and the CLI's round: base model, output dir, seed and data thresholds
-    from the settings, training knobs at their defaults unless overridden."""
+    from the settings, then `finetune_options` (`COPYLOOP_FINETUNE_OPTIONS`, the training knobs
+    as `KEY=VALUE` pairs), then `overrides` (the CLI's ``--set``). Raises ValueError for an
+    unknown or mistyped option."""
     values: dict[str, Any] = {
         "base_model": settings.generator_model,
         "output_dir": settings.finetune_output_dir,
@@ -372,6 +374,7 @@ def config_from_settings(settings: Settings, **overrides: Any) -> FinetuneConfig
         "min_exposure": settings.winner_min_exposure,
         "seed": settings.seed,
     }
+    values.update(parse_overrides(settings.finetune_options))
     values.update(overrides)
     return FinetuneConfig(**values)
 

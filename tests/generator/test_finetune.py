@@ -23,6 +23,7 @@ from copyloop.settings import Settings
 from generator.finetune import (
     FinetuneConfig,
     FinetuneError,
+    config_from_settings,
     due,
     main,
     parse_overrides,
@@ -291,3 +292,20 @@ def test_parse_overrides_types_every_kind() -> None:
     assert parse_overrides(["base-model=/m", "seed=3"]) == {"base_model": "/m", "seed": 3}
     with pytest.raises(ValueError, match=r"^unknown finetune setting 'dry_run'"):
         parse_overrides(["dry_run=true"])
+
+
+def test_settings_carry_the_training_knobs_and_the_cli_wins(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(
+        generator_model="/m", finetune_options="sft_steps=7 target_modules=c_attn,c_fc lora_r=4"
+    )
+    cfg = config_from_settings(settings, **parse_overrides(["lora_r=2"]))
+    assert (cfg.sft_steps, cfg.target_modules, cfg.lora_r, cfg.base_model) == (
+        7,
+        ("c_attn", "c_fc"),
+        2,
+        "/m",
+    )
+    with pytest.raises(ValueError, match=r"^unknown finetune setting 'epochs'"):
+        config_from_settings(make_settings(finetune_options="epochs=3"))
