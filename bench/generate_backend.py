@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from copyloop.catalog import read_catalog
     from copyloop.settings import load_settings
+    from generator.facts import FactSheet
     from generator.guardrails import GuardrailParams, check
     from generator.hf import GenerationRequest, HFGenerator
     from generator.rules import STYLES
@@ -112,9 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings: list[float] = []
     passed = total = 0
     for product, candidates in zip(products, written.candidates, strict=True):
+        facts = FactSheet.of(product)  # once per product, as generate_variants does
         for c in candidates:
             started = time.perf_counter()
-            verdict = check(c.text, product, [product.description], params)
+            verdict = check(c.text, facts, [product.description], params)
             timings.append(time.perf_counter() - started)
             passed += verdict.ok
             total += 1

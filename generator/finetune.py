@@ -448,6 +448,7 @@ def sample_quality(
     """Sample `gate_samples` texts per (held-out product, style) from one version and measure
     them: `guardrail_passed` of `guardrail_asked` (empty or duplicate outputs fail),
     `guardrail_pass` (their ratio) and `distinct_2` (unique word bigrams / bigrams)."""
+    from generator.facts import FactSheet
     from generator.guardrails import GuardrailParams, check
     from generator.hf import GenerationRequest, HFGenerator
     from generator.rules import STYLES
@@ -476,9 +477,10 @@ def sample_quality(
     passed, texts = 0, []
     for request, candidates in zip(requests, result.candidates, strict=True):
         siblings = data.siblings.get(request.product.product_id, {})
+        facts = FactSheet.of(request.product)
         for c in candidates:
             texts.append(c.text)
-            passed += check(c.text, request.product, siblings, params).ok
+            passed += check(c.text, facts, siblings, params).ok
     return {
         "guardrail_passed": passed,
         "guardrail_asked": asked,
