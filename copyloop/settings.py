@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
@@ -167,23 +167,16 @@ class Settings(BaseSettings):
             raise ValueError(f"holdout must be in [0, 1], got {value}")
         return value
 
-    @field_validator("banned_terms", mode="before")
+    @field_validator("banned_terms", "finetune_options", mode="before")
     @classmethod
-    def _split_terms(cls, value: object) -> object:
-        # Environment variables are strings: accept a comma-separated list as well as JSON.
+    def _split_lists(cls, value: object, info: ValidationInfo) -> object:
+        # Environment variables are strings: accept JSON, or terms separated by commas (banned
+        # terms hold spaces) or KEY=VALUE options separated by spaces (values hold commas).
         if isinstance(value, str):
             if value.lstrip().startswith("["):
                 return json.loads(value)
-            return [t.strip() for t in value.split(",") if t.strip()]
-        return value
-
-    @field_validator("finetune_options", mode="before")
-    @classmethod
-    def _split_options(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return value.split()
+            parts = value.split(",") if info.field_name == "banned_terms" else value.split()
+            return [t.strip() for t in parts if t.strip()]
         return value
 
     @model_validator(mode="after")

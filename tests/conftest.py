@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -18,11 +20,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from copyloop.broker import EmbeddedBroker, free_port
 from copyloop.ledger import make_engine, make_sessionmaker
 from copyloop.migrations import upgrade
+from copyloop.runner import Stack
 from copyloop.settings import Settings, load_settings
 
 PG_URL = os.environ.get("COPYLOOP_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 SAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+
+
+#: Settings that make the loop turn in seconds: short windows, frequent snapshots and reloads.
+FAST_LOOP: dict[str, float] = {
+    "reward_window_s": 1.5,
+    "close_grace_s": 0.5,
+    "clock_skew_s": 1.0,
+    "snapshot_every_s": 0.5,
+    "model_reload_s": 0.3,
+    "catalog_refresh_s": 0.5,
+}
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
@@ -37,6 +51,20 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     )
     assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-4000:])
     return out.stdout
+
+
+def api_keys(env: dict[str, str], *roles: str) -> dict[str, str]:
+    """A new API key per role, created through the CLI as an operator does."""
+    return {r: cli(env, "keys", "create", "--role", r).strip().splitlines()[-1] for r in roles}
+
+
+def wait_for_model(client: httpx.Client, stack: Stack, timeout_s: float = 60) -> None:
+    """Until the API serves with a model (the consumer writes the first one at start)."""
+    deadline = time.monotonic() + timeout_s
+    while not client.get("/healthz").json().get("model_version"):
+        assert time.monotonic() < deadline, "no model was ever loaded"
+        stack.check()
+        time.sleep(0.2)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 from copyloop.broker import EmbeddedBroker, free_port
 from copyloop.runner import Stack, settings_env
 from copyloop.settings import Settings
-from tests.conftest import cli
+from tests.conftest import FAST_LOOP, api_keys, cli, wait_for_model
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -86,12 +86,7 @@ def test_outside_client_counts_match_and_bandit_wins(
         topic_prefix=f"e2e{uuid.uuid4().hex[:8]}",
         consumer_group=f"e2e{uuid.uuid4().hex[:8]}",
         topic_partitions=2,
-        reward_window_s=1.5,
-        close_grace_s=0.5,
-        clock_skew_s=1.0,
-        snapshot_every_s=0.5,
-        model_reload_s=0.3,
-        catalog_refresh_s=0.5,
+        **FAST_LOOP,
         api_port=free_port(),
         spool_dir=str(tmp_path / "spool"),
         holdout=0.2,
@@ -100,10 +95,7 @@ def test_outside_client_counts_match_and_bandit_wins(
     catalog = tmp_path / "catalog.jsonl"
     ids = write_catalog(catalog, 16)
     assert "16 created" in cli(env, "catalog", "import", str(catalog))
-    keys = {
-        r: cli(env, "keys", "create", "--role", r).strip().splitlines()[-1]
-        for r in ("serve", "events", "analyst")
-    }
+    keys = api_keys(env, "serve", "events", "analyst")
 
     rng = np.random.default_rng(2024)
     sent: dict[str, Counter[str]] = {k: Counter() for k in ("imp", "click", "buy")}
@@ -116,11 +108,7 @@ def test_outside_client_counts_match_and_bandit_wins(
         events_h = {"Authorization": f"Bearer {keys['events']}"}
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
         with httpx.Client(base_url=base, timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while not client.get("/healthz").json().get("model_version"):
-                assert time.monotonic() < deadline, "no model was ever loaded"
-                stack.check()
-                time.sleep(0.2)
+            wait_for_model(client, stack)
             for i in range(n_views):
                 device = "mobile" if rng.random() < 0.5 else "desktop"
                 pid = ids[int(rng.integers(len(ids)))]

@@ -26,7 +26,7 @@ from copyloop.ledger import Decision, Reward, Variant
 from copyloop.runner import Stack, settings_env
 from copyloop.settings import Settings
 from generator.versions import base_version_name, list_versions
-from tests.conftest import cli
+from tests.conftest import FAST_LOOP, api_keys, cli, wait_for_model
 from tests.generator.conftest import WarmModel
 
 pytest.importorskip("transformers")
@@ -115,12 +115,7 @@ def test_generate_serve_finetune_and_serve_the_new_version(
     model = str(warm_tiny_lm.path)
     settings = make_settings(
         kafka_bootstrap=broker.bootstrap,
-        reward_window_s=1.0,
-        close_grace_s=0.5,
-        clock_skew_s=1.0,
-        snapshot_every_s=0.5,
-        model_reload_s=0.3,
-        catalog_refresh_s=0.5,
+        **FAST_LOOP,
         api_port=free_port(),
         holdout=0.3,
         generator_backend="hf",
@@ -141,19 +136,12 @@ def test_generate_serve_finetune_and_serve_the_new_version(
     base = base_version_name(model)
     first = versions_of(sessions)
     assert set(first.values()) == {base} and len(first) >= len(ids) // 2, len(first)
-    keys = {
-        role: cli(env, "keys", "create", "--role", role).strip().splitlines()[-1]
-        for role in ("serve", "analyst")
-    }
+    keys = api_keys(env, "serve", "analyst")
 
     with Stack(settings, roles=("serve", "consume")) as stack:
         base_url = f"http://{settings.api_host}:{settings.api_port}"
         with httpx.Client(base_url=base_url, timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while not client.get("/healthz").json().get("model_version"):
-                assert time.monotonic() < deadline, "no model was ever loaded"
-                stack.check()
-                time.sleep(0.2)
+            wait_for_model(client, stack)
             shoppers = Shoppers(client, keys["serve"], settings, seed=7)
             try:
                 # 2. The bandit serves them and learns what the shoppers click.
