@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from copyloop.settings import Settings, load_settings
 
@@ -544,6 +545,18 @@ def main() -> None:
         err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(2)
     except typer.Abort:
+        sys.exit(1)
+    except (OperationalError, ProgrammingError) as exc:
+        text = str(exc.orig)
+        if "no such table" in text or ("relation" in text and "does not exist" in text):
+            err.print(
+                f"error: the ledger has no tables yet ({text.splitlines()[0]}): run "
+                "`copyloop db upgrade` (COPYLOOP_DATABASE_URL names the database)",
+                highlight=False,
+                markup=False,
+            )
+        else:
+            err.print(f"error: {type(exc).__name__}: {exc}", highlight=False, markup=False)
         sys.exit(1)
     except Exception as exc:
         show = getattr(exc, "show", None)

@@ -98,3 +98,14 @@ def test_report_formats(database_url: str, tmp_path: Path) -> None:
     assert "<svg" in html.read_text()
     out = run(database_url, "report", "--format", "csv")
     assert out.returncode == 0 and out.stdout.startswith("section,key,impressions")
+
+
+def test_a_ledger_without_tables_is_named_with_the_command_that_makes_them(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (["generator", "versions"], ["report", "--out", str(tmp_path / "r.html")]):
+        out = run(url, *args)
+        assert out.returncode == 1, out.stderr
+        assert "the ledger has no tables yet (no such table: " in out.stderr
+        assert "run `copyloop db upgrade`" in " ".join(out.stderr.split())
