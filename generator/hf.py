@@ -153,7 +153,7 @@ class HFGenerator:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         try:
             import torch
-            import transformers
+            import transformers  # noqa: F401  (available? the API installs without it)
         except ImportError as exc:  # the API and consumer install without the generator extra
             raise BackendUnavailableError(
                 "the hf backend needs torch and transformers: pip install 'copyloop[generator]'"
@@ -177,19 +177,7 @@ class HFGenerator:
             raise ValueError(f"dtype must name a torch dtype, got {dtype!r}")
         where = str(model_path)
         try:
-            config = transformers.AutoConfig.from_pretrained(
-                where, local_files_only=local_files_only
-            )
-            self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-            auto = (
-                transformers.AutoModelForSeq2SeqLM
-                if self.is_encoder_decoder
-                else transformers.AutoModelForCausalLM
-            )
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                where, local_files_only=local_files_only
-            )
-            model: Any = auto.from_pretrained(
+            model, tokenizer, self.is_encoder_decoder = load_pretrained(
                 where, dtype=torch_dtype, local_files_only=local_files_only
             )
         except (OSError, ValueError, KeyError) as exc:
@@ -198,8 +186,6 @@ class HFGenerator:
             ) from exc
         if adapter_path is not None:
             model = _apply_adapter(model, str(adapter_path))
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
         tokenizer.truncation_side = "left"  # keep the end of the prompt: the cue to continue
         self.tokenizer = tokenizer
@@ -359,6 +345,26 @@ class HFGenerator:
         decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         cleaned = [clean_text(t) for t in decoded]
         return [cleaned[i * samples : (i + 1) * samples] for i in range(len(texts))], n_tokens
+
+
+def load_pretrained(
+    where: str, *, dtype: Any = None, local_files_only: bool = True
+) -> tuple[Any, Any, bool]:
+    """(model, tokenizer, is_encoder_decoder) of a local model directory (or a cached id): an
+    `AutoModelForSeq2SeqLM` when its config says `is_encoder_decoder`, else an
+    `AutoModelForCausalLM`, in `dtype` when given. A tokenizer without a pad token pads with
+    its end-of-sequence token. Generation, fine-tuning and distillation all load through here."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(where, local_files_only=local_files_only)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
+    tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    options = {} if dtype is None else {"dtype": dtype}
+    model = auto.from_pretrained(where, local_files_only=local_files_only, **options)
+    return model, tokenizer, seq2seq
 
 
 def _apply_adapter(model: Any, adapter_path: str) -> Any:

@@ -222,8 +222,8 @@ def distil(
     prompt (loss on the completion only, one-cycle learning rate), save it back, and return
     each step's loss. `progress(step, steps, loss)` after each step."""
     import torch
-    import transformers
 
+    from generator.hf import load_pretrained
     from generator.training import Example, collate, completion_logps, encode
 
     if steps < 1:
@@ -231,10 +231,7 @@ def distil(
     if not teacher:
         raise ValueError("teacher must hold at least one (product, style, text)")
     where = str(model_dir)
-    config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
-    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
-    tokenizer = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True)
+    model, tokenizer, seq2seq = load_pretrained(where)
     examples: list[Example] = [
         encode(tokenizer, product, style, text, max_length, seq2seq)
         for product, style, text in teacher
@@ -243,7 +240,6 @@ def distil(
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = auto.from_pretrained(where, local_files_only=True)
         model.train()
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0

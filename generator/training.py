@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-import transformers
 from peft import LoraConfig, TaskType, get_peft_model
 
+from generator.hf import load_pretrained
 from generator.prompts import build_prompt, format_for_model
 
 if TYPE_CHECKING:
@@ -48,19 +48,7 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        config = transformers.AutoConfig.from_pretrained(base_model, local_files_only=True)
-        self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        auto = (
-            transformers.AutoModelForSeq2SeqLM
-            if self.seq2seq
-            else transformers.AutoModelForCausalLM
-        )
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            base_model, local_files_only=True
-        )
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = auto.from_pretrained(base_model, dtype=dtype, local_files_only=True)
+        base, self.tokenizer, self.seq2seq = load_pretrained(base_model, dtype=dtype)
         lora = LoraConfig(
             task_type=TaskType.SEQ_2_SEQ_LM if self.seq2seq else TaskType.CAUSAL_LM,
             r=cfg.lora_r,
@@ -68,7 +56,7 @@ class Trainer:
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules) if cfg.target_modules else None,
             # GPT-2 stores its projections as Conv1D (in × out): LoRA must transpose.
-            fan_in_fan_out=config.model_type == "gpt2",
+            fan_in_fan_out=base.config.model_type == "gpt2",
         )
         with warnings.catch_warnings():
             # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias.
