@@ -18,15 +18,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
-from api.auth import KeyCache
 from api.catalog_cache import CatalogCache
 from api.deps import Resources
+from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder
 from api.publisher import Publisher
 from api.routes import decisions, events, health, products, reports
-from copyloop.ledger import make_engine, make_sessionmaker
-from copyloop.settings import Settings
+from core.ledger import make_engine, make_sessionmaker
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

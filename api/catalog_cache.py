@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.background import Periodic
 from bandit import Arm, ProductFeatures
 from bandit.vw_format import arm_lines
-from copyloop.ledger.tables import Product, Variant
+from core.ledger.tables import Product, Variant
 
 log = logging.getLogger(__name__)
 

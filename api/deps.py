@@ -8,20 +8,18 @@ dependencies are `async def` so FastAPI calls them on the event loop, not via a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.catalog_cache import CatalogCache
+from api.keys import KeyCache
 from api.metrics import Metrics
 from api.policy_holder import PolicyHolder
 from api.publisher import Publisher
-from copyloop.settings import Settings
-
-if TYPE_CHECKING:  # api.auth depends on this module for its dependency
-    from api.auth import KeyCache
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

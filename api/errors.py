@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from copyloop.catalog import CatalogError
+from core.catalog import CatalogError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.background import Periodic
 from bandit import ModelLoadError, Policy
-from copyloop.ledger.snapshots import latest_version, load_latest
+from core.ledger.snapshots import latest_version, load_latest
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from api.spool import Record, Spool
-from copyloop.broker import BrokerError, ensure_topics
+from core.broker import BrokerError, ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from copyloop.messages import Id
+from core.messages import Id
 
 MAX_CONTEXT_KEYS = 64
 

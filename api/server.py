@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
-from copyloop.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 SETTINGS_ENV = "COPYLOOP_API_SETTINGS_JSON"
 

@@ -57,8 +57,8 @@ def prepare_ledger(settings, with_snapshot: bool = True) -> dict[str, str]:  # t
 
     from bandit import Policy
     from copyloop.demo import _prepare
-    from copyloop.ledger import make_engine, make_sessionmaker, snapshots
-    from copyloop.migrations import upgrade
+    from core.ledger import make_engine, make_sessionmaker, snapshots
+    from core.migrations import upgrade
 
     upgrade(settings.database_url)
     keys = _prepare(settings, Console(stderr=True, quiet=True))

@@ -39,9 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, git_rev, loadavg  # noqa: E402
 
-from copyloop.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
 from copyloop.runner import settings_env  # noqa: E402
-from copyloop.settings import Settings, load_settings  # noqa: E402
+from core.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 
 DEVICES = ("mobile", "desktop", "tablet")
 SEGMENTS = ("new", "returning", "loyal")
@@ -409,7 +409,7 @@ def main() -> None:
     )
     broker = EmbeddedBroker(port).start()
     try:
-        from copyloop.migrations import upgrade
+        from core.migrations import upgrade
 
         upgrade(db_url)
         ensure_topics(

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from copyloop.catalog import read_catalog
-    from copyloop.settings import load_settings
+    from core.catalog import SAMPLE_CATALOG, read_catalog
+    from core.settings import load_settings
     from generator.facts import FactSheet
     from generator.guardrails import GuardrailParams, check
     from generator.hf import GenerationRequest, HFGenerator
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sample = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+    sample = SAMPLE_CATALOG
     catalog = read_catalog(sample)
     products = spread_pairs(catalog, args.products)
     requests = [GenerationRequest(p, STYLES, args.samples * len(STYLES)) for p in products]

@@ -27,9 +27,9 @@ from consume import _messages  # noqa: E402
 
 from consumer.join import _decision_row, _event_row, ingest  # noqa: E402
 from consumer.records import decode_decision, decode_event  # noqa: E402
-from copyloop.ledger import make_engine, make_sessionmaker  # noqa: E402
-from copyloop.ledger.tables import Decision, Event  # noqa: E402
-from copyloop.migrations import upgrade  # noqa: E402
+from core.ledger import make_engine, make_sessionmaker  # noqa: E402
+from core.ledger.tables import Decision, Event  # noqa: E402
+from core.migrations import upgrade  # noqa: E402
 
 
 def main() -> None:

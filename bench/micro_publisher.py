@@ -21,7 +21,7 @@ import time
 import uuid
 
 from api.publisher import Publisher
-from copyloop.broker import EmbeddedBroker, ensure_topics, free_port
+from core.broker import EmbeddedBroker, ensure_topics, free_port
 
 
 def paced(publish, rate: float, duration: float) -> tuple[float, int]:  # type: ignore[no-untyped-def]

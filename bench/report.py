@@ -1,7 +1,7 @@
 """Benchmark of the uplift report over a large synthetic ledger, on SQLite and PostgreSQL.
 
 Builds N decisions (+ their click/purchase events, ~7% of decisions get one) with
-`copyloop.reports.synthetic.fill` in a fresh, migrated ledger, saves an untrained model
+`reports.synthetic.fill` in a fresh, migrated ledger, saves an untrained model
 snapshot (so the counterfactual panel scores its greedy policy too), then times
 `uplift_report` (JSON) and its HTML rendering, next to two baselines measured on the same
 database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full aggregate
@@ -29,12 +29,12 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from copyloop.ledger import make_engine, make_sessionmaker, snapshots
-from copyloop.migrations import upgrade
-from copyloop.reports import uplift_report
-from copyloop.reports.html import to_html
-from copyloop.reports.synthetic import fill
-from copyloop.settings import load_settings
+from core.ledger import make_engine, make_sessionmaker, snapshots
+from core.migrations import upgrade
+from core.settings import load_settings
+from reports import uplift_report
+from reports.html import to_html
+from reports.synthetic import fill
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

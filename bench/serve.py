@@ -45,10 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, git_rev, loadavg, prepare_ledger  # noqa: E402
 
-from copyloop.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_port  # noqa: E402
 from copyloop.demo import DEVICES, LOCALES, REFERRERS, SAMPLE_CATALOG, SEGMENTS  # noqa: E402
 from copyloop.runner import settings_env  # noqa: E402
-from copyloop.settings import Settings, load_settings  # noqa: E402
+from core.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_port  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -353,8 +353,8 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     from api.schemas import CONTEXT, DecisionOut
     from bandit import Policy
     from bandit.vw_format import to_vw
-    from copyloop.ledger import make_engine, make_sessionmaker, snapshots
-    from copyloop.messages import Decision
+    from core.ledger import make_engine, make_sessionmaker, snapshots
+    from core.messages import Decision
 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -541,7 +541,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     app = create_app(settings)
 
     async def asgi_bench() -> None:
-        from api.auth import create_key
+        from core.keys import create_key
 
         k = create_key(sessions, "serve", "micro")
         async with app.router.lifespan_context(app) as state:

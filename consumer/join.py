@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
 from consumer.records import DecisionRecord, EventRecord
-from copyloop.ledger.tables import Decision, Event, Reward
-from copyloop.settings import Settings
+from core.ledger.tables import Decision, Event, Reward
+from core.settings import Settings
 
 #: Ids per IN list: far below SQLite's 32,766 bound parameters.
 _CHUNK = 500

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from bandit import Arm, LoggedDecision, Policy, ProductFeatures
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
 from consumer.join import DEFAULT_CLOSE_LIMIT, ClosedDecision, close_expired_windows, closed_since
-from copyloop.ledger import leases, snapshots
-from copyloop.ledger.tables import Product, Variant
-from copyloop.settings import Settings
+from core.ledger import leases, snapshots
+from core.ledger.tables import Product, Variant
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

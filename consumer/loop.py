@@ -42,9 +42,9 @@ from consumer.join import ingest
 from consumer.learner import ElectedLearner, StepReport
 from consumer.records import DecisionRecord, EventRecord, decode_decision, decode_event
 from consumer.watermark import IngestWatermark
-from copyloop.broker import ensure_topics
-from copyloop.ledger import make_engine, make_sessionmaker
-from copyloop.settings import Settings, load_settings
+from core.broker import ensure_topics
+from core.ledger import make_engine, make_sessionmaker
+from core.settings import Settings, load_settings
 
 log = logging.getLogger("consumer.loop")  # not "__main__" under python -m
 

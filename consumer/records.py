@@ -2,7 +2,7 @@
 
 Kafka-free: bytes and the message's timestamp in, a frozen record out, or `BadMessage` with a
 reason that the loop writes to the dead-letter topic. Validation here goes beyond the message
-schemas in `copyloop.messages` to what the ledger's columns can hold, because a row the database
+schemas in `core.messages` to what the ledger's columns can hold, because a row the database
 refuses would otherwise poison a whole batch.
 """
 
@@ -18,14 +18,14 @@ import orjson
 from pydantic import ValidationError
 
 from consumer.errors import BadMessage
-from copyloop.messages import EVENT_TYPES, Decision, EventIn, explain, parse_event, parse_ts
+from core.messages import EVENT_TYPES, Decision, EventIn, explain, parse_event, parse_ts
 
-#: Widths of the ledger's key columns (`copyloop.ledger.tables`).
+#: Widths of the ledger's key columns (`core.ledger.tables`).
 _DECISION_ID_MAX = 64
 _VARIANT_ID_MAX = 64
 #: A decision's `ts` (epoch seconds) outside 2000..2200 is a unit error (milliseconds, say).
 _MIN_TS, _MAX_TS = 946684800.0, 7258118400.0
-#: `copyloop.messages.Id`: the message schemas' bounds on ids.
+#: `core.messages.Id`: the message schemas' bounds on ids.
 _ID_MAX = 128
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 
@@ -149,7 +149,7 @@ def _id(x: object) -> bool:
 
 
 class _FastEvent:
-    """The `copyloop.messages.EventIn` fields `decode_event` reads."""
+    """The `core.messages.EventIn` fields `decode_event` reads."""
 
     __slots__ = ("event_id", "decision_id", "type", "ts", "value")
 

@@ -1,8 +1,8 @@
 """copyloop: learn which product copy sells.
 
-Shared by every part: settings, the ledger (tables, sessions, migrations), Kafka message schemas,
-the embedded broker, reports, and the CLI that wires the parts (`generator`, `bandit`,
-`consumer`, `api`) together.
+The entry points, on the top floor: the CLI (`cli`), `copyloop up` (`runner`), the scheduler and
+the demo storefront. They compose the packages below (`core`, `bandit`, `reports`, `generator`,
+`consumer`, `api`); nothing imports them.
 """
 
 __version__ = "0.1.0"

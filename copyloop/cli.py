@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from copyloop.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 app = typer.Typer(
     name="copyloop",
@@ -149,7 +149,7 @@ def broker(
     import signal
     import threading
 
-    from copyloop.broker import EmbeddedBroker, ensure_topics
+    from core.broker import EmbeddedBroker, ensure_topics
 
     _logging()
     settings = _settings()
@@ -170,7 +170,7 @@ def broker(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply migrations to COPYLOOP_DATABASE_URL."""
-    from copyloop.migrations import upgrade
+    from core.migrations import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)
@@ -185,9 +185,9 @@ def catalog_import(
     ] = True,
 ) -> None:
     """Upsert products (all or nothing: a bad row names its line and field)."""
-    from copyloop.catalog import CatalogError, read_catalog, upsert_products
-    from copyloop.ledger import make_engine, make_sessionmaker
-    from copyloop.migrations import upgrade
+    from core.catalog import CatalogError, read_catalog, upsert_products
+    from core.ledger import make_engine, make_sessionmaker
+    from core.migrations import upgrade
 
     settings = _settings()
     if not path.is_file():
@@ -235,7 +235,7 @@ def generate(
     """Create candidate variants (default: every product that has too few)."""
     from rich.progress import Progress
 
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.ledger import make_engine, make_sessionmaker
     from generator import GeneratorError, UnknownProductError, UnknownStyleError
     from generator.jobs import generate_variants
 
@@ -296,7 +296,7 @@ def finetune(
     """One fine-tuning round of the hf generator on the winning variants, behind the gate."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.ledger import make_engine, make_sessionmaker
     from generator import GeneratorError
     from generator.finetune import config_from_settings, parse_overrides
     from generator.finetune import main as run_finetune
@@ -341,7 +341,7 @@ def generator_versions(
     candidates accepted and rejected by the guardrails, with the commonest reject reasons."""
     from rich.table import Table
 
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.ledger import make_engine, make_sessionmaker
     from generator.jobs import version_counts
     from generator.versions import list_versions, newest_shipped
 
@@ -401,7 +401,7 @@ def generator_rollback(
     ] = None,
 ) -> None:
     """Mark the current generator version rolled back; the previous (or --to) one is current."""
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.ledger import make_engine, make_sessionmaker
     from generator.versions import VersionError, rollback
 
     settings = _settings()
@@ -439,9 +439,9 @@ def report(
     ] = 10_000,
 ) -> None:
     """The uplift report."""
-    from copyloop.ledger import make_engine, make_sessionmaker
-    from copyloop.reports import to_csv, uplift_report
-    from copyloop.reports.html import to_html
+    from core.ledger import make_engine, make_sessionmaker
+    from reports import to_csv, uplift_report
+    from reports.html import to_html
 
     settings = _settings()
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
@@ -485,8 +485,8 @@ def export(
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
 ) -> None:
     """Closed decisions as VW DSJson (`--cb_explore_adf --dsjson`), one per line."""
-    from copyloop.export import export as write_export
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.ledger import make_engine, make_sessionmaker
+    from reports.export import export as write_export
 
     settings = _settings()
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
@@ -517,9 +517,9 @@ def keys_create(
     label: Annotated[str, typer.Option(help="A note stored with the key.")] = "",
 ) -> None:
     """Print a new API key alone on the last stdout line (only its hash is stored)."""
-    from api.auth import create_key
-    from copyloop.ledger import make_engine, make_sessionmaker
-    from copyloop.migrations import upgrade
+    from core.keys import create_key
+    from core.ledger import make_engine, make_sessionmaker
+    from core.migrations import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)

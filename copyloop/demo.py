@@ -29,11 +29,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from copyloop.broker import free_port
 from copyloop.runner import Stack
-from copyloop.settings import Settings
+from core.broker import free_port
+from core.catalog import SAMPLE_CATALOG
+from core.settings import Settings
 
-SAMPLE_CATALOG = Path(__file__).resolve().parent / "data" / "sample_catalog.jsonl"
 ARMS = ("bandit", "control", "fallback")
 
 DEVICES = (("mobile", 0.55), ("desktop", 0.35), ("tablet", 0.10))
@@ -186,9 +186,9 @@ def run_demo(
 
 def _prepare(settings: Settings, console: Console) -> dict[str, str]:
     """Import the sample catalog, generate variants and create the demo's API keys."""
-    from api.auth import create_key
-    from copyloop.catalog import read_catalog, upsert_products
-    from copyloop.ledger import make_engine, make_sessionmaker
+    from core.catalog import read_catalog, upsert_products
+    from core.keys import create_key
+    from core.ledger import make_engine, make_sessionmaker
     from generator.jobs import generate_variants
 
     engine = make_engine(settings.database_url)
@@ -342,7 +342,7 @@ def _summarise(
         and abs(arms.get(arm, {}).get("revenue", 0.0) - sent.revenue[arm]) < 1e-6
         for arm in ARMS
     )
-    from copyloop.reports.html import to_html
+    from reports.html import to_html
 
     out = Path("var/report.html")
     out.parent.mkdir(parents=True, exist_ok=True)

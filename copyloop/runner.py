@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from copyloop.broker import EmbeddedBroker, ensure_topics, wait_for_port
-from copyloop.migrations import upgrade
-from copyloop.settings import Settings
+from core.broker import EmbeddedBroker, ensure_topics, wait_for_port
+from core.migrations import upgrade
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger import leases, make_engine, make_sessionmaker
-from copyloop.settings import Settings
+from core.ledger import leases, make_engine, make_sessionmaker
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def _heartbeat(
 
 def _products_needing_challengers(sessions: sessionmaker[Session], wanted: int) -> list[str]:
     """Products with a retired variant and fewer than `wanted` active non-control variants."""
-    from copyloop.catalog import CONTROL_SOURCE
-    from copyloop.ledger.tables import Variant
+    from core.catalog import CONTROL_SOURCE
+    from core.ledger.tables import Variant
 
     with sessions() as s:
         retired = set(

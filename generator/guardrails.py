@@ -60,7 +60,7 @@ from generator.facts import (
 )
 
 if TYPE_CHECKING:
-    from copyloop.settings import Settings
+    from core.settings import Settings
 
 SHINGLE_SIZE = 3
 
@@ -139,7 +139,7 @@ def check(
     """Check one candidate `text` of `product` against `siblings` (texts; a mapping names them
     by variant id, which the near-duplicate reason then quotes).
 
-    >>> from copyloop.catalog import ProductIn
+    >>> from core.catalog import ProductIn
     >>> pan = ProductIn(product_id="p1", title="Skillet", description="A 10 inch cast iron pan.",
     ...                 attributes={"brand": "Hearthline", "weight_kg": 2.4})
     >>> params = GuardrailParams(banned_terms=("guaranteed",))

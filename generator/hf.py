@@ -38,7 +38,7 @@ from generator.prompts import build_prompt, format_for_model
 from generator.rules import Candidate
 
 if TYPE_CHECKING:
-    from copyloop.settings import Settings
+    from core.settings import Settings
 
 SOURCE = "llm"
 

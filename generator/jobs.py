@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import CONTROL_SOURCE, dialect_insert, variant_id
-from copyloop.ledger.tables import Product, Variant
-from copyloop.settings import Settings
+from core.catalog import CONTROL_SOURCE, dialect_insert, variant_id
+from core.ledger.tables import Product, Variant
+from core.settings import Settings
 from generator import GeneratorError, UnknownProductError
 from generator.facts import FactSheet, ProductLike
 from generator.guardrails import GuardrailParams, check, reason_kind

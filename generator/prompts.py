@@ -37,7 +37,7 @@ PLAIN_CUE = "\n\nDescription:\n"
 def build_prompt(product: ProductLike, style: str) -> str:
     """The instruction for one product and style (no model-specific markup).
 
-    >>> from copyloop.catalog import ProductIn
+    >>> from core.catalog import ProductIn
     >>> mug = ProductIn(product_id="m1", title="Stoneware Mug", category="kitchen",
     ...     description="A sturdy mug. It holds 350 ml.",
     ...     attributes={"material": "stoneware", "capacity_ml": 350})

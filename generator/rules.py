@@ -202,7 +202,7 @@ class RulesGenerator:
     def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]:
         """Up to `n` distinct candidates, cycling through `styles` in order, then alternates.
 
-        >>> from copyloop.catalog import ProductIn
+        >>> from core.catalog import ProductIn
         >>> mug = ProductIn(product_id="m1", title="Stoneware Mug",
         ...     description="A sturdy mug for slow mornings. It holds 350 ml of coffee.",
         ...     attributes={"material": "stoneware", "capacity_ml": 350})

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from copyloop.catalog import read_catalog
+    from core.catalog import SAMPLE_CATALOG, read_catalog
 
     parser = argparse.ArgumentParser(prog="python -m generator.tiny", description=main.__doc__)
     parser.add_argument("out_dir", type=Path)
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    sample = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
+    sample = SAMPLE_CATALOG
     products = read_catalog(sample)
     if not args.warm:
         build = build_tiny_seq2seq if args.seq2seq else build_tiny_causal_lm

@@ -28,7 +28,7 @@ from generator.prompts import build_prompt, format_for_model
 
 if TYPE_CHECKING:
     from generator.facts import ProductLike
-    from generator.finetune import FinetuneConfig
+    from generator.finetune_config import FinetuneConfig
 
 IGNORE = -100
 

@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import dialect_insert
-from copyloop.ledger.tables import GeneratorVersion
+from core.catalog import dialect_insert
+from core.ledger.tables import GeneratorVersion
 from generator import GeneratorError
 
 STATUSES = ("candidate", "shipped", "rejected", "rolled_back")

@@ -5,7 +5,7 @@ as about how good it is: the policy serves a variant more to the shoppers it exp
 so a variant that happened to be sent to the easy contexts looks like a winner. Each decision
 logs the probability of every action under the logging policy (`Decision.pmf`), so the value of
 the counterfactual policy "always serve variant v" is estimated without that bias by
-self-normalised inverse propensity scoring (SNIPS, :func:`copyloop.reports.estimators.snips`):
+self-normalised inverse propensity scoring (SNIPS, :func:`reports.estimators.snips`):
 
     V(v) = Σ_i w_i r_i / Σ_i w_i,   w_i = [a_i = v] / μ(a_i | x_i)
 
@@ -44,9 +44,9 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import CONTROL_SOURCE
-from copyloop.ledger.tables import Decision, Reward, Variant
-from copyloop.reports.estimators import Z95, Estimate, snips
+from core.catalog import CONTROL_SOURCE
+from core.ledger.tables import Decision, Reward, Variant
+from reports.estimators import Z95, Estimate, snips
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,14 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.broker import EmbeddedBroker, free_port
-from copyloop.ledger import make_engine, make_sessionmaker
-from copyloop.migrations import upgrade
 from copyloop.runner import Stack
-from copyloop.settings import Settings, load_settings
+from core.broker import EmbeddedBroker, free_port
+from core.ledger import make_engine, make_sessionmaker
+from core.migrations import upgrade
+from core.settings import Settings, load_settings
 
 PG_URL = os.environ.get("COPYLOOP_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-SAMPLE_CATALOG = Path(__file__).resolve().parents[1] / "copyloop" / "data" / "sample_catalog.jsonl"
 
 
 #: Settings that make the loop turn in seconds: short windows, frequent snapshots and reloads.

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from copyloop.broker import EmbeddedBroker, free_port
 from copyloop.runner import Stack, settings_env
-from copyloop.settings import Settings
+from core.broker import EmbeddedBroker, free_port
+from core.settings import Settings
 from tests.conftest import FAST_LOOP, api_keys, cli, wait_for_model
 
 pytestmark = pytest.mark.timeout(600)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["copyloop", "bandit", "generator", "consumer", "api"]
+PACKAGES = ["core", "bandit", "reports", "generator", "consumer", "api", "copyloop"]
 
 pytestmark = pytest.mark.timeout(900)
 

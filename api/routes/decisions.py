@@ -29,7 +29,7 @@ from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
 from bandit import Choice, Policy
-from copyloop.messages import Decision
+from core.messages import Decision
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from api.bodies import batch_items, read_json
 from api.deps import MetricsDep, PublisherDep, SettingsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest
 from api.schemas import EventsAccepted
-from copyloop.messages import EventIn, explain
+from core.messages import EventIn, explain
 
 MAX_BATCH = 1000
 

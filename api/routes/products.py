@@ -1,6 +1,6 @@
 """Catalog admin: upsert products (admin), read one product with its variants and their stats.
 
-Writes go through `copyloop.catalog.upsert_products` (which keeps one active control variant per
+Writes go through `core.catalog.upsert_products` (which keeps one active control variant per
 product); the serving cache re-reads the upserted products at once instead of waiting for its
 next refresh. Database work runs in FastAPI's thread pool (sync `def` route, `run_in_threadpool`),
 off the event loop that serves decisions.
@@ -21,8 +21,8 @@ from api.bodies import batch_items, read_json
 from api.deps import CatalogDep, SessionsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound
 from api.schemas import ProductOut, UpsertOut, VariantOut, VariantStats
-from copyloop.catalog import ProductIn, describe_validation_error, upsert_products
-from copyloop.ledger.tables import Decision, Event, Product, Variant
+from core.catalog import ProductIn, describe_validation_error, upsert_products
+from core.ledger.tables import Decision, Event, Product, Variant
 
 MAX_BATCH = 1000
 

@@ -1,6 +1,6 @@
 """The uplift report for analysts: JSON or CSV (`/v1/reports/uplift`) and an HTML page (`/reports`).
 
-The report itself is computed by `copyloop.reports` from the ledger; these routes parse the
+The report itself is computed by `reports` from the ledger; these routes parse the
 window, pick the format, and run the (database-heavy) work in the thread pool via sync `def`.
 """
 
@@ -16,9 +16,9 @@ from fastapi.responses import HTMLResponse, Response
 from api.auth import require
 from api.deps import SessionsDep, SettingsDep
 from api.errors import AUTH_RESPONSES, InvalidRequest
-from copyloop.reports import to_csv, uplift_report
-from copyloop.reports.html import to_html
-from copyloop.reports.uplift import DEFAULT_OPE_SAMPLE
+from reports import to_csv, uplift_report
+from reports.html import to_html
+from reports.uplift import DEFAULT_OPE_SAMPLE
 
 router = APIRouter(
     tags=["reports"], dependencies=[Depends(require("analyst"))], responses=AUTH_RESPONSES

@@ -14,11 +14,11 @@ from kafka import KafkaConsumer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.auth import ROLES, create_key
-from copyloop.broker import EmbeddedBroker
-from copyloop.catalog import ProductIn, upsert_products
-from copyloop.ledger.tables import Variant
-from copyloop.settings import Settings
+from core.broker import EmbeddedBroker
+from core.catalog import ProductIn, upsert_products
+from core.keys import ROLES, create_key
+from core.ledger.tables import Variant
+from core.settings import Settings
 
 STYLES = ("concise", "bullets", "story")
 

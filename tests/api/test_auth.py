@@ -9,8 +9,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import ROLES, KeyCache, create_key, hash_key, require, revoke_key
-from copyloop.ledger.tables import ApiKey
+from api.auth import require
+from api.keys import KeyCache
+from core.keys import ROLES, create_key, hash_key, revoke_key
+from core.ledger.tables import ApiKey
 
 ALLOWED = {
     ("GET", "/v1/products/{pid}/variant"): {"serve", "admin"},

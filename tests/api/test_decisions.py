@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from bandit import Policy
-from copyloop.ledger import snapshots
-from copyloop.settings import Settings
+from core.ledger import snapshots
+from core.settings import Settings
 
 DECISION_FIELDS = {
     "decision_id",

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
-from copyloop.messages import parse_event
-from copyloop.settings import Settings
+from core.messages import parse_event
+from core.settings import Settings
 
 Reader = Callable[..., list[tuple[int, bytes | None, bytes]]]
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger.tables import Decision, Event
+from core.ledger.tables import Decision, Event
 
 
 def _product(pid: str, **kw: object) -> dict[str, object]:

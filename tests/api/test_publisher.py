@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.publisher import Publisher
 from api.spool import Record, Spool
-from copyloop.broker import EmbeddedBroker, free_port
-from copyloop.settings import Settings
+from core.broker import EmbeddedBroker, free_port
+from core.settings import Settings
 
 Reader = Callable[..., list[tuple[int, bytes | None, bytes]]]
 

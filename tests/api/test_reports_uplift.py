@@ -9,7 +9,7 @@ import io
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from copyloop.reports.synthetic import fill
+from reports.synthetic import fill
 
 
 def test_report_sections_filters_and_sample_size(

@@ -22,12 +22,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.auth import create_key
 from bandit import Policy
-from copyloop.broker import free_port
-from copyloop.ledger import snapshots
-from copyloop.reports.synthetic import fill
-from copyloop.settings import Settings
+from core.broker import free_port
+from core.keys import create_key
+from core.ledger import snapshots
+from core.settings import Settings
+from reports.synthetic import fill
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -16,7 +16,7 @@ from vowpalwabbit import pyvw
 
 from bandit import Arm, LoggedDecision, Policy, ProductFeatures
 from consumer.records import DecisionRecord, EventRecord
-from copyloop.ledger import Decision, Product, Reward, Variant
+from core.ledger import Decision, Product, Reward, Variant
 
 STYLES = ("control", "concise", "bullets", "story")
 

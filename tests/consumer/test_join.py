@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from consumer import LeaseLost
 from consumer.join import close_expired_windows, closed_since, ingest, late_events
-from copyloop.ledger import Decision, Event, Reward
+from core.ledger import Decision, Event, Reward
 
 T0 = 1_767_000_000.25  # a decision time, epoch seconds
 WINDOW, GRACE, SKEW = 1.0, 0.5, 2.0

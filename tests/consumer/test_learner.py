@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from consumer import LeaseLost
 from consumer.join import close_expired_windows, ingest
 from consumer.learner import ElectedLearner, Learner, StepReport
-from copyloop.ledger import JobLease, ModelSnapshot, snapshots
+from core.ledger import JobLease, ModelSnapshot, snapshots
 
 T0 = 1_767_000_000.0
 

@@ -21,10 +21,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import create_engine, func, select
 
 from consumer.loop import LoopTuning, Progress, run_consumer
-from copyloop.broker import ensure_topics
-from copyloop.ledger import Event, ModelSnapshot, Reward, snapshots
-from copyloop.messages import Decision
-from copyloop.settings import Settings
+from core.broker import ensure_topics
+from core.ledger import Event, ModelSnapshot, Reward, snapshots
+from core.messages import Decision
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = LoopTuning(lease_ttl_s=3.0, close_interval_s=0.1)

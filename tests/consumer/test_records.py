@@ -10,7 +10,7 @@ import pytest
 from consumer import BadMessage, LedgerUnavailable
 from consumer.join import ingest
 from consumer.records import decode_decision, decode_event
-from copyloop.ledger import make_engine, make_sessionmaker
+from core.ledger import make_engine, make_sessionmaker
 
 
 def decision_json(**changes: object) -> bytes:
@@ -124,7 +124,7 @@ def test_an_unreachable_ledger_is_retriable():
     ],
 )
 def test_the_fast_event_decoder_agrees_with_the_schema(value: bytes) -> None:
-    from copyloop.messages import parse_event
+    from core.messages import parse_event
 
     reference = parse_event(value)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger import ApiKey, Product, Variant
+from core.catalog import SAMPLE_CATALOG
+from core.ledger import ApiKey, Product, Variant
 
 
 def run(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,7 +49,7 @@ def test_catalog_import_bad_row_exits_2_naming_line_and_changes_nothing(
 def test_catalog_import_then_generate(
     database_url: str, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    sample = Path(__file__).resolve().parents[2] / "copyloop" / "data" / "sample_catalog.jsonl"
+    sample = SAMPLE_CATALOG
     lines = sample.read_text().splitlines()[:5]
     path = tmp_path / "five.jsonl"
     path.write_text("\n".join(lines) + "\n")

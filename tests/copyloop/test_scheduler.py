@@ -13,12 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from copyloop import scheduler
-from copyloop.catalog import CONTROL_SOURCE, read_catalog
-from copyloop.ledger import JobLease, Variant
-from copyloop.settings import Settings
+from core.catalog import CONTROL_SOURCE, SAMPLE_CATALOG, read_catalog
+from core.ledger import JobLease, Variant
+from core.settings import Settings
 from generator.jobs import GenerateReport
 from generator.winners import RetireReport
-from tests.conftest import SAMPLE_CATALOG
 from tests.generator.synthetic import Ledger
 
 SettingsFactory = Callable[..., Settings]

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from copyloop.broker import free_port
+from core.broker import free_port
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from copyloop.catalog import ProductIn, read_catalog
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
 from generator.tiny import spread_pairs
-from tests.conftest import SAMPLE_CATALOG
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,8 +12,8 @@ import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import CONTROL_SOURCE, ProductIn, upsert_products, variant_id
-from copyloop.ledger import Decision, Reward, Variant
+from core.catalog import CONTROL_SOURCE, ProductIn, upsert_products, variant_id
+from core.ledger import Decision, Reward, Variant
 
 
 @dataclass

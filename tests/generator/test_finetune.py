@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import ProductIn, read_catalog
-from copyloop.ledger import Variant
-from copyloop.settings import Settings
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
+from core.ledger import Variant
+from core.settings import Settings
 from generator.finetune import (
     FinetuneConfig,
     FinetuneError,
@@ -34,7 +34,6 @@ from generator.finetune import (
 from generator.jobs import generate_variants
 from generator.rules import STYLES, RulesGenerator
 from generator.versions import base_version_name, list_versions, newest_shipped, rollback
-from tests.conftest import SAMPLE_CATALOG
 from tests.generator.synthetic import Ledger
 
 SettingsFactory = Callable[..., Settings]

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from copyloop.catalog import ProductIn, read_catalog
-from copyloop.settings import load_settings
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
+from core.settings import load_settings
 from generator.facts import (
     COLOUR_PATTERN,
     MATERIAL_PATTERN,
@@ -25,7 +25,6 @@ from generator.facts import (
 )
 from generator.guardrails import GuardrailParams, Verdict, check, reason_kind, similarity
 from generator.rules import STYLES, RulesGenerator
-from tests.conftest import SAMPLE_CATALOG
 
 KNIFE = ProductIn(
     product_id="kit-x",

@@ -18,13 +18,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import ProductIn, read_catalog, upsert_products
-from copyloop.ledger import Variant
-from copyloop.settings import Settings
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog, upsert_products
+from core.ledger import Variant
+from core.settings import Settings
 from generator import GeneratorError, UnknownStyleError
 from generator.prompts import PLAIN_CUE, build_prompt, format_for_model
 from generator.versions import base_version_name, list_versions, register
-from tests.conftest import SAMPLE_CATALOG
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

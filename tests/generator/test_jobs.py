@@ -9,12 +9,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import ProductIn, read_catalog, upsert_products, variant_id
-from copyloop.ledger import Variant
-from copyloop.settings import Settings
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog, upsert_products, variant_id
+from core.ledger import Variant
+from core.settings import Settings
 from generator import GeneratorError, UnknownProductError
 from generator.jobs import GenerateReport, generate_variants
-from tests.conftest import SAMPLE_CATALOG
 
 SettingsFactory = Callable[..., Settings]
 

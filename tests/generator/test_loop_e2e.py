@@ -21,10 +21,10 @@ from kafka import KafkaProducer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.broker import EmbeddedBroker, free_port
-from copyloop.ledger import Decision, Reward, Variant
 from copyloop.runner import Stack, settings_env
-from copyloop.settings import Settings
+from core.broker import EmbeddedBroker, free_port
+from core.ledger import Decision, Reward, Variant
+from core.settings import Settings
 from generator.versions import base_version_name, list_versions
 from tests.conftest import FAST_LOOP, api_keys, cli, wait_for_model
 from tests.generator.conftest import WarmModel

@@ -7,11 +7,10 @@ import re
 
 import pytest
 
-from copyloop.catalog import ProductIn, read_catalog
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
 from generator import GeneratorError, UnknownStyleError
 from generator.guardrails import similarity
 from generator.rules import STYLES, Candidate, RulesGenerator
-from tests.conftest import SAMPLE_CATALOG
 
 KETTLE = ProductIn(
     product_id="kit-k",

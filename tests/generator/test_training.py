@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from copyloop.catalog import read_catalog
-from copyloop.settings import load_settings
+from core.catalog import SAMPLE_CATALOG, read_catalog
+from core.settings import load_settings
 from generator.guardrails import GuardrailParams, check
 from generator.rules import STYLES
-from tests.conftest import SAMPLE_CATALOG
 from tests.generator.conftest import WarmModel
 
 torch = pytest.importorskip("torch")

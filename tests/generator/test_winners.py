@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import ProductIn, read_catalog
-from copyloop.ledger import Decision, Reward
+from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
+from core.ledger import Decision, Reward
 from generator.winners import (
     Comparison,
     WinnerParams,
@@ -19,7 +19,6 @@ from generator.winners import (
     select_winners,
     winners,
 )
-from tests.conftest import SAMPLE_CATALOG
 from tests.generator.synthetic import Ledger
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from copyloop.reports.estimators import ESTIMATORS, LoggedBandit
+from reports.estimators import ESTIMATORS, LoggedBandit
 
 METRICS = {"ctr": 0, "cvr": 1, "revenue_per_impression": 2}
 TARGETS = {

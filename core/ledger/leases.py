@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger.tables import JobLease
+from core.ledger.tables import JobLease
 
 
 def acquire(sessions: sessionmaker[Session], name: str, holder: str, ttl_s: float) -> bool:

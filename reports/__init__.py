@@ -7,6 +7,6 @@ newest model), `csv_format` / `html` (rendering), `synthetic` (logs with known t
 and benchmarks).
 """
 
-from copyloop.reports.uplift import to_csv, uplift_report
+from reports.uplift import to_csv, uplift_report
 
 __all__ = ["to_csv", "uplift_report"]

@@ -1,11 +1,11 @@
 """The ledger: products, variants, decisions, events, rewards, model snapshots and API keys.
 
 Tables are in `tables`, engines and sessions in `sessions`, shared reads and idempotent writes in
-`queries`. Schema changes go through Alembic (`copyloop db upgrade`, `copyloop.migrations`).
+`queries`. Schema changes go through Alembic (`copyloop db upgrade`, `core.migrations`).
 """
 
-from copyloop.ledger.sessions import is_sqlite, make_engine, make_sessionmaker
-from copyloop.ledger.tables import (
+from core.ledger.sessions import is_sqlite, make_engine, make_sessionmaker
+from core.ledger.tables import (
     ApiKey,
     Base,
     Decision,

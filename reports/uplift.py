@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.reports.csv_format import to_csv
-from copyloop.reports.estimators import ArmStats, ratio_snips, sample_ratio, uplift
-from copyloop.reports.ope import counterfactual_panel, to_rows
-from copyloop.reports.queries import Filters, report_reader
-from copyloop.settings import Settings
+from core.settings import Settings
+from reports.csv_format import to_csv
+from reports.estimators import ArmStats, ratio_snips, sample_ratio, uplift
+from reports.ope import counterfactual_panel, to_rows
+from reports.queries import Filters, report_reader
 
 ARMS = ("bandit", "control", "fallback")
 RANDOMIZED = ("bandit", "control")
@@ -377,7 +377,7 @@ def _ope(
     elif not rows:
         note = "no randomized decisions to score"
     else:
-        from copyloop.reports.greedy import greedy_actions
+        from reports.greedy import greedy_actions
 
         all_choices, note = greedy_actions(sessions, raw)
         choices = None if all_choices is None else [all_choices[i] for i in kept]

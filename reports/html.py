@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 _ENV = Environment(
-    loader=PackageLoader("copyloop", "templates"),
+    loader=PackageLoader("reports", "templates"),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from copyloop.ledger.sessions import make_engine
-from copyloop.ledger.tables import Base
+from core.ledger.sessions import make_engine
+from core.ledger.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

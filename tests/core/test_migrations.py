@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
-from copyloop.ledger import Base
-from copyloop.migrations import downgrade, upgrade
+from core.ledger import Base
+from core.migrations import downgrade, upgrade
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:

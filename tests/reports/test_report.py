@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bandit import Policy
-from copyloop.ledger import snapshots
-from copyloop.reports import to_csv, uplift_report
-from copyloop.reports.html import to_html
-from copyloop.reports.synthetic import CLICK_RATE, LATE_SHARE, Truth, fill
-from copyloop.settings import Settings
+from core.ledger import snapshots
+from core.settings import Settings
+from reports import to_csv, uplift_report
+from reports.html import to_html
+from reports.synthetic import CLICK_RATE, LATE_SHARE, Truth, fill
 
 N = 6000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copyloop.reports.estimators import ArmStats, ips, sample_ratio, snips, uplift
+from reports.estimators import ArmStats, ips, sample_ratio, snips, uplift
 
 
 def test_uplift_interval_covers_truth_at_nominal_rate() -> None:

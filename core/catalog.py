@@ -30,7 +30,10 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger.tables import Product, Variant
+from core.ledger.tables import Product, Variant
+
+#: The sample catalog shipped with the package (128 products in 8 categories).
+SAMPLE_CATALOG = Path(__file__).resolve().parent / "data" / "sample_catalog.jsonl"
 
 #: The style and source of a product's original description.
 CONTROL_STYLE = "original"

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger.tables import ModelSnapshot
+from core.ledger.tables import ModelSnapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import Engine, insert
 
-from copyloop.ledger.tables import Decision, Event, Product, Variant
+from core.ledger.tables import Decision, Event, Product, Variant
 
 STYLES = ("control", "concise", "bullets", "story")
 DEVICES = ("mobile", "desktop")

@@ -38,8 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger.tables import Decision, Event, Product, Variant
-from copyloop.settings import Settings
+from core.ledger.tables import Decision, Event, Product, Variant
+from core.settings import Settings
 
 _TEMP = MetaData()
 #: Per decision in the window with at least one in-span event: its keys and outcome.

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bandit.features import Arm
 from bandit.vw_format import token
-from copyloop.ledger.tables import Decision, Product, Reward, Variant
+from core.ledger.tables import Decision, Product, Reward, Variant
 
 FORMATS = ("dsjson",)
 BATCH = 5000

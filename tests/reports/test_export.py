@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from vowpalwabbit import pyvw
 
 from consumer.join import close_expired_windows
-from copyloop.export import UnknownFormatError, export
-from copyloop.ledger.tables import Decision, Reward
-from copyloop.reports.synthetic import fill
-from copyloop.settings import Settings
+from core.ledger.tables import Decision, Reward
+from core.settings import Settings
+from reports.export import UnknownFormatError, export
+from reports.synthetic import fill
 
 
 def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.catalog import (
+from core.catalog import (
+    SAMPLE_CATALOG,
     CatalogError,
     ProductIn,
     UpsertResult,
@@ -18,9 +19,8 @@ from copyloop.catalog import (
     upsert_products,
     variant_id,
 )
-from copyloop.ledger import Product, Variant
+from core.ledger import Product, Variant
 from generator.guardrails import GuardrailParams, check
-from tests.conftest import SAMPLE_CATALOG
 
 
 def product(pid: str = "p-1", **changes: object) -> ProductIn:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copyloop.reports.estimators import ESTIMATORS, LoggedBandit, dr, ratio_snips, snips
-from copyloop.reports.ope import (
+from reports.estimators import ESTIMATORS, LoggedBandit, dr, ratio_snips, snips
+from reports.ope import (
     LoggedDecisionRow,
     SupportRules,
     counterfactual_panel,

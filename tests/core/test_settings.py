@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from copyloop.runner import settings_env
-from copyloop.settings import load_settings
+from core.settings import load_settings
 
 
 def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

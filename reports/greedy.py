@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from copyloop.ledger import snapshots
-from copyloop.ledger.tables import Variant
-from copyloop.reports.queries import product_categories
+from core.ledger import snapshots
+from core.ledger.tables import Variant
+from reports.queries import product_categories
 
 
 def greedy_actions(
