@@ -22,9 +22,9 @@ from api.catalog_cache import CatalogCache
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
-from api.policy_holder import PolicyHolder
+from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, products, reports
+from api.routes import decisions, events, health, products, reports, variants
 from core.ledger import make_engine, make_sessionmaker
 from core.settings import Settings
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, reports, health):
+    for module in (decisions, events, products, variants, reports, health):
         app.include_router(module.router)
     return app
 
@@ -61,7 +61,11 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     sessions = make_sessionmaker(engine)
     catalog = CatalogCache(sessions, settings.catalog_refresh_s)
     policies = PolicyHolder(
-        sessions, holdout=settings.holdout, seed=settings.seed, reload_s=settings.model_reload_s
+        sessions,
+        holdout=settings.holdout,
+        seed=settings.seed,
+        reload_s=settings.model_reload_s,
+        fair_trial=fair_trial(settings),
     )
     publisher = Publisher(
         settings.bootstrap,

@@ -50,6 +50,14 @@ class ProductNotFound(ApiError):
     status_code, code = 404, "product_not_found"
 
 
+class VariantNotFound(ApiError):
+    status_code, code = 404, "variant_not_found"
+
+
+class ControlNotRetirable(ApiError):
+    status_code, code = 409, "control_variant"
+
+
 class InvalidRequest(ApiError):
     status_code, code = 422, "invalid_request"
 

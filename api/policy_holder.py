@@ -18,8 +18,9 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.background import Periodic
-from bandit import ModelLoadError, Policy
+from bandit import FairTrial, ModelLoadError, Policy
 from core.ledger.snapshots import latest_version, load_latest
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,28 @@ def policy_seed(seed: int, version: int) -> int:
     return int(np.random.SeedSequence([seed, version]).generate_state(1)[0])
 
 
+def fair_trial(settings: Settings) -> FairTrial | None:
+    """The settings' trial for new copy (None when switched off)."""
+    if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
+        return None
+    return FairTrial(settings.bandit_new_arm_exposure, settings.bandit_new_arm_floor)
+
+
 class PolicyHolder:
     """Holds the current `Policy` (or None) and reloads newer snapshots in the background."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], *, holdout: float, seed: int, reload_s: float
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        holdout: float,
+        seed: int,
+        reload_s: float,
+        fair_trial: FairTrial | None = None,
     ) -> None:
         self._sessions = sessions
         self.holdout = holdout
+        self.fair_trial = fair_trial
         self.seed = seed
         self.reload_s = reload_s
         self.policy: Policy | None = None
@@ -79,6 +94,7 @@ class PolicyHolder:
                 seed=policy_seed(self.seed, snapshot.version),
                 model=snapshot.model,
                 version=snapshot.version,
+                fair_trial=self.fair_trial,
             )
         except (ModelLoadError, ValueError) as exc:
             log.error("model snapshot %d cannot be loaded, skipped: %s", snapshot.version, exc)

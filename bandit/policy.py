@@ -1,11 +1,22 @@
 """The policy: choose a variant per page view, learn from a closed decision.
 
 The logging policy is a mixture: with probability `holdout` the control variant is served
-(`policy = "control"`), otherwise VW's exploration distribution is sampled (`policy = "bandit"`).
-The probability logged for the chosen variant is its probability under that mixture, which is
-what learning and off-policy estimates need:
+(`policy = "control"`), otherwise the bandit's exploration distribution is sampled
+(`policy = "bandit"`). The probability logged for the chosen variant is its probability under
+that mixture, which is what learning and off-policy estimates need:
 
-    p(a | x) = holdout * [a is control] + (1 - holdout) * pmf_vw(a | x)
+    p(a | x) = holdout * [a is control] + (1 - holdout) * pmf(a | x)
+
+`pmf` comes from one of two places, by the model's arguments:
+
+- `--cb_adf …` (the default): VW regresses each action's cost (`cb_type dm`) and copyloop's
+  explorer (`bandit.explore`: `--squarecb` inverse gap weighting or `--epsilon`, named among
+  the arguments) turns the costs into probabilities;
+- `--cb_explore_adf …`: VW's own explorer (`--bag`, `--cover`, `--softmax`, …) gives them.
+
+Either way a `FairTrial` may lift variants the model has seen served few times (new copy) to a
+floor. The model file (`bandit.model_file`) carries the arguments, the count of decisions
+learned and each variant's exposure, so a snapshot alone determines what is served.
 
 A workspace is not thread-safe: one `Policy` serves one thread (the API's event loop); the
 consumer owns its own.
@@ -18,10 +29,13 @@ import random
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from vowpalwabbit import pyvw
 
+from bandit.explore import Explorer, FairTrial, InverseGap, parse_explorer, split_args
 from bandit.features import Arm, ProductFeatures
+from bandit.model_file import FEATURES_VERSION, ModelHeader, pack, unpack
 from bandit.vw_format import to_vw
 
 
@@ -31,6 +45,10 @@ class BanditError(Exception):
 
 class ModelLoadError(BanditError):
     """A model snapshot could not be loaded."""
+
+
+class ModelMismatchError(ModelLoadError):
+    """A model file was written with other arguments or feature definitions than asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +75,8 @@ class LoggedDecision:
 
 
 class Policy:
-    """A VW `--cb_explore_adf` workspace with a holdout, its own seeded RNG and a version."""
+    """A VW contextual-bandit model with an explorer, a holdout, its own seeded RNG, a version,
+    and the counts its explorer and fair trial read (decisions learned, exposure per variant)."""
 
     def __init__(
         self,
@@ -67,17 +86,39 @@ class Policy:
         seed: int = 0,
         model: bytes | None = None,
         version: int = 0,
+        fair_trial: FairTrial | None = None,
     ) -> None:
         if not 0.0 <= holdout <= 1.0:
             raise ValueError(f"holdout must be in [0, 1], got {holdout}")
-        if "--cb_explore_adf" not in vw_args.split():
-            raise ValueError(f"vw_args must contain --cb_explore_adf, got {vw_args!r}")
+        flags = vw_args.split()
+        if "--cb_explore_adf" not in flags and "--cb_adf" not in flags:
+            raise ValueError(f"vw_args must contain --cb_adf or --cb_explore_adf, got {vw_args!r}")
         self.vw_args = vw_args
         self.holdout = holdout
         self.version = version
+        self.fair_trial = fair_trial
+        self.explorer: Explorer | None = None
+        workspace_args = vw_args
+        if "--cb_adf" in flags:
+            spec, rest = split_args(vw_args)
+            self.explorer = parse_explorer(spec) if spec else InverseGap()
+            if self.explorer is None:
+                raise ValueError(
+                    f"{spec!r} is not one of copyloop's explorers (--squarecb, --epsilon); "
+                    "VW's other explorers need --cb_explore_adf"
+                )
+            workspace_args = rest if "--cb_type" in rest.split() else f"{rest} --cb_type dm"
+        header, vw_model = (None, None) if model is None else _unpack(model)
+        if header is not None and header.features != FEATURES_VERSION:
+            raise ModelMismatchError(
+                f"the model was trained on feature definitions v{header.features}, this copyloop "
+                f"writes v{FEATURES_VERSION}"
+            )
+        self.learned = 0 if header is None else header.learned
+        self.exposure: dict[str, int] = {} if header is None else dict(header.exposure)
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
         self._rng = random.Random(seed)
-        self._vw = _workspace(vw_args, model)
+        self._vw = _workspace(workspace_args, vw_model)
 
     # -- serving ---------------------------------------------------------------------------
     def choose(
@@ -99,9 +140,7 @@ class Policy:
             raise ValueError("arms must not be empty")
         if not 0 <= control_index < n:
             raise ValueError(f"control_index must be in [0, {n}), got {control_index}")
-        scores = self._vw.predict(to_vw(context, product, arms, rendered_arms=rendered_arms))
-        total = float(sum(scores))
-        vw_pmf = [float(p) / total for p in scores]
+        vw_pmf = self._pmf(to_vw(context, product, arms, rendered_arms=rendered_arms), arms)
         keep = 1.0 - self.holdout
         pmf = [keep * p for p in vw_pmf]
         pmf[control_index] += self.holdout
@@ -122,8 +161,28 @@ class Policy:
     def scores(
         self, context: Mapping[str, object], product: ProductFeatures, arms: Sequence[Arm]
     ) -> list[float]:
-        """VW's exploration pmf over `arms`, without the holdout and without sampling."""
-        return [float(p) for p in self._vw.predict(to_vw(context, product, arms))]
+        """The exploration pmf over `arms`, without the holdout and without sampling."""
+        return self._pmf(to_vw(context, product, arms), arms)
+
+    def costs(
+        self, context: Mapping[str, object], product: ProductFeatures, arms: Sequence[Arm]
+    ) -> list[float] | None:
+        """The regression's predicted cost (−reward) of each arm; None when VW explores itself
+        (its predictions are then probabilities)."""
+        if self.explorer is None:
+            return None
+        return [float(c) for c in self._vw.predict(to_vw(context, product, arms))]
+
+    def _pmf(self, lines: list[str], arms: Sequence[Arm]) -> list[float]:
+        predicted = self._vw.predict(lines)
+        if self.explorer is None:
+            total = float(sum(predicted))
+            pmf = [float(p) / total for p in predicted]
+        else:
+            pmf = self.explorer.pmf([float(c) for c in predicted], self.learned)
+        if self.fair_trial is not None:
+            pmf = self.fair_trial.apply(pmf, [self.exposure.get(a.variant_id, 0) for a in arms])
+        return pmf
 
     # -- learning --------------------------------------------------------------------------
     def learn(self, logged: LoggedDecision, reward: float) -> None:
@@ -132,18 +191,28 @@ class Policy:
             raise ValueError(f"probability must be in (0, 1], got {logged.probability}")
         label = (logged.chosen, float(reward), float(logged.probability))
         self._vw.learn(to_vw(logged.context, logged.product, logged.arms, label))
+        self.learned += 1
+        served = logged.arms[logged.chosen].variant_id
+        self.exposure[served] = self.exposure.get(served, 0) + 1
 
     # -- persistence -----------------------------------------------------------------------
     def save(self) -> bytes:
-        """The model's bytes (VW's binary format, with its learning state)."""
+        """The model file: the header (`bandit.model_file`) and VW's binary model."""
         fd, path = tempfile.mkstemp(prefix="copyloop-vw-")
         os.close(fd)
         try:
             self._vw.save(path)
             with open(path, "rb") as fh:
-                return fh.read()
+                vw_model = fh.read()
         finally:
             os.unlink(path)
+        header = ModelHeader(
+            vw_args=self.vw_args,
+            features=FEATURES_VERSION,
+            learned=self.learned,
+            exposure=MappingProxyType(dict(self.exposure)),
+        )
+        return pack(header, vw_model)
 
     def close(self) -> None:
         self._vw.finish()
@@ -162,6 +231,13 @@ def _sample(pmf: Sequence[float], u: float) -> int:
         if u < cumulative:
             return i
     return max(i for i, p in enumerate(pmf) if p > 0)
+
+
+def _unpack(model: bytes) -> tuple[ModelHeader | None, bytes]:
+    try:
+        return unpack(model)
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot load model: {exc}") from exc
 
 
 def _workspace(vw_args: str, model: bytes | None) -> pyvw.Workspace:

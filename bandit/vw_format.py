@@ -1,7 +1,8 @@
 """VW's text format for `--cb_explore_adf` multi-line examples. Nothing else builds VW strings.
 
-Namespaces: `U` the storefront context, `P` the product, `A` the arm's descriptive features,
-`V` the arm's identity. Interactions are set on the command line (`-q UA -q UV -q PA`).
+Namespaces: `U` the storefront context, `P` the product, `A` what the arm is (style, source,
+generator version, length class), `T` what its text looks like (numeric `TextShape`), `V` the
+arm's identity. Interactions are set on the command line (`-q UA -q UT …`, settings).
 """
 
 from __future__ import annotations
@@ -27,11 +28,35 @@ def token(key: str, value: object) -> str:
 def shared_line(context: Mapping[str, object], product: ProductFeatures) -> str:
     """The shared line of an ADF example: the storefront context and the product.
 
+    `I` holds the product's identity: alone, it lets the regression absorb each product's own
+    level (which no variant changes), so the weights that rank variants learn from residuals.
+
     >>> shared_line({"device": "mobile", "hour": None}, ProductFeatures("p1", "lamps"))
-    'shared |U device=mobile |P category=lamps'
+    'shared |U device=mobile |P category=lamps |I p1'
     """
     shared = " ".join(token(k, v) for k, v in sorted(context.items()) if v is not None)
-    return f"shared |U {shared} |P {token('category', product.category)}"
+    return (
+        f"shared |U {shared} |P {token('category', product.category)} "
+        f"|I {token('id', product.product_id)[3:]}"
+    )
+
+
+def arm_namespaces(arm: Arm) -> dict[str, dict[str, float]]:
+    """An arm's features by namespace, `{feature: value}`: what `arm_lines` writes and what the
+    DSJson export (`reports.export`) names, so both hash the same features.
+
+    >>> ns = arm_namespaces(Arm.from_variant("v1", "Soft cotton, 2 sizes.", "concise", "rules"))
+    >>> ns["A"], ns["T"], ns["V"]
+    ({'style=concise': 1.0, 'source=rules': 1.0, 'len=xs': 1.0, 'gen=': 1.0}, {'len': -2.0, 'numbers': 0.33, 'sentences': 0.5, 'sensory': 0.5}, {'v1': 1.0})
+    """
+    a = {
+        token("style", arm.style): 1.0,
+        token("source", arm.source): 1.0,
+        f"len={arm.length}": 1.0,
+        token("gen", arm.generator_version): 1.0,
+    }
+    shape = {} if arm.shape is None else {k: round(v, 2) for k, v in arm.shape.numeric()}
+    return {"A": a, "T": shape, "V": {token("id", arm.variant_id)[3:]: 1.0}}
 
 
 def arm_lines(arms: Sequence[Arm]) -> tuple[str, ...]:
@@ -39,15 +64,19 @@ def arm_lines(arms: Sequence[Arm]) -> tuple[str, ...]:
     once per catalog refresh (`api.catalog_cache.CatalogEntry.arm_lines`) and each page view
     builds only its shared line.
 
-    >>> arm_lines([Arm("v1", "concise", "rules", "xs", 0, 12, "g1")])
-    ('|A style=concise source=rules len=xs bullets=0 numbers=9 gen=g1 |V v1',)
+    >>> arm_lines([Arm.from_variant("v1", "Two speeds? Yes: 2.", "concise", "rules", "g1")])
+    ('|A style=concise source=rules len=xs gen=g1 |T len:-2.0 numbers:0.33 sentences:1.0 question:1.0 |V v1',)
     """
-    return tuple(
-        f"|A {token('style', arm.style)} {token('source', arm.source)} "
-        f"len={arm.length} bullets={min(arm.bullets, 9)} numbers={min(arm.numbers, 9)} "
-        f"{token('gen', arm.generator_version)} |V {token('id', arm.variant_id)[3:]}"
-        for arm in arms
-    )
+    return tuple(_line(arm_namespaces(arm)) for arm in arms)
+
+
+def _line(namespaces: Mapping[str, Mapping[str, float]]) -> str:
+    """`|A f g |T x:0.5 |V id`: categorical features bare (weight 1), `T`'s with their values."""
+    parts = []
+    for ns, features in namespaces.items():
+        rendered = " ".join(f if ns != "T" else f"{f}:{v!r}" for f, v in features.items())
+        parts.append(f"|{ns} {rendered}" if rendered else f"|{ns}")
+    return " ".join(parts)
 
 
 def to_vw(
@@ -66,9 +95,9 @@ def to_vw(
     >>> arms = [Arm("v1", "concise", "rules", "xs", 0, 1), Arm("v2", "story", "control", "m", 0, 0)]
     >>> for line in to_vw({"device": "mobile"}, ProductFeatures("p1", "lamps"), arms, (1, 1.0, 0.5)):
     ...     print(line)
-    shared |U device=mobile |P category=lamps
-    |A style=concise source=rules len=xs bullets=0 numbers=1 gen= |V v1
-    0:-1.0:0.5 |A style=story source=control len=m bullets=0 numbers=0 gen= |V v2
+    shared |U device=mobile |P category=lamps |I p1
+    |A style=concise source=rules len=xs gen= |T |V v1
+    0:-1.0:0.5 |A style=story source=control len=m gen= |T |V v2
     """
     lines = [shared_line(context, product)]
     lines.extend(arm_lines(arms) if rendered_arms is None else rendered_arms)

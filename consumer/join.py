@@ -254,6 +254,12 @@ def closed_since(
     ]
 
 
+def chain_tip(sessions: sessionmaker[Session]) -> int:
+    """The newest reward's `seq` (0 when none is closed yet)."""
+    with ledger_errors(), sessions() as s:
+        return int(s.scalar(select(func.coalesce(func.max(Reward.seq), 0))) or 0)
+
+
 def late_events(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -396,6 +402,7 @@ __all__ = [
     "ClosedDecision",
     "IngestResult",
     "LateEvent",
+    "chain_tip",
     "close_expired_windows",
     "closed_since",
     "ingest",

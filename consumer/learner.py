@@ -30,9 +30,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bandit import Arm, LoggedDecision, Policy, ProductFeatures
+from bandit import Arm, LoggedDecision, ModelLoadError, Policy, ProductFeatures
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
-from consumer.join import DEFAULT_CLOSE_LIMIT, ClosedDecision, close_expired_windows, closed_since
+from consumer.join import (
+    DEFAULT_CLOSE_LIMIT,
+    ClosedDecision,
+    chain_tip,
+    close_expired_windows,
+    closed_since,
+)
 from core.ledger import leases, snapshots
 from core.ledger.tables import Product, Variant
 from core.settings import Settings
@@ -49,16 +55,18 @@ class Learner:
         settings: Settings,
         *,
         close_limit: int = DEFAULT_CLOSE_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._close_limit = close_limit
+        self._clock = clock  # paces snapshots (the simulator passes its own time)
         self._policy: Policy | None = None
         self.last_seq = 0
         self.learned = 0  # decisions taught to VW by this learner (replay included)
         self.skipped = 0  # closed decisions whose variants are unknown: rewarded, not learnable
         self._unsaved = 0
-        self._saved_at = time.monotonic()
+        self._saved_at = self._clock()
         self._arms: dict[str, Arm] = {}
         self._categories: dict[str, str] = {}
 
@@ -73,38 +81,60 @@ class Learner:
         return 0 if self._policy is None else self._policy.version
 
     def catch_up(self, between_pages: Callable[[], None] | None = None) -> int:
-        """Load the newest snapshot (saving an untrained one first when there is none, so that
-        the API can start exploring) and replay every reward after it. Returns how many.
-        `between_pages` runs after each page of the replay (the loop renews its lease there)."""
+        """Load the newest snapshot and replay every reward after it. Returns how many.
+
+        Without a usable snapshot — none yet, one trained with other arguments than the
+        settings', or one that no longer loads — a new model is trained on the newest
+        `bandit_warm_start_max` closed decisions (a warm start from the logs: all of them on a
+        young ledger, none on an empty one) and saved at once, so the API serves it and a
+        restart does not train it again. `between_pages` runs after each page of the replay
+        (the loop renews its lease there)."""
+        settings = self._settings
         with ledger_errors():
             snap = snapshots.load_latest(self._sessions)
-        if snap is None:
-            policy = Policy(self._settings.vw_args, seed=self._settings.seed)
-            policy.version = self._save(policy, 0)
-            log.info("no model snapshot yet: saved an untrained one as version %d", policy.version)
-        else:
-            if snap.vw_args != self._settings.vw_args:
-                log.warning(
-                    "snapshot %d was trained with %r, settings say %r: keeping the snapshot's",
-                    snap.version,
-                    snap.vw_args,
-                    self._settings.vw_args,
+        policy: Policy | None = None
+        start = 0
+        if snap is not None and snap.vw_args == settings.vw_args:
+            try:
+                policy = Policy(
+                    snap.vw_args, seed=settings.seed, model=snap.model, version=snap.version
                 )
-            policy = Policy(
-                snap.vw_args, seed=self._settings.seed, model=snap.model, version=snap.version
+                start = snap.last_seq
+            except ModelLoadError as exc:
+                log.warning("snapshot %d cannot be loaded (%s): warm start", snap.version, exc)
+        elif snap is not None:
+            log.info(
+                "snapshot %d was trained with %r, the settings say %r: warm start",
+                snap.version,
+                snap.vw_args,
+                settings.vw_args,
             )
+        fresh = policy is None
+        if policy is None:
+            policy = Policy(settings.vw_args, seed=settings.seed)
+            start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
             self._policy.close()
         self._policy = policy
-        self.last_seq = 0 if snap is None else snap.last_seq
+        self.last_seq = start
         self._unsaved = 0
-        self._saved_at = time.monotonic()
+        self._saved_at = self._clock()
         replayed = 0
         while batch := closed_since(self._sessions, self.last_seq, self._close_limit):
             self.learn(batch)
             replayed += len(batch)
             if between_pages is not None:
                 between_pages()
+        if fresh:
+            policy.version = self._save(policy, self.last_seq)
+            self._unsaved = 0
+            log.info(
+                "new model version %d: learned %d closed decisions (seq %d..%d)",
+                policy.version,
+                replayed,
+                start + 1,
+                self.last_seq,
+            )
         log.info(
             "model version %d caught up to seq %d (%d replayed)",
             policy.version,
@@ -157,14 +187,14 @@ class Learner:
         due = (
             force
             or self._unsaved >= self._settings.snapshot_every_n
-            or time.monotonic() - self._saved_at >= self._settings.snapshot_every_s
+            or self._clock() - self._saved_at >= self._settings.snapshot_every_s
         )
         if not due:
             return None
         policy = self.policy
         policy.version = self._save(policy, self.last_seq)
         self._unsaved = 0
-        self._saved_at = time.monotonic()
+        self._saved_at = self._clock()
         return policy.version
 
     def close(self) -> None:

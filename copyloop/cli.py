@@ -269,6 +269,10 @@ def generate(
                 f"throughput: {s.products_per_s:.2f} products/s, {s.tokens_per_s:.1f} tokens/s "
                 f"({s.output_tokens} tokens, {s.candidates} candidates in {s.seconds:.1f} s)"
             )
+        for pid, reason in report.failed:
+            err.print(f"[red]failed[/red] {pid}: {reason}")
+        if report.failed:  # the others were generated; say so in the exit code too
+            _fail(f"{len(report.failed)} of {report.products} products failed (see above)", 1)
     finally:
         engine.dispose()
 

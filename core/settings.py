@@ -13,6 +13,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
+#: The explorer flags copyloop implements itself (`bandit.explore.OWN_FLAGS`, which a test
+#: holds equal to this; the base cannot import the bandit).
+OWN_EXPLORER_FLAGS = frozenset({"--squarecb", "--gamma_scale", "--gamma_exponent", "--epsilon"})
 
 
 class Settings(BaseSettings):
@@ -58,15 +61,40 @@ class Settings(BaseSettings):
     holdout: float = Field(0.1, description="Share of decisions served the control variant.")
     bandit_explorer: str = Field(
         "--squarecb",
-        description="VW exploration arguments for --cb_explore_adf (bench/regret.py "
-        "compared them).",
+        description="The explorer. copyloop's own, over VW's unweighted cost regression "
+        "(`--cb_adf --cb_type dm`): `--squarecb [--gamma_scale G] [--gamma_exponent E]` or "
+        "`--epsilon E`; any other VW explorer (`--bag 5`, `--cover 3`, `--softmax --lambda 10`…) "
+        "runs inside VW's `--cb_explore_adf` (bench/learning.py compares them).",
     )
     bandit_interactions: str = Field(
-        "UA UV PA",
+        "UA UT PA PT",
         description="Space-separated namespace pairs crossed by VW (U=context, P=product, "
-        "A=style and format, V=variant id).",
+        "A=style, source, generator version, length class, T=text shape, V=variant id).",
     )
-    bandit_extra_args: str = Field("", description="More VW arguments, appended verbatim.")
+    bandit_extra_args: str = Field(
+        "--power_t 0 -l 0.005",
+        description="More VW arguments, appended verbatim (the default: a constant, small "
+        "learning rate, chosen with bench/learning.py).",
+    )
+    bandit_new_arm_exposure: int = Field(
+        100,
+        ge=0,
+        description="A variant served fewer times than this among the decisions the model has "
+        "learned is new copy on trial (0: no trial).",
+    )
+    bandit_new_arm_floor: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Least probability a variant on trial gets (all trials together at most "
+        "half of a page view's).",
+    )
+    bandit_warm_start_max: int = Field(
+        1_000_000,
+        ge=0,
+        description="When the bandit's arguments change, a new model is trained on up to this "
+        "many of the newest closed decisions before it is served.",
+    )
     snapshot_every_s: float = Field(5.0, gt=0, description="Seconds between model snapshots.")
     snapshot_every_n: int = Field(
         5000, ge=1, description="Learned decisions that force a snapshot sooner."
@@ -219,11 +247,14 @@ class Settings(BaseSettings):
 
     @property
     def vw_args(self) -> str:
-        """The full VW command line of the bandit."""
+        """The bandit's full argument line: `--cb_adf` and copyloop's explorer, or
+        `--cb_explore_adf` and VW's (see `bandit_explorer`)."""
+        flags = {t for t in self.bandit_explorer.split() if t.startswith("--")}
+        reduction = "--cb_adf" if flags and flags <= OWN_EXPLORER_FLAGS else "--cb_explore_adf"
         pairs = " ".join(f"-q {p}" for p in self.bandit_interactions.split() if p)
         return " ".join(
             part
-            for part in ("--cb_explore_adf", self.bandit_explorer, pairs, self.bandit_extra_args)
+            for part in (reduction, self.bandit_explorer, pairs, self.bandit_extra_args)
             if part
         )
 

@@ -188,6 +188,10 @@ class HFGenerator:
             model = _apply_adapter(model, str(adapter_path))
         tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
         tokenizer.truncation_side = "left"  # keep the end of the prompt: the cue to continue
+        self.context_tokens = context_length(model.config)
+        self.max_prompt_tokens, self.max_new_tokens = fit_budget(
+            self.context_tokens, max_prompt_tokens, max_new_tokens, self.is_encoder_decoder
+        )
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
         self.model_path = where
@@ -345,6 +349,51 @@ class HFGenerator:
         decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         cleaned = [clean_text(t) for t in decoded]
         return [cleaned[i * samples : (i + 1) * samples] for i in range(len(texts))], n_tokens
+
+
+#: Config attributes that hold a model's context length, by architecture family.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
+                 "seq_length")
+#: The fewest prompt tokens worth generating from (a product's title and a few facts).
+MIN_PROMPT_TOKENS = 64
+
+
+def context_length(config: Any) -> int | None:
+    """The positions a model can attend over, read from its config (None: no stated limit,
+    as with T5's relative positions when its config says nothing).
+
+    >>> from types import SimpleNamespace
+    >>> context_length(SimpleNamespace(n_positions=512)), context_length(SimpleNamespace())
+    (512, None)
+    """
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_budget(
+    context: int | None, prompt_tokens: int, new_tokens: int, encoder_decoder: bool
+) -> tuple[int, int]:
+    """(prompt tokens, new tokens) that fit the model: a causal model attends over prompt and
+    continuation together, so both share its context (new tokens first, up to half of it); an
+    encoder-decoder reads the prompt with its encoder and writes with its decoder, each within
+    the context on its own.
+
+    >>> fit_budget(512, 768, 160, False), fit_budget(1024, 768, 160, False)
+    ((352, 160), (768, 160))
+    >>> fit_budget(128, 768, 160, False), fit_budget(512, 768, 600, True)
+    ((64, 64), (512, 512))
+    >>> fit_budget(None, 768, 160, False)
+    (768, 160)
+    """
+    if context is None:
+        return prompt_tokens, new_tokens
+    if encoder_decoder:
+        return min(prompt_tokens, context), min(new_tokens, context)
+    new = max(1, min(new_tokens, context // 2, context - MIN_PROMPT_TOKENS))
+    return max(1, min(prompt_tokens, context - new)), new
 
 
 def load_pretrained(

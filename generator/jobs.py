@@ -20,6 +20,7 @@ and reason.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CONTROL_SOURCE, dialect_insert, variant_id
@@ -41,6 +43,8 @@ from generator.versions import base_version_name, ensure_base, newest_shipped
 if TYPE_CHECKING:
     from generator.hf import GenerationStats, HFGenerator
 
+log = logging.getLogger(__name__)
+
 #: Extra candidates asked of the backend beyond the number wanted, to cover rejections.
 POOL_SLACK = len(STYLES)
 
@@ -50,12 +54,15 @@ class GenerateReport:
     """`products`: products that needed variants; `created`: variants stored active;
     `rejected`: new candidates stored rejected; `skipped`: products that had enough;
     `stats`: the `hf` backend's throughput (None for rules); `generator_version`: the version
-    that generated (`rules-1`, `hf-base-…`, a fine-tuned one)."""
+    that generated (`rules-1`, `hf-base-…`, a fine-tuned one); `failed`: the products the
+    backend raised on, with the reason (one bad product never stops the others)."""
 
     products: int
     created: int
     rejected: int
     skipped: int
+    #: (product_id, reason) of each product the backend failed on; the others went on.
+    failed: tuple[tuple[str, str], ...] = ()
     # Informational: equal reports are equal whatever the timing or version they ran under.
     stats: GenerationStats | None = field(default=None, compare=False, repr=False)
     generator_version: str | None = field(default=None, compare=False)
@@ -121,21 +128,25 @@ def generate_variants(
     sessions: sessionmaker[Session],
     settings: Settings,
     product_ids: Sequence[str] | None = None,
-    backend: str | None = None,
+    backend: str | Backend | None = None,
     per_product: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerateReport:
     """Top up every product (or those in `product_ids`) to `per_product` active candidates.
 
-    `backend` and `per_product` default to `settings.generator_backend` and
-    `settings.variants_per_product`; `progress(done, total)` is called after each product.
+    `backend` (a name, or a backend built already) and `per_product` default to
+    `settings.generator_backend` and `settings.variants_per_product`; `progress(done, total)` is called after each product.
     Raises :class:`UnknownProductError` naming ids that are not in the ledger, and
     :class:`BackendUnavailableError` for a backend that cannot run here.
     """
     wanted = settings.variants_per_product if per_product is None else per_product
     if wanted < 1:
         raise ValueError(f"per_product must be >= 1, got {wanted}")
-    generator = make_backend(backend or settings.generator_backend, settings, sessions)
+    generator = (
+        backend
+        if backend is not None and not isinstance(backend, str)
+        else make_backend(backend or settings.generator_backend, settings, sessions)
+    )
     with sessions() as session:
         products, active_counts = _load(session, product_ids)
         brands = _known_brands(session)
@@ -143,6 +154,7 @@ def generate_variants(
     todo = [p for p in products if active_counts.get(p.product_id, 0) < wanted]
     created = rejected = done = 0
     stats = None
+    failed: dict[str, str] = {}
     batched = getattr(generator, "generate_many", None)
     chunk = max(1, getattr(generator, "batch_size", 1)) if batched else 1
     for start in range(0, len(todo), chunk):
@@ -150,12 +162,22 @@ def generate_variants(
         backend_now: Backend = generator
         if batched is not None:
             prefetched = _prefetch(generator, products_now, active_counts, wanted)
-            stats = prefetched.stats if stats is None else stats + prefetched.stats
+            if prefetched.stats is not None:
+                stats = prefetched.stats if stats is None else stats + prefetched.stats
+            failed.update(prefetched.failed)
             backend_now = prefetched
         for product in products_now:
-            made, refused = _top_up(sessions, backend_now, product, wanted, params)
-            created += made
-            rejected += refused
+            if product.product_id not in failed:
+                try:
+                    made, refused = _top_up(sessions, backend_now, product, wanted, params)
+                except (SQLAlchemyError, KeyboardInterrupt):
+                    raise  # the ledger or the operator: nothing to go on with
+                except Exception as exc:  # a backend bug on one product's data
+                    log.exception("generating for %s failed", product.product_id)
+                    failed[product.product_id] = _reason(exc)
+                else:
+                    created += made
+                    rejected += refused
             done += 1
             if progress is not None:
                 progress(done, len(todo))
@@ -164,18 +186,31 @@ def generate_variants(
         created=created,
         rejected=rejected,
         skipped=len(products) - len(todo),
+        failed=tuple(sorted(failed.items())),
         stats=stats,
         generator_version=getattr(generator, "version", None),
     )
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming the exception: `IndexError: index out of range in self`."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
 class _Prefetched:
     """A backend serving candidates generated beforehand in one batch: each product's pool,
     reordered to follow the styles asked for (least represented first), cut at `n`."""
 
-    def __init__(self, pools: dict[str, Sequence[Candidate]], stats: GenerationStats) -> None:
+    def __init__(
+        self,
+        pools: dict[str, Sequence[Candidate]],
+        stats: GenerationStats | None,
+        failed: dict[str, str] | None = None,
+    ) -> None:
         self.pools = pools
         self.stats = stats
+        self.failed = failed or {}
 
     def generate(self, product: ProductLike, styles: Sequence[str], n: int) -> list[Candidate]:
         pool = self.pools.get(product.product_id, ())
@@ -191,14 +226,35 @@ class _Prefetched:
 def _prefetch(
     generator: Any, products: Sequence[_ProductData], active: dict[str, int], wanted: int
 ) -> _Prefetched:
-    """One batched generation for `products`: a pool of `need + POOL_SLACK` each, all styles."""
+    """One batched generation for `products`: a pool of `need + POOL_SLACK` each, all styles.
+
+    When the batch fails, each product is generated alone, so one product the model cannot
+    handle costs its own pool only; its reason is kept in `failed`."""
     from generator.hf import GenerationRequest
 
     requests = [
         GenerationRequest(p, STYLES, wanted - active.get(p.product_id, 0) + POOL_SLACK)
         for p in products
     ]
-    result = generator.generate_many(requests)
+    try:
+        result = generator.generate_many(requests)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if len(requests) == 1:
+            log.exception("generating for %s failed", requests[0].product.product_id)
+            return _Prefetched({}, None, {requests[0].product.product_id: _reason(exc)})
+        log.warning("a batch of %d products failed (%s); one by one", len(requests), exc)
+        pools: dict[str, Sequence[Candidate]] = {}
+        failed: dict[str, str] = {}
+        stats = None
+        for product in products:
+            one = _prefetch(generator, [product], active, wanted)
+            pools.update(one.pools)
+            failed.update(one.failed)
+            if one.stats is not None:
+                stats = one.stats if stats is None else stats + one.stats
+        return _Prefetched(pools, stats, failed)
     pools = {r.product.product_id: c for r, c in zip(requests, result.candidates, strict=True)}
     return _Prefetched(pools, result.stats)
 

@@ -10,9 +10,10 @@ learned; open decisions have no label yet and are not exported):
      "c": {"U": context, "P": product, "_multi": [{"A": …, "V": …} per action, logged order]},
      "VWState": {"m": model_version}, "policy": bandit|control|fallback, "ProductId": …}
 
-Features are the names `bandit.vw_format` writes in the text format (`device=mobile` with
-weight 1 in namespace `U`, …), so a model trained on the export hashes the same features as
-the live one. VW minimises cost, so cost = −reward, as in the text format.
+Features are the names and values `bandit.vw_format` writes in the text format
+(`device=mobile` with weight 1 in namespace `U`, `len: -1.2` in `T`, …: `arm_namespaces`), so a
+model trained on the export hashes the same features as the live one. VW minimises cost, so
+cost = −reward, as in the text format.
 
 Errors: `ExportError` (base) ← `UnknownFormatError`.
 """
@@ -28,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bandit.features import Arm
-from bandit.vw_format import token
+from bandit.vw_format import arm_namespaces, token
 from core.ledger.tables import Decision, Product, Reward, Variant
 
 FORMATS = ("dsjson",)
@@ -41,23 +42,6 @@ class ExportError(Exception):
 
 class UnknownFormatError(ExportError):
     """A format other than those in `FORMATS` was asked for."""
-
-
-def arm_features(arm: Arm) -> dict[str, dict[str, int]]:
-    """An action's namespaces, as `vw_format.to_vw` names them.
-
-    >>> arm_features(Arm("v1", "concise", "rules", "xs", 0, 12))["A"]["numbers=9"]
-    1
-    """
-    a = [
-        token("style", arm.style),
-        token("source", arm.source),
-        f"len={arm.length}",
-        f"bullets={min(arm.bullets, 9)}",
-        f"numbers={min(arm.numbers, 9)}",
-        token("gen", arm.generator_version),
-    ]
-    return {"A": dict.fromkeys(a, 1), "V": {token("id", arm.variant_id)[3:]: 1}}
 
 
 def dsjson_line(
@@ -100,7 +84,7 @@ def dsjson_line(
         "c": {
             "U": shared,
             "P": {token("category", category): 1},
-            "_multi": [arm_features(arm) for arm in arms],
+            "_multi": [arm_namespaces(arm) for arm in arms],
         },
         "p": [float(pmf[i]) for i in order],
         "VWState": {"m": str(model_version)},

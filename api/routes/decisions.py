@@ -13,7 +13,6 @@ returned as a `Response` (`response_model` still documents it).
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import Annotated, Any
@@ -28,10 +27,7 @@ from api.catalog_cache import CatalogCache, CatalogEntry
 from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
-from bandit import Choice, Policy
-from core.messages import Decision
-
-log = logging.getLogger(__name__)
+from api.serving import choose, decision_message
 
 #: A `serve` (or `admin`) key; the app's resources.
 ServingDep = Annotated[Resources, Depends(Authorized("serve"))]
@@ -84,24 +80,10 @@ def _decide(
     entry: CatalogEntry, product_id: str, context: dict[str, Any], resources: Resources
 ) -> Response:
     """Choose, publish the decision (queue only), count it, answer it (`DecisionOut`'s JSON)."""
-    choice = _choose(entry, context, resources.policies.policy)
+    choice = choose(entry, context, resources.policies.policy)
     decision_id = uuid.uuid4().hex
     i = choice.index
-    # Every field is already valid (ids from the catalog, context validated, the policy's
-    # choice), so the message skips validation; `Decision` still defines what is published.
-    message = Decision.model_construct(
-        decision_id=decision_id,
-        product_id=product_id,
-        variant_id=choice.variant_id,
-        style=entry.styles[i],
-        policy=choice.policy,
-        probability=choice.probability,
-        model_version=choice.model_version,
-        context=context,
-        actions=list(entry.variant_ids),
-        pmf=list(choice.pmf),
-        ts=time.time(),
-    )
+    message = decision_message(entry, product_id, context, choice, decision_id, time.time())
     resources.publisher.publish(resources.settings.decisions_topic, decision_id, message.to_bytes())
     resources.metrics.decisions.labels(choice.policy).inc()
     answer: dict[str, Any] = {  # the fields of DecisionOut, in its order
@@ -115,28 +97,3 @@ def _decide(
         "model_version": choice.model_version,
     }
     return Response(orjson.dumps(answer), media_type="application/json")
-
-
-def _choose(entry: CatalogEntry, context: dict[str, Any], policy: Policy | None) -> Choice:
-    """The policy's choice, or the control variant (`fallback`) without a usable model."""
-    if policy is not None:
-        try:
-            return policy.choose(
-                context,
-                entry.features,
-                entry.arms,
-                entry.control_index,
-                rendered_arms=entry.arm_lines,
-            )
-        except Exception:  # a model that cannot score must not take serving down
-            log.exception("model %d failed to choose; serving the control variant", policy.version)
-    pmf = [0.0] * len(entry.arms)
-    pmf[entry.control_index] = 1.0
-    return Choice(
-        index=entry.control_index,
-        variant_id=entry.arms[entry.control_index].variant_id,
-        probability=1.0,
-        pmf=tuple(pmf),
-        policy="fallback",
-        model_version=0,
-    )

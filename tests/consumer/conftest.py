@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vowpalwabbit import pyvw
 
 from bandit import Arm, LoggedDecision, Policy, ProductFeatures
+from bandit.model_file import unpack
 from consumer.records import DecisionRecord, EventRecord
 from core.ledger import Decision, Product, Reward, Variant
 
@@ -109,15 +110,22 @@ def make_event() -> Callable[..., EventRecord]:
 
 
 def readable_weights(model: bytes) -> str:
-    """VW's readable dump of a model, less the example counter `t`: a model loaded from a
-    snapshot counts one more example than one that never was saved, with identical weights."""
+    """VW's readable dump of a model, less the example counter `t` (a model loaded from a
+    snapshot counts one more example than one that never was saved, with identical weights),
+    plus the model file's header (decisions learned, exposure per variant)."""
+    header, vw_model = unpack(model)
     with tempfile.TemporaryDirectory() as tmp:
         path, text = Path(tmp) / "model.vw", Path(tmp) / "model.txt"
-        path.write_bytes(model)
+        path.write_bytes(vw_model)
         vw = pyvw.Workspace(f"-i {path} --readable_model {text} --quiet")
         vw.finish()
         lines = text.read_text().splitlines()
-    return os.linesep.join(line for line in lines if not line.startswith("t "))
+    counts = (
+        []
+        if header is None
+        else [f"learned {header.learned}", f"exposure {dict(header.exposure)}"]
+    )
+    return os.linesep.join([*counts, *(line for line in lines if not line.startswith("t "))])
 
 
 @pytest.fixture

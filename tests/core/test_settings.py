@@ -40,8 +40,12 @@ def test_holdout_message_is_exact() -> None:
 
 
 def test_vw_args_from_parts() -> None:
+    """copyloop's explorers ride on VW's cost regression (`--cb_adf`); VW's others on
+    `--cb_explore_adf`."""
     s = load_settings(bandit_explorer="--squarecb", bandit_interactions="UA PA")
-    assert s.vw_args == "--cb_explore_adf --squarecb -q UA -q PA"
+    assert s.vw_args == "--cb_adf --squarecb -q UA -q PA --power_t 0 -l 0.005"
+    s = load_settings(bandit_explorer="--bag 5", bandit_interactions="UA", bandit_extra_args="")
+    assert s.vw_args == "--cb_explore_adf --bag 5 -q UA"
 
 
 def test_settings_round_trip_through_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:

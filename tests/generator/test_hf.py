@@ -313,3 +313,62 @@ def test_from_settings_reads_the_generator_settings(
     )
     assert gen.model.dtype == torch.float64 and gen.static_cache and not gen.compile
     assert gen.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module")
+def short_context_lms(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny GPT-2s that attend over 128 and 512 positions: shorter than a long prompt plus its
+    copy under the default budget (768 + 160 tokens)."""
+    from generator.tiny import build_tiny_causal_lm
+
+    texts = [p.description for p in PRODUCTS]
+    root = tmp_path_factory.mktemp("short")
+    return {
+        n: build_tiny_causal_lm(root / str(n), texts, n_positions=n, seed=0) for n in (128, 512)
+    }
+
+
+@pytest.mark.parametrize("positions", [128, 512])
+def test_prompt_and_copy_fit_the_models_own_context(
+    positions: int, short_context_lms: dict[int, Path]
+) -> None:
+    """The budget comes from the model's config: no IndexError on a 128- or 512-position model
+    whatever the prompt's length (the prompt keeps its end, the cue to continue)."""
+    path = short_context_lms[positions]
+    gen = HFGenerator(path, version="v", batch_size=4, max_new_tokens=200, temperature=0.0)
+    assert gen.context_tokens == positions
+    assert gen.max_prompt_tokens + gen.max_new_tokens <= positions
+    long = PRODUCTS[0].model_copy(update={"description": PRODUCTS[0].description * 20})
+    result = gen.generate_many([GenerationRequest(p, ("story",), 1) for p in (long, PRODUCTS[1])])
+    assert len(result.candidates) == 2
+
+
+def test_an_encoder_decoder_reads_and_writes_within_its_context(tiny_seq2seq: Path) -> None:
+    gen = HFGenerator(tiny_seq2seq, version="v", max_new_tokens=2000, max_prompt_tokens=4096)
+    assert gen.is_encoder_decoder
+    limit = gen.context_tokens
+    assert limit is None or (gen.max_prompt_tokens <= limit and gen.max_new_tokens <= limit)
+    long = PRODUCTS[2].model_copy(update={"description": PRODUCTS[2].description * 20})
+    gen.max_new_tokens = 8  # quick: only that it runs is asked here
+    assert len(gen.generate_many([GenerationRequest(long, ("concise",), 1)]).candidates) == 1
+
+
+def test_one_product_the_model_fails_on_is_reported_and_the_rest_go_on(
+    sessions: sessionmaker[Session],
+    make_settings: SettingsFactory,
+    short_context_lms: dict[int, Path],
+) -> None:
+    """A generator whose prompt budget overruns its model (as a hand-set budget could) raises
+    IndexError on the one product with a long description; the batch is retried product by
+    product, the others get their variants and the failure is reported with its reason."""
+    long = PRODUCTS[0].model_copy(update={"description": PRODUCTS[0].description * 20})
+    upsert_products(sessions, [long, *PRODUCTS[1:3]])
+    gen = HFGenerator(short_context_lms[512], version="hf-short", batch_size=8, max_new_tokens=16)
+    gen.max_prompt_tokens = 4096  # overrun the 512 positions on purpose (with long prompts only)
+    report = generate_variants(sessions, make_settings(), backend=gen, per_product=1)
+    assert [pid for pid, _ in report.failed] == [long.product_id]
+    assert report.failed[0][1].startswith("IndexError")
+    assert report.products == 3
+    with sessions() as s:
+        written = {v.product_id for v in s.scalars(select(Variant).where(Variant.source == "llm"))}
+    assert long.product_id not in written

@@ -1,0 +1,68 @@
+"""The serving decision, as one pure step: a catalog entry and a context in, the policy's choice
+and the message to publish out. The decision routes call it per page view, and the learning
+simulator (`copyloop.sim`) calls the very same code, so what it measures is what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from api.catalog_cache import CatalogEntry
+from bandit import Choice, Policy
+from core.messages import Decision
+
+log = logging.getLogger(__name__)
+
+
+def choose(entry: CatalogEntry, context: dict[str, Any], policy: Policy | None) -> Choice:
+    """The policy's choice, or the control variant (`fallback`) without a usable model."""
+    if policy is not None:
+        try:
+            return policy.choose(
+                context,
+                entry.features,
+                entry.arms,
+                entry.control_index,
+                rendered_arms=entry.arm_lines,
+            )
+        except Exception:  # a model that cannot score must not take serving down
+            log.exception("model %d failed to choose; serving the control variant", policy.version)
+    pmf = [0.0] * len(entry.arms)
+    pmf[entry.control_index] = 1.0
+    return Choice(
+        index=entry.control_index,
+        variant_id=entry.arms[entry.control_index].variant_id,
+        probability=1.0,
+        pmf=tuple(pmf),
+        policy="fallback",
+        model_version=0,
+    )
+
+
+def decision_message(
+    entry: CatalogEntry,
+    product_id: str,
+    context: dict[str, Any],
+    choice: Choice,
+    decision_id: str,
+    ts: float,
+) -> Decision:
+    """The decision as published to `{prefix}.decisions`.
+
+    Every field is already valid (ids from the catalog, the context validated by the route, the
+    policy's choice), so the message skips validation; `Decision` still defines what is sent.
+    """
+    return Decision.model_construct(
+        decision_id=decision_id,
+        product_id=product_id,
+        variant_id=choice.variant_id,
+        style=entry.styles[choice.index],
+        policy=choice.policy,
+        probability=choice.probability,
+        model_version=choice.model_version,
+        context=context,
+        actions=list(entry.variant_ids),
+        pmf=list(choice.pmf),
+        ts=ts,
+    )

@@ -1,0 +1,198 @@
+"""Exploration that copyloop does itself, over VW's cost regression, with exact probabilities.
+
+Why not VW's own `--cb_explore_adf --squarecb`: there, the regression behind the explorer is
+`cb_type mtr`, which weights the served action's update by 1/p. A variant served with p = 0.02
+then moves the model 50 times as far as one served greedily; on click-rate rewards that noise
+dominates what the model learns (`bench/learning.py`: VW's squarecb at 0.80 of the oracle where
+the same explorer over an unweighted regression reaches the table in BENCHMARKS.md). SquareCB's
+own analysis (Foster & Rakhlin 2020, "Beyond UCB: Optimal and Efficient Contextual Bandits with
+Regression Oracles") assumes an *unweighted* square-loss regression oracle, so copyloop runs VW
+as that oracle (`--cb_adf --cb_type dm`: a direct-method regression of each served action's
+cost) and draws from the inverse-gap-weighted distribution itself:
+
+    p(a) = 1 / (K + γ · (ŷ(a) − ŷ(a*)))   for a ≠ a* = argmin ŷ,   p(a*) = 1 − Σ_{a≠a*} p(a)
+
+with costs ŷ in reward units and γ = gamma_scale · n^gamma_exponent, n the decisions the model
+has learned (VW's own schedule). `--epsilon ε` is ε-greedy over the same regression.
+
+New copy gets a fair trial (`FairTrial`): a variant the model has seen served fewer than
+`exposure` times keeps at least `floor` of the probability mass, taken proportionally from the
+others, so its own results can tell it apart from its look-alikes. Every probability logged is
+the one sampled from, so off-policy estimates stay exact.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: The flags copyloop's explorers take; any other explorer flag runs inside VW.
+OWN_FLAGS = frozenset({"--squarecb", "--gamma_scale", "--gamma_exponent", "--epsilon"})
+#: VW's explorer flags (for `--cb_explore_adf`); told apart from the model's own arguments.
+VW_EXPLORER_FLAGS = frozenset(
+    {
+        "--squarecb",
+        "--gamma_scale",
+        "--gamma_exponent",
+        "--epsilon",
+        "--first",
+        "--bag",
+        "--cover",
+        "--softmax",
+        "--lambda",
+        "--regcb",
+        "--regcbopt",
+        "--mellowness",
+        "--elim",
+        "--synthcover",
+        "--psi",
+        "--nounif",
+        "--greedify",
+        "--first_only",
+        "--rnd",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InverseGap:
+    """SquareCB's inverse gap weighting with γ = gamma_scale · learned^gamma_exponent."""
+
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.gamma_scale <= 0:
+            raise ValueError(f"gamma_scale must be > 0, got {self.gamma_scale}")
+        if not 0.0 <= self.gamma_exponent <= 1.0:
+            raise ValueError(f"gamma_exponent must be in [0, 1], got {self.gamma_exponent}")
+
+    def pmf(self, costs: Sequence[float], learned: int) -> list[float]:
+        """
+        >>> [round(p, 3) for p in InverseGap(10.0, 0.5).pmf([0.0, -0.1, -0.05], learned=100)]
+        [0.077, 0.798, 0.125]
+        """
+        gamma = self.gamma_scale * max(learned, 1) ** self.gamma_exponent
+        k = len(costs)
+        best = min(range(k), key=costs.__getitem__)
+        pmf = [1.0 / (k + gamma * (c - costs[best])) for c in costs]
+        pmf[best] = 0.0
+        pmf[best] = 1.0 - sum(pmf)
+        return pmf
+
+
+@dataclass(frozen=True, slots=True)
+class EpsilonGreedy:
+    """The lowest cost with 1 − ε (ties share it), every action ε / K."""
+
+    epsilon: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+
+    def pmf(self, costs: Sequence[float], learned: int) -> list[float]:
+        """
+        >>> [round(p, 3) for p in EpsilonGreedy(0.1).pmf([0.0, -0.2, -0.2, 0.1], learned=0)]
+        [0.025, 0.475, 0.475, 0.025]
+        """
+        k = len(costs)
+        low = min(costs)
+        ties = [c == low for c in costs]
+        n = sum(ties)
+        return [self.epsilon / k + ((1.0 - self.epsilon) / n if t else 0.0) for t in ties]
+
+
+Explorer = InverseGap | EpsilonGreedy
+
+
+@dataclass(frozen=True, slots=True)
+class FairTrial:
+    """A floor for variants served fewer than `exposure` times among the decisions learned."""
+
+    exposure: int = 100
+    floor: float = 0.1
+    max_total: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.exposure < 0:
+            raise ValueError(f"exposure must be >= 0, got {self.exposure}")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"floor must be in [0, 1), got {self.floor}")
+        if not 0.0 <= self.max_total < 1.0:
+            raise ValueError(f"max_total must be in [0, 1), got {self.max_total}")
+
+    def apply(self, pmf: Sequence[float], exposures: Sequence[int]) -> list[float]:
+        """`pmf` with each young arm lifted to at least `floor` (their floors together at most
+        `max_total`), the mass taken proportionally from every arm.
+
+        >>> [round(p, 3) for p in FairTrial(100, 0.2).apply([0.9, 0.05, 0.05], [500, 0, 400])]
+        [0.72, 0.24, 0.04]
+        >>> FairTrial(100, 0.2).apply([0.9, 0.1], [500, 300])
+        [0.9, 0.1]
+        """
+        young = [i for i, n in enumerate(exposures) if n < self.exposure]
+        if not young or self.floor == 0.0 or len(young) == len(pmf):
+            return list(pmf)
+        each = min(self.floor, self.max_total / len(young))
+        keep = 1.0 - each * len(young)
+        out = [keep * p for p in pmf]
+        for i in young:
+            out[i] += each
+        return out
+
+
+def parse_explorer(spec: str) -> Explorer | None:
+    """copyloop's explorer for a spec of `OWN_FLAGS`, or None when the spec is VW's.
+
+    >>> parse_explorer("--squarecb --gamma_scale 20")
+    InverseGap(gamma_scale=20.0, gamma_exponent=0.5)
+    >>> parse_explorer("--epsilon 0.05"), parse_explorer("--bag 5 --epsilon 0.05")
+    (EpsilonGreedy(epsilon=0.05), None)
+    """
+    tokens = shlex.split(spec)
+    flags = [t for t in tokens if t.startswith("--")]
+    if not flags or any(f not in OWN_FLAGS for f in flags):
+        return None
+    values = _values(tokens)
+    if "--squarecb" in values:
+        return InverseGap(
+            float(values.get("--gamma_scale") or 10.0),
+            float(values.get("--gamma_exponent") or 0.5),
+        )
+    if "--epsilon" in values:
+        return EpsilonGreedy(float(values["--epsilon"] or 0.05))
+    return None
+
+
+def split_args(args: str) -> tuple[str, str]:
+    """`(explorer, rest)`: the explorer flags (with their values) and the model's arguments.
+
+    >>> split_args("--cb_adf --squarecb --gamma_scale 5 -q UA --power_t 0")
+    ('--squarecb --gamma_scale 5', '--cb_adf -q UA --power_t 0')
+    """
+    tokens = shlex.split(args)
+    explorer: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t in VW_EXPLORER_FLAGS:
+            explorer.append(t)
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("-"):
+                explorer.append(tokens[i + 1])
+                i += 1
+        else:
+            rest.append(t)
+        i += 1
+    return " ".join(explorer), " ".join(rest)
+
+
+def _values(tokens: Sequence[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for i, t in enumerate(tokens):
+        if t.startswith("--"):
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+            out[t] = nxt if nxt is not None and not nxt.startswith("--") else None
+    return out

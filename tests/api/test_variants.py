@@ -1,0 +1,110 @@
+"""A copywriter's variants over HTTP: added through the guardrails and served from the next page
+view, retired by hand, the control protected; bad input names its field and stores nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bandit import Policy
+from core.ledger import snapshots
+from core.ledger.tables import Variant
+from core.settings import Settings
+
+GOOD = "The Lumo desk lamp: steel, 3 brightness settings and a 2 m cord for any desk."
+
+
+def _served(client: TestClient, headers: dict[str, dict[str, str]], pid: str, n: int) -> set[str]:
+    return {
+        client.get(f"/v1/products/{pid}/variant", headers=headers["serve"]).json()["variant_id"]
+        for _ in range(n)
+    }
+
+
+def test_a_manual_variant_passes_the_guardrails_and_is_served_at_once(
+    client: TestClient,
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    sessions: sessionmaker[Session],
+    api_settings: Settings,
+    wait_until: Any,
+) -> None:
+    policy = Policy(api_settings.vw_args)  # an untrained model, as the learner saves first
+    snapshots.save(sessions, policy.save(), last_seq=0, vw_args=api_settings.vw_args)
+    pid = product.product_id
+    serve = headers["serve"]
+    wait_until(
+        lambda: client.get(f"/v1/products/{pid}/variant", headers=serve).json()["policy"]
+        == "bandit",
+        what="the model to load",
+    )
+    body = {"variants": [{"text": GOOD, "style": "desk"}, {"text": "A 12 inch copper lamp."}]}
+    r = client.post(
+        f"/v1/products/{product.product_id}/variants", json=body, headers=headers["admin"]
+    )
+    assert r.status_code == 201, r.text
+    good, bad = r.json()["variants"]
+    assert good["status"] == "active" and good["reasons"] == []
+    assert bad["status"] == "rejected" and bad["reasons"][0].startswith("unsupported_")
+    with sessions() as s:
+        row = s.get(Variant, good["variant_id"])
+        assert row is not None
+        assert (row.source, row.style, row.generator_version) == ("manual", "desk", "manual")
+    # No restart and no refresh wait: the very next decisions may serve it (the fair trial
+    # gives a variant that was never served at least a tenth of the traffic).
+    assert good["variant_id"] in _served(client, headers, product.product_id, 200)
+    again = client.post(
+        f"/v1/products/{product.product_id}/variants",
+        json={"text": GOOD, "style": "desk"},
+        headers=headers["admin"],
+    )
+    assert again.json()["variants"] == [good]  # the same text twice is the same variant
+
+
+def test_retire_stops_serving_and_keeps_history_but_not_for_the_control(
+    client: TestClient,
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    sessions: sessionmaker[Session],
+) -> None:
+    pid, victim = product.product_id, product.variant_ids[1]
+    r = client.delete(f"/v1/products/{pid}/variants/{victim}", headers=headers["admin"])
+    assert r.status_code == 200, r.text
+    assert r.json() == {"variant_id": victim, "status": "retired", "changed": True}
+    assert victim not in _served(client, headers, pid, 100)
+    with sessions() as s:
+        row = s.scalar(select(Variant).where(Variant.variant_id == victim))
+        assert row is not None and (row.status, row.reject_reason) == ("retired", "manual")
+    r = client.delete(f"/v1/products/{pid}/variants/{victim}", headers=headers["admin"])
+    assert r.json()["changed"] is False
+    r = client.delete(f"/v1/products/{pid}/variants/{product.control_id}", headers=headers["admin"])
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "control_variant"
+    r = client.delete(f"/v1/products/{pid}/variants/nope", headers=headers["admin"])
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "variant_not_found"
+
+
+def test_bad_input_names_the_field_and_stores_nothing(
+    client: TestClient,
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    sessions: sessionmaker[Session],
+) -> None:
+    pid = product.product_id
+    body = {"variants": [{"text": GOOD}, {"text": "", "style": "x"}, {"style": "bad style!"}]}
+    r = client.post(f"/v1/products/{pid}/variants", json=body, headers=headers["admin"])
+    assert r.status_code == 422
+    fields = {(d["index"], d["field"]) for d in r.json()["error"]["details"]}
+    assert {(1, "text"), (2, "text"), (2, "style")} <= fields
+    with sessions() as s:
+        assert s.scalar(select(Variant).where(Variant.source == "manual")) is None
+    r = client.post("/v1/products/nope/variants", json={"text": GOOD}, headers=headers["admin"])
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "product_not_found"
+    for role in ("serve", "analyst", "events"):
+        r = client.post(f"/v1/products/{pid}/variants", json={"text": GOOD}, headers=headers[role])
+        assert r.status_code == 403
