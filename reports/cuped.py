@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from reports.estimators import ArmStats, uplift
+from reports.estimators import ArmStats, uplift, variance_scale
 from reports.intervals import SEQUENTIAL_TARGET_N
 
 
@@ -140,9 +140,12 @@ def cuped(
     theta = (sxy_t + sxy_c) / sxx if sxx > 1e-12 * max(treatment.n + control.n, 1) else 0.0
     x_mean = (treatment.sum_x + control.sum_x) / (treatment.n + control.n)
     adj_t, adj_c = treatment.adjusted(theta, x_mean), control.adjusted(theta, x_mean)
-    plain_var = treatment.plain.var_of_mean + control.plain.var_of_mean
-    adj_var = adj_t.var_of_mean + adj_c.var_of_mean
-    u = uplift(adj_t, adj_c, ci, target_n)
+    # The adjusted arms keep the plain arms' skew guard (`estimators.variance_scale`): the
+    # compound model behind it describes y, not y − θ(x − x̄).
+    scale = variance_scale(treatment.plain, control.plain)
+    plain_var = treatment.plain.var_of_mean * scale[0] + control.plain.var_of_mean * scale[1]
+    adj_var = adj_t.var_of_mean * scale[0] + adj_c.var_of_mean * scale[1]
+    u = uplift(adj_t, adj_c, ci, target_n, scale)
     return Cuped(
         relative=u.relative,
         ci_low=u.ci_low,

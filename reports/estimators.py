@@ -14,6 +14,12 @@ sequential) is not yet trustworthy, so the interval and p-value are None and `no
 The thresholds come from the coverage simulations (`reports.simulate.sequential`): with 5
 purchases per arm, revenue intervals watched after every batch covered 91%; with 30, 97%.
 
+A valued outcome's sample variance is also raised to its compound-model value when that is
+larger (`variance_scale`): revenue per impression is a rare purchase times a skewed value, and
+an arm that by chance saw no large basket has both a low mean and a low sample variance, so
+its interval is too narrow exactly when it is off (plain sample variances covered 92.8-94.0%
+at 40,000 decisions; with the guard 94.4-95.8%).
+
 Off-policy estimators share one interface: `estimator(data: LoggedBandit) -> Estimate` (value,
 interval, n, effective sample size); `ESTIMATORS` names them. `ips` and `snips` also accept the
 three arrays directly. Their values are the textbook ones (they equal Open Bandit Pipeline's on
@@ -86,13 +92,41 @@ class Uplift:
         return asdict(self)
 
 
+def variance_scale(treatment: ArmStats, control: ArmStats) -> tuple[float, float]:
+    """Per arm, the factor (≥ 1) that raises the sample variance of a valued outcome to the
+    compound model's, (κ·mean − mean²) / n with κ = Σy² / Σy pooled over both arms (a purchase
+    times a value whose distribution the arms share, as `ratio_snips` assumes). The larger of
+    the two is kept: an arm whose values really are more spread keeps its own variance. 0/1
+    outcomes get (1, 1): the model is their sample variance.
+
+    >>> variance_scale(ArmStats(1000, 100, 100), ArmStats(1000, 90, 90))
+    (1.0, 1.0)
+    >>> t, c = ArmStats(1000, 400, 20_000, 20), ArmStats(1000, 300, 90_000, 10)
+    >>> [round(x, 2) for x in variance_scale(t, c)]
+    [3.16, 1.0]
+    """
+    total = treatment.total + control.total
+    if treatment.nonzero is None or control.nonzero is None or total <= 0:
+        return 1.0, 1.0
+    kappa = (treatment.total_sq + control.total_sq) / total
+    out = []
+    for arm in (treatment, control):
+        sample = arm.var_of_mean
+        model = max(kappa * arm.mean - arm.mean * arm.mean, 0.0) / arm.n if arm.n else 0.0
+        out.append(max(1.0, model / sample) if sample > 0 else 1.0)
+    return out[0], out[1]
+
+
 def uplift(
     treatment: ArmStats,
     control: ArmStats,
     ci: str = "fixed",
     target_n: float = SEQUENTIAL_TARGET_N,
+    scale: tuple[float, float] | None = None,
 ) -> Uplift:
     """Lift of `treatment` over `control`; `ci_low`/`ci_high` bound the relative lift.
+    `scale` multiplies each arm's variance (default `variance_scale` of the two arms; CUPED
+    passes the plain arms' factors for its adjusted ones).
 
     >>> u = uplift(ArmStats(10000, 1200, 1200), ArmStats(10000, 1000, 1000))
     >>> round(u.relative, 3), round(u.absolute, 3), u.p_value < 0.001
@@ -117,6 +151,8 @@ def uplift(
     if min(treatment.n - treatment.events, control.n - control.events) < MIN_EVENTS:
         note = f"fewer than {MIN_EVENTS} units without an event in an arm: no interval yet"
         return Uplift(diff, relative, None, None, None, None, None, note)
+    scale_t, scale_c = scale if scale is not None else variance_scale(treatment, control)
+    var_t, var_c = var_t * scale_t, var_c * scale_c
     crit = critical(ci, treatment.n + control.n, target_n)
     se = math.sqrt(var_t + var_c)
     if se > 0:
