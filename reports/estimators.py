@@ -36,7 +36,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from reports.intervals import SEQUENTIAL_TARGET_N, Z95, critical, fieller, score_rate
+from reports.intervals import SEQUENTIAL_TARGET_N, critical, fieller, score_rate
+from reports.intervals import Z95 as Z95  # re-exported: generator.winners reads it here
 
 #: Fewest units with, and without, an event per arm before an uplift interval is given.
 MIN_EVENTS = 5
