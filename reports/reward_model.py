@@ -129,7 +129,7 @@ def fit_predict(
         if y.size == 0 or np.all(y == mean):
             out[:, m] = mean
             continue
-        beta = lsqr(x_train, y - mean, damp=damp, atol=1e-10, btol=1e-10, iter_lim=500)[0]
+        beta = lsqr(x_train, y - mean, damp=damp, atol=1e-6, btol=1e-6, iter_lim=200)[0]
         out[:, m] = mean + x_pred @ beta
     clipped: np.ndarray = np.maximum(out, 0.0)
     return clipped

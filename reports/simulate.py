@@ -200,6 +200,7 @@ def sequential(
         "fixed, watched": lambda t, c: _bounds(uplift(t.plain, c.plain, "fixed")),
     }
     covered = dict.fromkeys(kinds, 0)
+    with_interval = dict.fromkeys(kinds, 0)  # looks that had an interval to check
     for e in range(experiments):
         ok = dict.fromkeys(kinds, True)
         for look in range(batches):
@@ -208,17 +209,26 @@ def sequential(
             cov_t = CovStats.of_groups(zip(t, x[e], strict=True))
             cov_c = CovStats.of_groups(zip(c, x[e], strict=True))
             for kind, bounds in kinds.items():
-                if ok[kind]:
-                    lo, hi, alo, ahi = bounds(cov_t, cov_c)
-                    if lo is not None and hi is not None and not lo <= lift <= hi:
-                        ok[kind] = False
-                    if alo is not None and ahi is not None and not alo <= true_abs <= ahi:
-                        ok[kind] = False
+                lo, hi, alo, ahi = bounds(cov_t, cov_c)
+                with_interval[kind] += alo is not None
+                if lo is not None and hi is not None and not lo <= lift <= hi:
+                    ok[kind] = False
+                if alo is not None and ahi is not None and not alo <= true_abs <= ahi:
+                    ok[kind] = False
         for kind in kinds:
             covered[kind] += ok[kind]
-    extra = {"looks": float(batches), "batch": float(batch)}
     return [
-        Coverage(f"{kind} (every batch)", metric, covered[kind], experiments, extra=extra)
+        Coverage(
+            f"{kind} (every batch)",
+            metric,
+            covered[kind],
+            experiments,
+            extra={
+                "looks": batches,
+                "batch": batch,
+                "looks_with_interval": with_interval[kind] / (experiments * batches),
+            },
+        )
         for kind in kinds
     ]
 
