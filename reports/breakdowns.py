@@ -39,9 +39,9 @@ def revenue_kappa(cube_rows: Sequence[Any]) -> float | None:
 
 
 def snips_rates(w: Sequence[float], n: int, kappa: float | None) -> dict[str, Any]:
-    """SNIPS rates from the cube's weight sums (Σw, Σw·r per metric, Σw², …) with their score
+    """SNIPS rates from the cube's weight sums (Σw, Σw·r per metric, Σw²) with their score
     intervals; each carries `low_ess`."""
-    sw, swc, swp, swr, sw2 = w[:5]
+    sw, swc, swp, swr, sw2 = w
 
     def one(sum_wr: float, kap: float | None) -> dict[str, Any]:
         e = ratio_snips(sw, sum_wr, sw2, n, kap or 1.0)
@@ -56,8 +56,12 @@ def snips_rates(w: Sequence[float], n: int, kappa: float | None) -> dict[str, An
     }
 
 
+#: The cube's weight sums per row (`queries.ReportReader.cube`, columns 8-12).
+N_WEIGHTS = 5
+
+
 def _weights(r: Sequence[Any]) -> list[float]:
-    return [float(x or 0.0) for x in r[8:17]]
+    return [float(x or 0.0) for x in r[8 : 8 + N_WEIGHTS]]
 
 
 def products(cube_rows: Sequence[Any], lift: Lift) -> list[dict[str, Any]]:
@@ -83,7 +87,7 @@ def variants(
 ) -> list[dict[str, Any]]:
     sums: dict[tuple[str, str], Sums] = defaultdict(Sums)
     by_policy: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    weights: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * 9)
+    weights: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * N_WEIGHTS)
     product_n: dict[str, int] = defaultdict(int)
     product_bandit_n: dict[str, int] = defaultdict(int)
     kappa = revenue_kappa(cube_rows)
@@ -129,7 +133,7 @@ def generator_versions(
     cube_rows: Sequence[Any], meta: dict[str, tuple[str, str, str]]
 ) -> list[dict[str, Any]]:
     sums: dict[str, Sums] = defaultdict(Sums)
-    weights: dict[str, list[float]] = defaultdict(lambda: [0.0] * 9)
+    weights: dict[str, list[float]] = defaultdict(lambda: [0.0] * N_WEIGHTS)
     randomized_n: dict[str, int] = defaultdict(int)
     variant_ids: dict[str, set[str]] = defaultdict(set)
     kappa = revenue_kappa(cube_rows)

@@ -135,8 +135,8 @@ class ReportReader:
 
     def cube(self) -> list[tuple[Any, ...]]:
         """Per (product, variant, policy): product_id, variant_id, policy, n, clicks, purchases,
-        revenue, revenue², then Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², Σw²·click,
-        Σw²·purchase, Σw²·revenue, Σw²·revenue², with w = 1 / logged probability."""
+        revenue, revenue², then Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², with w = 1 /
+        logged probability (the per-variant SNIPS rates and their effective sample size)."""
         keys = (Decision.product_id, Decision.variant_id, Decision.policy)
         w = 1.0 / Decision.probability
         counts = self.conn.execute(
@@ -156,22 +156,13 @@ class ReportReader:
                     func.sum(ow * o.c.clicked),
                     func.sum(ow * o.c.purchased),
                     func.sum(ow * o.c.revenue),
-                    func.sum(ow * ow * o.c.clicked),
-                    func.sum(ow * ow * o.c.purchased),
-                    func.sum(ow * ow * o.c.revenue),
-                    func.sum(ow * ow * o.c.revenue * o.c.revenue),
                 ).group_by(*okeys)
             )
         }
         out = []
         for product_id, variant_id, policy, n, sw, sw2 in counts:
-            c, p, r, r2, swc, swp, swr, sw2c, sw2p, sw2r, sw2r2 = sums.get(
-                (product_id, variant_id, policy), (0,) * 11
-            )
-            out.append(
-                (product_id, variant_id, policy, n, c, p, r, r2)
-                + (sw, swc, swp, swr, sw2, sw2c, sw2p, sw2r, sw2r2)
-            )
+            c, p, r, r2, swc, swp, swr = sums.get((product_id, variant_id, policy), (0,) * 7)
+            out.append((product_id, variant_id, policy, n, c, p, r, r2) + (sw, swc, swp, swr, sw2))
         return out
 
     def product_sums(
