@@ -9,7 +9,8 @@ Targets, each scored on the same sample of recent randomized decisions:
 - `greedy`: a model snapshot's favourite variant for each logged context (VW scores the logged
   context, argmax of its pmf), with no exploration and no holdout, scored only on the sampled
   decisions that snapshot had not learned from (`greedy.greedy_actions` says which snapshot
-  and how many): scored on its own training decisions it looked three times better than live.
+  and how many). Scored on its own training decisions, it looked three times better than live
+  in the demo.
 
 Estimators (`estimators.ESTIMATORS`): IPS, SNIPS and DR. DR's reward model q̂(x, a) is a
 cross-fitted ridge regression on context × variant features (`reward_model`): unbiased whatever
@@ -33,7 +34,7 @@ TARGETS = {
     "live": "live policy (the logging policy: bandit plus holdout)",
     "control": "always the original copy",
     "uniform": "uniform random over the product's variants",
-    "greedy": "greedy current model (newest snapshot, no exploration)",
+    "greedy": "greedy current model (a snapshot, no exploration, on decisions it did not learn)",
 }
 REWARD_MODEL = DESCRIPTION
 

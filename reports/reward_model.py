@@ -145,8 +145,8 @@ def cross_fitted_q(
 ) -> np.ndarray:
     """q̂ at every action of every decision, (n, K, M): each decision's row from the model
     fitted on the other folds. `chosen` (n,) served index, `mask` (n, K) real actions,
-    `rewards` (n, M). With fewer than 2·folds decisions, one model fitted on all (too few to
-    split; said in the caller's note)."""
+    `rewards` (n, M). With fewer than 2·folds decisions there is nothing to split: one model
+    is fitted on all of them (its DR interval is meaningless at that size anyway)."""
     n, k = mask.shape
     q = np.zeros((n, k, rewards.shape[1]))
     if n == 0:

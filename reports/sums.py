@@ -39,6 +39,16 @@ class Sums:
             self.revenue_sq + other.revenue_sq,
         )
 
+    def __sub__(self, other: Sums) -> Sums:
+        """The sums of a set less those of a subset of it."""
+        return Sums(
+            self.n - other.n,
+            self.clicks - other.clicks,
+            self.purchases - other.purchases,
+            self.revenue - other.revenue,
+            self.revenue_sq - other.revenue_sq,
+        )
+
     def metrics(self) -> dict[str, Any]:
         n = self.n
         return {

@@ -141,7 +141,7 @@ def test_panel_warns_when_support_is_thin() -> None:
 def test_panel_without_a_model_says_so() -> None:
     panel = counterfactual_panel(_rows(10, (0.5, 0.5)), None, "no model snapshot yet")
     assert panel["policies"]["greedy"] == {
-        "label": "greedy current model (newest snapshot, no exploration)",
+        "label": "greedy current model (a snapshot, no exploration, on decisions it did not learn)",
         "available": False,
         "note": "no model snapshot yet",
     }
