@@ -426,6 +426,11 @@ class ReportFormat(StrEnum):
     csv = "csv"
 
 
+class ReportCi(StrEnum):
+    fixed = "fixed"
+    sequential = "sequential"
+
+
 @app.command()
 def report(
     format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = (
@@ -441,6 +446,14 @@ def report(
             min=0, help="Most recent decisions the counterfactual panel scores (0: no panel)."
         ),
     ] = 10_000,
+    ci: Annotated[
+        ReportCi,
+        typer.Option(
+            "--ci",
+            help="Interval kind: fixed (95%, read once) or sequential (always-valid: safe to "
+            "watch continuously).",
+        ),
+    ] = ReportCi.fixed,
 ) -> None:
     """The uplift report."""
     from core.ledger import make_engine, make_sessionmaker
@@ -458,11 +471,12 @@ def report(
             until_ts,
             product_id,
             ope_sample=ope_sample,
+            ci=ci.value,
         )
     finally:
         engine.dispose()
     text = {
-        ReportFormat.json: lambda: json.dumps(data, indent=2),
+        ReportFormat.json: lambda: json.dumps(data, indent=2, allow_nan=False),
         ReportFormat.csv: lambda: to_csv(data),
         ReportFormat.html: lambda: to_html(data),
     }[format]()

@@ -384,6 +384,10 @@ def _print_table(console: Console, report: dict[str, Any], summary: dict[str, An
         if u["relative"] is None:
             console.print(f"uplift {metric}: n/a (no control {metric} yet)")
             continue
+        if u["ci_low"] is None or u["p_value"] is None:  # too few events for an interval
+            reason = u.get("note") or "no interval"
+            console.print(f"uplift {metric}: {u['relative']:+.1%} ({reason})")
+            continue
         console.print(
             f"uplift {metric}: {u['relative']:+.1%} "
             f"[95% CI {u['ci_low']:+.1%}, {u['ci_high']:+.1%}], p = {u['p_value']:.3g}"

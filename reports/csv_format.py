@@ -1,14 +1,19 @@
 """The report as one CSV: a `section` column says what each row is.
 
-Sections: `arm`, `uplift`, `srm`, `product`, `product_uplift`, `variant`, `generator_version`,
-`context:<key>`, `timeseries:<arm>`, `timeseries:lift`, `ope:<policy>`. Columns a section does not
-use are empty.
+Sections: `arm`, `uplift`, `uplift_cuped`, `intervals`, `cuped`, `srm`, `product`,
+`product_uplift`, `variant`, `generator_version`, `context:<key>`, `timeseries:<arm>`,
+`timeseries:lift`, `ope:<policy>`. Columns a section does not use are empty; new columns are
+appended at the end so readers that pick columns by name or position keep working.
+
+Each section is written by one function in `WRITERS` (report dict → rows), in order: a new
+report section is one more function.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 COLUMNS = [
@@ -36,103 +41,19 @@ COLUMNS = [
     "value",
     "ess",
     "note",
+    "variance_reduction",
+    "low_ess",
+    "snips_ctr_ci_low",
+    "snips_ctr_ci_high",
+    "snips_cvr_ci_low",
+    "snips_cvr_ci_high",
+    "snips_revenue_per_impression_ci_low",
+    "snips_revenue_per_impression_ci_high",
 ]
 _COUNTS = ("impressions", "clicks", "purchases", "revenue", "ctr", "cvr", "revenue_per_impression")
 _LIFT = ("relative", "absolute", "ci_low", "ci_high", "p_value")
 
-
-def to_csv(report: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, restval="", extrasaction="ignore")
-    w.writeheader()
-    for arm, m in report["arms"].items():
-        w.writerow({"section": "arm", "key": arm, **_pick(m, _COUNTS)})
-    for metric, u in report["uplift"].items():
-        w.writerow({"section": "uplift", "key": metric, **_pick(u, _LIFT)})
-    srm = report["srm"]
-    w.writerow(
-        {
-            "section": "srm",
-            "key": "control_share",
-            "value": srm["observed_control_share"],
-            "p_value": srm["p_value"],
-            "note": f"expected {srm['expected_control_share']}"
-            + ("; MISMATCH" if srm["mismatch"] else ""),
-        }
-    )
-    for p in report.get("products", []):
-        w.writerow({"section": "product", "key": p["product_id"], **_pick(p, _COUNTS)})
-        for metric, u in p["uplift"].items():
-            w.writerow(
-                {
-                    "section": "product_uplift",
-                    "key": f"{p['product_id']}/{metric}",
-                    **_pick(u, _LIFT),
-                }
-            )
-    for v in report["variants"]:
-        w.writerow(
-            {
-                "section": "variant",
-                "key": f"{v['product_id']}/{v['variant_id']}",
-                **_pick(v, (*_COUNTS, "traffic_share", "style", "source", "generator_version")),
-                **_snips(v),
-                "note": "rates biased (adaptive allocation); snips_* are propensity-weighted",
-            }
-        )
-    for g in report.get("generator_versions", []):
-        w.writerow(
-            {
-                "section": "generator_version",
-                "key": g["generator_version"],
-                **_pick(g, (*_COUNTS, "traffic_share")),
-                **_snips(g),
-            }
-        )
-    for key, values in report.get("contexts", {}).items():
-        for v in values:
-            w.writerow(
-                {
-                    "section": f"context:{key}",
-                    "key": v["value"],
-                    **_pick(v, (*_COUNTS, "traffic_share")),
-                    **{f: v["uplift"]["ctr"][f] for f in _LIFT},
-                    "note": "lift columns: ctr, bandit vs control within this value",
-                }
-            )
-    for point in report.get("timeseries", {}).get("points", []):
-        for arm, m in point["arms"].items():
-            w.writerow(
-                {"section": f"timeseries:{arm}", "key": point["start_iso"], **_pick(m, _COUNTS)}
-            )
-        w.writerow(
-            {
-                "section": "timeseries:lift",
-                "key": point["start_iso"],
-                **_pick(point["cumulative_lift"]["ctr"], _LIFT),
-                "value": point["control_share"],
-                "note": "cumulative ctr lift; value = control share of the bucket",
-            }
-        )
-    for name, pol in report.get("ope", {}).get("policies", {}).items():
-        if not pol.get("available"):
-            w.writerow({"section": f"ope:{name}", "key": "", "note": pol.get("note", "")})
-            continue
-        for metric, per in pol["estimates"].items():
-            for estimator, e in per.items():
-                w.writerow(
-                    {
-                        "section": f"ope:{name}",
-                        "key": f"{metric}/{estimator}",
-                        "value": e["value"],
-                        "ci_low": e["ci_low"],
-                        "ci_high": e["ci_high"],
-                        "ess": e["ess"],
-                        "impressions": e["n"],
-                        "note": pol["warning"] or "",
-                    }
-                )
-    return buf.getvalue()
+Row = dict[str, Any]
 
 
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -140,4 +61,146 @@ def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _snips(row: dict[str, Any]) -> dict[str, Any]:
-    return {f"snips_{m}": e["value"] for m, e in row["snips"].items()}
+    out: dict[str, Any] = {}
+    for m, e in row["snips"].items():
+        out[f"snips_{m}"] = e["value"]
+        out[f"snips_{m}_ci_low"] = e["ci_low"]
+        out[f"snips_{m}_ci_high"] = e["ci_high"]
+    return {**out, "ess": row.get("ess"), "low_ess": row.get("low_ess")}
+
+
+def arms(report: dict[str, Any]) -> Iterator[Row]:
+    for arm, m in report["arms"].items():
+        yield {"section": "arm", "key": arm, **_pick(m, _COUNTS)}
+
+
+def headline(report: dict[str, Any]) -> Iterator[Row]:
+    for metric, u in report["uplift"].items():
+        yield {"section": "uplift", "key": metric, **_pick(u, _LIFT), "note": u.get("note") or ""}
+    for metric, u in report["uplift"].items():
+        c = u.get("cuped")
+        if c is not None:
+            yield {
+                "section": "uplift_cuped",
+                "key": metric,
+                **_pick(c, _LIFT),
+                "variance_reduction": c["variance_reduction"],
+                "note": c.get("note") or "",
+            }
+    intervals = report.get("intervals")
+    if intervals:
+        yield {"section": "intervals", "key": intervals["kind"], "note": intervals["method"]}
+    cuped = report.get("cuped")
+    if cuped:
+        pre = cuped.get("pre_period") or {}
+        yield {
+            "section": "cuped",
+            "key": "pre_period",
+            "impressions": pre.get("impressions"),
+            "note": f"{cuped['note']}; covariate: {cuped['covariate']}",
+        }
+    srm = report["srm"]
+    yield {
+        "section": "srm",
+        "key": "control_share",
+        "value": srm["observed_control_share"],
+        "p_value": srm["p_value"],
+        "note": f"expected {srm['expected_control_share']}"
+        + ("; MISMATCH" if srm["mismatch"] else ""),
+    }
+
+
+def products(report: dict[str, Any]) -> Iterator[Row]:
+    for p in report.get("products", []):
+        yield {"section": "product", "key": p["product_id"], **_pick(p, _COUNTS)}
+        for metric, u in p["uplift"].items():
+            yield {
+                "section": "product_uplift",
+                "key": f"{p['product_id']}/{metric}",
+                **_pick(u, _LIFT),
+            }
+
+
+def variants(report: dict[str, Any]) -> Iterator[Row]:
+    for v in report["variants"]:
+        yield {
+            "section": "variant",
+            "key": f"{v['product_id']}/{v['variant_id']}",
+            **_pick(v, (*_COUNTS, "traffic_share", "style", "source", "generator_version")),
+            **_snips(v),
+            "note": "rates biased (adaptive allocation); snips_* are propensity-weighted"
+            + ("; LOW ESS: too thin to read" if v.get("low_ess") else ""),
+        }
+    for g in report.get("generator_versions", []):
+        yield {
+            "section": "generator_version",
+            "key": g["generator_version"],
+            **_pick(g, (*_COUNTS, "traffic_share")),
+            **_snips(g),
+        }
+
+
+def contexts(report: dict[str, Any]) -> Iterator[Row]:
+    for key, values in report.get("contexts", {}).items():
+        for v in values:
+            yield {
+                "section": f"context:{key}",
+                "key": v["value"],
+                **_pick(v, (*_COUNTS, "traffic_share")),
+                **{f: v["uplift"]["ctr"][f] for f in _LIFT},
+                "note": "lift columns: ctr, bandit vs control within this value",
+            }
+
+
+def timeseries(report: dict[str, Any]) -> Iterator[Row]:
+    for point in report.get("timeseries", {}).get("points", []):
+        for arm, m in point["arms"].items():
+            yield {"section": f"timeseries:{arm}", "key": point["start_iso"], **_pick(m, _COUNTS)}
+        yield {
+            "section": "timeseries:lift",
+            "key": point["start_iso"],
+            **_pick(point["cumulative_lift"]["ctr"], _LIFT),
+            "value": point["control_share"],
+            "note": "cumulative ctr lift; value = control share of the bucket",
+        }
+
+
+def ope(report: dict[str, Any]) -> Iterator[Row]:
+    for name, pol in report.get("ope", {}).get("policies", {}).items():
+        if not pol.get("available"):
+            yield {"section": f"ope:{name}", "key": "", "note": pol.get("note", "")}
+            continue
+        note = "; ".join(x for x in (pol.get("warning"), pol.get("note")) if x)
+        for metric, per in pol["estimates"].items():
+            for estimator, e in per.items():
+                yield {
+                    "section": f"ope:{name}",
+                    "key": f"{metric}/{estimator}",
+                    "value": e["value"],
+                    "ci_low": e["ci_low"],
+                    "ci_high": e["ci_high"],
+                    "ess": e["ess"],
+                    "impressions": e["n"],
+                    "note": note,
+                }
+
+
+#: The section writers, in output order.
+WRITERS: list[Callable[[dict[str, Any]], Iterator[Row]]] = [
+    arms,
+    headline,
+    products,
+    variants,
+    contexts,
+    timeseries,
+    ope,
+]
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS, restval="", extrasaction="ignore")
+    w.writeheader()
+    for writer in WRITERS:
+        w.writerows(writer(report))
+    return buf.getvalue()

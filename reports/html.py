@@ -1,8 +1,11 @@
 """The report as one self-contained HTML page: a jinja2 template and inline SVG charts whose
 geometry is computed here, server-side (no JavaScript, no CDN, nothing to build).
 
-Every chart mark carries the number it draws in a `data-value` attribute, so the page can be
-checked against the JSON report in a browser.
+The page is a layout (`templates/report.html`) that includes one partial per section,
+`templates/sections/<name>.html`, in the order of `SECTIONS`; chart macros live in
+`templates/macros.html`. A new report section is one partial, one name in `SECTIONS` and, if
+it draws, one entry in `charts`. Every chart mark carries the number it draws in a `data-value`
+attribute, so the page can be checked against the JSON report in a browser.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ _ENV = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+#: The page's sections, in order (each `templates/sections/<name>.html`).
+SECTIONS = [
+    "headline",
+    "analyst",
+    "timeseries",
+    "ope",
+    "products",
+    "variants",
+    "generator_versions",
+    "contexts",
+]
 PALETTE = ("#2a6", "#36c", "#c63", "#a3a", "#3aa", "#aa3", "#666", "#c36", "#63c", "#6c3")
 METRIC_LABELS = {"ctr": "CTR", "cvr": "CVR", "revenue_per_impression": "revenue / impression"}
 
@@ -225,9 +239,9 @@ def stacked_bars(
     }
 
 
-def _bucket_label(start: float, bucket: str) -> str:
-    t = datetime.fromtimestamp(start, UTC)
-    return t.strftime("%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d")
+def _bucket_label(start: float, bucket_s: float) -> str:
+    fmt = "%m-%d %H:%M" if bucket_s < 3600 else "%m-%d %H:00"
+    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d" if bucket_s >= 86400 else fmt)
 
 
 def charts(report: dict[str, Any]) -> dict[str, Any]:
@@ -244,9 +258,17 @@ def charts(report: dict[str, Any]) -> dict[str, Any]:
             for m, u in report["uplift"].items()
         ]
     )
+    cuped_rows = []
+    for m, u in report["uplift"].items():
+        c = u.get("cuped") or {}
+        cuped_rows.append((f"{METRIC_LABELS[m]} plain", u["relative"], u["ci_low"], u["ci_high"]))
+        cuped_rows.append(
+            (f"{METRIC_LABELS[m]} CUPED", c.get("relative"), c.get("ci_low"), c.get("ci_high"))
+        )
+    out["cuped"] = forest_plot(cuped_rows)
     ts = report.get("timeseries", {})
     points = ts.get("points", [])
-    labels = [_bucket_label(p["start"], ts.get("bucket", "day")) for p in points]
+    labels = [_bucket_label(p["start"], ts.get("bucket_s", 86400.0)) for p in points]
     if points:
         ctr = [p["cumulative_lift"]["ctr"] for p in points]
         out["cumulative_lift"] = line_chart(
@@ -275,5 +297,5 @@ def charts(report: dict[str, Any]) -> dict[str, Any]:
 
 def to_html(report: dict[str, Any]) -> str:
     return _ENV.get_template("report.html").render(
-        report=report, charts=charts(report), metric_labels=METRIC_LABELS
+        report=report, charts=charts(report), metric_labels=METRIC_LABELS, sections=SECTIONS
     )

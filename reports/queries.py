@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.ledger.tables import Decision, Event, Product, Variant
+from core.ledger.tables import Decision, Event, Product, Reward, Variant
 from core.settings import Settings
 
 _TEMP = MetaData()
@@ -102,9 +102,11 @@ def outcomes(settings: Settings, f: Filters | None = None) -> Any:
             Event.decision_id,
             *keys,
             Decision.probability,
-            flag("click"),
-            flag("purchase"),
-            func.sum(case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0)),
+            flag("click").label("clicked"),
+            flag("purchase").label("purchased"),
+            func.sum(
+                case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0)
+            ).label("revenue"),
         )
         .select_from(Event)
         .join(Decision, in_span)
@@ -133,8 +135,8 @@ class ReportReader:
 
     def cube(self) -> list[tuple[Any, ...]]:
         """Per (product, variant, policy): product_id, variant_id, policy, n, clicks, purchases,
-        revenue, revenue², then Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², Σw²·click,
-        Σw²·purchase, Σw²·revenue, Σw²·revenue², with w = 1 / logged probability."""
+        revenue, revenue², then Σw, Σw·click, Σw·purchase, Σw·revenue, Σw², with w = 1 /
+        logged probability (the per-variant SNIPS rates and their effective sample size)."""
         keys = (Decision.product_id, Decision.variant_id, Decision.policy)
         w = 1.0 / Decision.probability
         counts = self.conn.execute(
@@ -154,23 +156,65 @@ class ReportReader:
                     func.sum(ow * o.c.clicked),
                     func.sum(ow * o.c.purchased),
                     func.sum(ow * o.c.revenue),
-                    func.sum(ow * ow * o.c.clicked),
-                    func.sum(ow * ow * o.c.purchased),
-                    func.sum(ow * ow * o.c.revenue),
-                    func.sum(ow * ow * o.c.revenue * o.c.revenue),
                 ).group_by(*okeys)
             )
         }
         out = []
         for product_id, variant_id, policy, n, sw, sw2 in counts:
-            c, p, r, r2, swc, swp, swr, sw2c, sw2p, sw2r, sw2r2 = sums.get(
-                (product_id, variant_id, policy), (0,) * 11
-            )
-            out.append(
-                (product_id, variant_id, policy, n, c, p, r, r2)
-                + (sw, swc, swp, swr, sw2, sw2c, sw2p, sw2r, sw2r2)
-            )
+            c, p, r, r2, swc, swp, swr = sums.get((product_id, variant_id, policy), (0,) * 7)
+            out.append((product_id, variant_id, policy, n, c, p, r, r2) + (sw, swc, swp, swr, sw2))
         return out
+
+    def product_sums(
+        self, lo: float | None = None, hi: float | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Per (product, policy) over the window's decisions with `lo <= ts < hi` (None: no
+        bound): product_id, policy, n, clicks, purchases, revenue, revenue²."""
+        d_range = [Decision.ts >= lo] if lo is not None else []
+        d_range += [Decision.ts < hi] if hi is not None else []
+        keys = (Decision.product_id, Decision.policy)
+        counts = self.conn.execute(
+            select(*keys, func.count()).where(*self.f.where(), *d_range).group_by(*keys)
+        ).all()
+        o = OUTCOMES
+        o_range = [o.c.ts >= lo] if lo is not None else []
+        o_range += [o.c.ts < hi] if hi is not None else []
+        okeys = (o.c.product_id, o.c.policy)
+        sums = {
+            tuple(r[:2]): r[2:]
+            for r in self.conn.execute(
+                select(*okeys, *self._outcome_sums(o)).where(*o_range).group_by(*okeys)
+            )
+        }
+        return [
+            (product_id, policy, n, *sums.get((product_id, policy), (0, 0, 0.0, 0.0)))
+            for product_id, policy, n in counts
+        ]
+
+    def pre_period_sums(self, start: float, end: float) -> list[tuple[Any, ...]]:
+        """Per product over the decisions of every policy with `start <= ts < end` (the same
+        product filter; outside the window, so their outcomes are computed here): product_id,
+        n, clicks, purchases, revenue, revenue²."""
+        pre = Filters(start, end, self.f.product_id)
+        counts = self.conn.execute(
+            select(Decision.product_id, func.count())
+            .where(*pre.where())
+            .group_by(Decision.product_id)
+        ).all()
+        c = outcomes(self.settings, pre).subquery("pre_outcomes").c
+        sums = {
+            r[0]: r[1:]
+            for r in self.conn.execute(
+                select(
+                    c.product_id,
+                    func.sum(c.clicked),
+                    func.sum(c.purchased),
+                    func.sum(c.revenue),
+                    func.sum(c.revenue * c.revenue),
+                ).group_by(c.product_id)
+            )
+        }
+        return [(p, n, *sums.get(p, (0, 0, 0.0, 0.0))) for p, n in counts]
 
     def ts_range(self) -> tuple[float | None, float | None]:
         """Earliest and latest decision ts in the window (an index read)."""
@@ -280,7 +324,8 @@ class ReportReader:
     def recent_logged(self, limit: int) -> Sequence[Any]:
         """The `limit` most recent randomized decisions (policy bandit or control) with their
         outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
-        clicked, purchased, revenue. Fallback decisions are not randomized and are left out."""
+        clicked, purchased, revenue, and seq (the reward's learning order; None while the
+        window is open). Fallback decisions are not randomized and are left out."""
         o = OUTCOMES
         # The limit first (a backward scan of the ts index), then the outcomes of those only.
         recent = (
@@ -312,9 +357,11 @@ class ReportReader:
                 func.coalesce(o.c.clicked, 0).label("clicked"),
                 func.coalesce(o.c.purchased, 0).label("purchased"),
                 func.coalesce(o.c.revenue, 0.0).label("revenue"),
+                Reward.seq,
             )
             .select_from(recent)
             .outerjoin(o, o.c.decision_id == r.decision_id)
+            .outerjoin(Reward, Reward.decision_id == r.decision_id)
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
 

@@ -4,7 +4,9 @@ and `bench/report.py`. Not used by the running system.
 Shoppers have a device and a segment; each variant style has a click rate per device; a click
 turns into a purchase with `PURCHASE_GIVEN_CLICK`. The logging policy is the production mixture:
 the control copy with probability `holdout`, else a context-dependent softmax over the variants'
-true rates (so the bandit arm really is better). Some events arrive after their window and must
+true rates (so the bandit arm really is better). With `product_spread` > 0, each product's
+click rates are multiplied by exp(spread·N(0, 1)) (drawn from a stream of their own): products
+then differ, which a CUPED covariate can use. Some events arrive after their window and must
 not count. `fill` returns what it wrote per arm: the outside ledger a report must equal.
 """
 
@@ -49,9 +51,11 @@ def fill(
     span_s: float = 2 * 86400.0,
     window_s: float = 1800.0,
     batch: int = 50_000,
+    product_spread: float = 0.0,
 ) -> Truth:
     """Write products, variants, `n_decisions` decisions and their events; return the truth."""
     rng = np.random.default_rng(seed)
+    scale = np.exp(product_spread * np.random.default_rng([seed, 1]).standard_normal(n_products))
     start = time.time() - span_s - 2 * window_s if start is None else start
     now = time.time()
     products = [f"p{i:04d}" for i in range(n_products)]
@@ -112,7 +116,7 @@ def fill(
         is_control = rng.random(m) < holdout
         sampled = (rng.random((m, 1)) > np.cumsum(vw, axis=1)).sum(axis=1).clip(0, k - 1)
         chosen = np.where(is_control, 0, sampled)
-        clicked = rng.random(m) < CLICK_RATE[chosen, dev]
+        clicked = rng.random(m) < np.minimum(CLICK_RATE[chosen, dev] * scale[prod], 1.0)
         bought = clicked & (rng.random(m) < PURCHASE_GIVEN_CLICK)
         value = np.round(rng.uniform(5, 80, size=m), 2)
         late = rng.random(m) < LATE_SHARE

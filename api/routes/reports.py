@@ -31,6 +31,13 @@ TimeParam = Annotated[
     str | None,
     Query(description="ISO-8601 (naive means UTC), epoch seconds, or epoch milliseconds."),
 ]
+CiParam = Annotated[
+    Literal["fixed", "sequential"],
+    Query(
+        description="Interval kind: `fixed` (95%, read once) or `sequential` (always-valid 95% "
+        "confidence sequences: safe to watch continuously and stop on)."
+    ),
+]
 OpeSampleParam = Annotated[
     int,
     Query(
@@ -78,6 +85,7 @@ def _report(
     until: str | None,
     product_id: str | None,
     ope_sample: int = DEFAULT_OPE_SAMPLE,
+    ci: str = "fixed",
 ) -> dict[str, Any]:
     return uplift_report(
         sessions,
@@ -86,6 +94,7 @@ def _report(
         until=parse_time(until, "until"),
         product_id=product_id,
         ope_sample=ope_sample,
+        ci=ci,
     )
 
 
@@ -102,11 +111,13 @@ def uplift(
     product_id: Annotated[str | None, Query(max_length=128)] = None,
     format: Literal["json", "csv"] = "json",  # the contract names it so
     ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
+    ci: CiParam = "fixed",
 ) -> Any:
     """Bandit vs control over decisions with `since <= ts < until` (optionally one product):
-    arms, uplift, sample-ratio check, per-product/variant/context/generator-version rows, time
-    series and the counterfactual panel."""
-    report = _report(sessions, settings, since, until, product_id, ope_sample)
+    arms, uplift (each metric with its CUPED twin), sample-ratio check, per-product/variant/
+    context/generator-version rows, time series and the counterfactual panel; `ci` picks fixed
+    or always-valid (sequential) intervals."""
+    report = _report(sessions, settings, since, until, product_id, ope_sample, ci)
     if format == "csv":
         return Response(
             to_csv(report),
@@ -124,6 +135,8 @@ def report_page(
     until: TimeParam = None,
     product_id: Annotated[str | None, Query(max_length=128)] = None,
     ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
+    ci: CiParam = "fixed",
 ) -> HTMLResponse:
     """The report as an HTML page with charts."""
-    return HTMLResponse(to_html(_report(sessions, settings, since, until, product_id, ope_sample)))
+    report = _report(sessions, settings, since, until, product_id, ope_sample, ci)
+    return HTMLResponse(to_html(report))

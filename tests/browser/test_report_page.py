@@ -51,6 +51,7 @@ CHARTS = (
     "control-share-chart",
     "allocation-chart",
     "ope-chart",
+    "cuped-chart",
 )
 
 
@@ -102,6 +103,45 @@ def browser() -> Iterator[Any]:
 
 def _pct(x: float | None, places: int = 2, sign: bool = False) -> str:
     return "n/a" if x is None else f"{100 * x:{'+' if sign else ''}.{places}f}%"
+
+
+def _interval(u: dict[str, Any]) -> str:
+    if u["ci_low"] is None:
+        return "n/a"
+    return f"[{_pct(u['ci_low'], 1, True)}, {_pct(u['ci_high'], 1, True)}]"
+
+
+def _check_analyst_section(browser: Any, data: dict[str, Any]) -> None:
+    """The CUPED table and chart show the JSON's numbers; the interval kind is named."""
+    from selenium.webdriver.common.by import By
+
+    def text(css: str) -> str:
+        return str(browser.find_element(By.CSS_SELECTOR, css).text).strip()
+
+    section = browser.find_element(By.CSS_SELECTOR, "#analyst")
+    assert section.get_attribute("data-ci") == data["ci"]
+    assert section.is_displayed()
+    assert text("#interval-kind strong") == data["ci"]
+    assert text("#cuped-scope").startswith("CUPED covariate: the product's rate")
+    marks = []
+    for metric, u in data["uplift"].items():
+        c = u["cuped"]
+        row = f'#cuped tr[data-metric="{metric}"]'
+        assert text(f"{row} td.relative") == _pct(u["relative"], 1, True)
+        assert text(f"{row} td.interval") == _interval(u)
+        assert text(f"{row} td.cuped-relative") == _pct(c["relative"], 1, True)
+        assert text(f"{row} td.cuped-interval") == _interval(c)
+        assert text(f"{row} td.variance-reduction") == _pct(c["variance_reduction"], 1)
+        assert text(f"{row} td.cuped-p_value") == (
+            "n/a" if c["p_value"] is None else f"{c['p_value']:.3g}"
+        )
+        marks += [u["relative"], c["relative"]]
+    drawn = browser.find_elements(By.CSS_SELECTOR, "#cuped-chart circle.mark")
+    assert [float(m.get_attribute("data-value")) for m in drawn] == pytest.approx(
+        [m for m in marks if m is not None]
+    )
+    intervals = browser.find_elements(By.CSS_SELECTOR, "#cuped-chart line.interval")
+    assert intervals and all(line.size["width"] > 0 for line in intervals)
 
 
 def test_report_page_renders_charts_with_the_json_numbers(
@@ -178,6 +218,9 @@ def test_report_page_renders_charts_with_the_json_numbers(
         cell = text(f'#ope tr[data-policy="{name}"][data-metric="ctr"] td.snips')
         assert cell.startswith(f"{policies[name]['estimates']['ctr']['snips']['value']:.4f}")
 
+    _check_analyst_section(browser, data)
+    assert text("#analyst h2").endswith("fixed-horizon intervals")
+
     # Breakdowns: every product, variant and context value with the JSON's counts.
     for p in data["products"]:
         assert text(f'#products tr[data-product="{p["product_id"]}"] td.impressions') == str(
@@ -191,3 +234,49 @@ def test_report_page_renders_charts_with_the_json_numbers(
         for v in values:
             cell = f'table.context[data-key="{key}"] tr[data-value="{v["value"]}"] td.impressions'
             assert text(cell) == str(v["impressions"])
+
+
+def test_sequential_report_page_shows_always_valid_intervals(
+    served: tuple[str, str], browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, key = served
+    auth = {"Authorization": f"Bearer {key}"}
+    data = (
+        httpx.get(
+            f"{base}/v1/reports/uplift", params={"ci": "sequential"}, headers=auth, timeout=60
+        )
+        .raise_for_status()
+        .json()
+    )
+    assert data["ci"] == "sequential"
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": auth})
+    browser.get(f"{base}/reports?ci=sequential")
+
+    def text(css: str) -> str:
+        return str(browser.find_element(By.CSS_SELECTOR, css).text).strip()
+
+    header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#uplift th")]
+    assert "95% always-valid interval (relative)" in header
+    assert "always-valid p-value" in header
+    for metric, u in data["uplift"].items():
+        row = f'#uplift tr[data-metric="{metric}"]'
+        assert text(f"{row} td.interval") == _interval(u)
+        assert text(f"{row} td.p_value") == (
+            "n/a" if u["p_value"] is None else f"{u['p_value']:.3g}"
+        )
+    _check_analyst_section(browser, data)
+    assert text("#analyst h2").endswith("always-valid intervals")
+    assert "tightest near 10,000 randomized decisions" in text("#interval-kind")
+    bucket = data["timeseries"]["bucket"]
+    assert text("#timeseries-heading") == f"Over time (one point per {bucket})"
+    thin = [v for v in data["variants"] if v["low_ess"]]
+    warnings = browser.find_elements(By.CSS_SELECTOR, "#low-ess-warning")
+    assert len(warnings) == (1 if thin else 0)
+    if thin:
+        assert warnings[0].is_displayed()
+        assert warnings[0].text.startswith(f"{len(thin)} of {len(data['variants'])} variant rows")
+    flagged = browser.find_elements(By.CSS_SELECTOR, "#variants tr.low-ess")
+    assert {r.get_attribute("data-variant") for r in flagged} == {v["variant_id"] for v in thin}

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import SAMPLE_CATALOG
 from core.ledger import ApiKey, Product, Variant
+from reports.synthetic import fill
 
 
 def run(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -99,6 +100,28 @@ def test_report_formats(database_url: str, tmp_path: Path) -> None:
     assert "<svg" in html.read_text()
     out = run(database_url, "report", "--format", "csv")
     assert out.returncode == 0 and out.stdout.startswith("section,key,impressions")
+
+
+def test_report_sequential_with_cuped(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    truth = fill(engine, 2000, n_products=4, seed=12, span_s=4 * 3600.0, product_spread=1.0)
+    since = str(truth.start + 2 * 3600.0)
+    out = run(database_url, "report", "--ci", "sequential", "--since", since, "--ope-sample", "0")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ci"] == "sequential" and report["intervals"]["kind"] == "sequential"
+    assert report["cuped"]["pre_period"]["source"] == "before_since"
+    assert set(report["uplift"]["ctr"]["cuped"]) >= {
+        "relative",
+        "ci_low",
+        "ci_high",
+        "variance_reduction",
+    }
+    html = tmp_path / "seq.html"
+    out = run(database_url, "report", "--ci", "sequential", "--format", "html", "--out", str(html))
+    assert out.returncode == 0, out.stderr
+    assert 'data-ci="sequential"' in html.read_text()
+    out = run(database_url, "report", "--ci", "weekly")
+    assert out.returncode == 2 and "--ci" in out.stderr
 
 
 def test_a_ledger_without_tables_is_named_with_the_command_that_makes_them(

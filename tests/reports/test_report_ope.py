@@ -86,10 +86,16 @@ def test_ratio_snips_equals_snips_of_always_that_action() -> None:
     ref = snips(data.rewards, data.logged_p, target)
     w = target / data.logged_p
     r = data.rewards
-    est = ratio_snips(w.sum(), (w * r).sum(), (w * w).sum(), (w * w * r).sum(), (w * w * r).sum())
+    est = ratio_snips(w.sum(), (w * r).sum(), (w * w).sum())
     assert est.value == pytest.approx(ref.value)
-    assert est.ci_high is not None and ref.ci_high is not None
-    assert est.ci_high - est.value == pytest.approx(ref.ci_high - ref.value, rel=1e-6)
+    assert est.ess == pytest.approx(ref.ess)
+    # With thousands of decisions the score interval is close to the normal one (it differs
+    # where events are few; `test_coverage.py` shows which one holds there).
+    assert est.ci_low is not None and est.ci_high is not None
+    assert ref.ci_low is not None and ref.ci_high is not None
+    assert est.ci_low < est.value < est.ci_high
+    width, ref_width = est.ci_high - est.ci_low, ref.ci_high - ref.ci_low
+    assert 0.8 < width / ref_width < 1.25
 
 
 def test_estimator_errors_are_exact() -> None:
@@ -135,7 +141,7 @@ def test_panel_warns_when_support_is_thin() -> None:
 def test_panel_without_a_model_says_so() -> None:
     panel = counterfactual_panel(_rows(10, (0.5, 0.5)), None, "no model snapshot yet")
     assert panel["policies"]["greedy"] == {
-        "label": "greedy current model (newest snapshot, no exploration)",
+        "label": "greedy current model (a snapshot, no exploration, on decisions it did not learn)",
         "available": False,
         "note": "no model snapshot yet",
     }
