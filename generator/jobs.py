@@ -135,7 +135,8 @@ def generate_variants(
     """Top up every product (or those in `product_ids`) to `per_product` active candidates.
 
     `backend` (a name, or a backend built already) and `per_product` default to
-    `settings.generator_backend` and `settings.variants_per_product`; `progress(done, total)` is called after each product.
+    `settings.generator_backend` and `settings.variants_per_product`; `progress(done, total)`
+    is called after each product.
     Raises :class:`UnknownProductError` naming ids that are not in the ledger, and
     :class:`BackendUnavailableError` for a backend that cannot run here.
     """

@@ -108,7 +108,8 @@ async def add(
     the guardrails and stored `active` or `rejected` with its reasons. All or nothing on bad
     input: one malformed item stores none."""
     items = batch_items(await read_json(request), "variants", MAX_BATCH)
-    parsed, bad = [], []
+    parsed: list[VariantIn] = []
+    bad: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         try:
             parsed.append(VariantIn.model_validate(item))

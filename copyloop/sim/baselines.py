@@ -269,7 +269,7 @@ class LinUCB:
         self.dim = dim
         self.categories = dict(categories)
         self.pairs = [p for p in interactions.split() if len(p) == 2]
-        self._arms: dict[str, list[tuple[str, str]]] = {}
+        self._arms: dict[str, list[tuple[str, str, float]]] = {}
         for rows in catalog.values():
             for vid, text, style in rows:
                 self.know(vid, text, style, "control" if style == "original" else "rules")
@@ -287,17 +287,18 @@ class LinUCB:
         """The hashed feature vector, sparse: (indices, values)."""
         line = shared_line(context, ProductFeatures(product_id, self.categories[product_id]))
         tokens = _tokens(line) + self._arms[variant]
-        names = [f"{ns}^{t}" for ns, t in tokens] + ["bias"]
-        by_ns: dict[str, list[str]] = defaultdict(list)
-        for ns, t in tokens:
-            by_ns[ns].append(t)
-        for a, b in self.pairs:
-            names.extend(f"{a}{b}^{x}*{y}" for x in by_ns[a] for y in by_ns[b])
+        named = [(f"{ns}^{name}", value) for ns, name, value in tokens] + [("bias", 1.0)]
+        by_ns: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for ns, name, value in tokens:
+            by_ns[ns].append((name, value))
+        for pair in self.pairs:
+            a, b = pair[0], pair[1]
+            named.extend((f"{pair}^{x}*{y}", u * v) for x, u in by_ns[a] for y, v in by_ns[b])
         counts: dict[int, float] = defaultdict(float)
-        for n in names:
-            counts[zlib.crc32(n.encode()) % self.dim] += 1.0
+        for name, value in named:
+            counts[zlib.crc32(name.encode()) % self.dim] += value
         idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        val = np.fromiter(counts.values(), dtype=float, count=len(counts)) / np.sqrt(len(names))
+        val = np.fromiter(counts.values(), dtype=float, count=len(counts)) / np.sqrt(len(named))
         return idx, val
 
     def choose(
@@ -328,12 +329,22 @@ class LinUCB:
         self._served = (self._a_inv.copy(), self._a_inv @ self._b)
 
 
-def _tokens(line: str) -> list[tuple[str, str]]:
-    """(namespace, feature) pairs of one VW text line (label and `shared` dropped)."""
-    out = []
+def _tokens(line: str) -> list[tuple[str, str, float]]:
+    """(namespace, feature, value) of one VW text line (label and `shared` dropped; a feature
+    without `:value` has value 1).
+
+    >>> _tokens("shared |U device=mobile |T len:-1.5")
+    [('U', 'device=mobile', 1.0), ('T', 'len', -1.5)]
+    """
+    out: list[tuple[str, str, float]] = []
     for part in line.split("|")[1:]:
-        ns, *features = part.split()
-        out.extend((ns[0], f) for f in features)
+        words = part.split()
+        if not words:
+            continue
+        ns = words[0][0]
+        for feature in words[1:]:
+            name, sep, value = feature.rpartition(":")
+            out.append((ns, name, float(value)) if sep else (ns, feature, 1.0))
     return out
 
 

@@ -38,7 +38,7 @@ from copyloop.sim.engine import Happened, PageView, Timing
 from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog, upsert_products
 from core.ledger import Variant, make_engine, make_sessionmaker
 from core.migrations import upgrade
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from generator.jobs import generate_variants
 from generator.manual import add_variants
 
@@ -65,7 +65,7 @@ class LedgerTemplate:
         self.path = directory / f"template-{products}.db"
         self.products = sample_products(products)
         if not self.path.exists():
-            settings = Settings(database_url=f"sqlite:///{self.path}", seed=seed)
+            settings = load_settings(database_url=f"sqlite:///{self.path}", seed=seed)
             upgrade(settings.database_url)
             engine = make_engine(settings.database_url)
             sessions = make_sessionmaker(engine)
@@ -109,7 +109,7 @@ def sim_settings(database_url: str, timing: Timing, seed: int, **overrides: Any)
         "seed": seed,
     }
     values.update(overrides)
-    return Settings(**values)
+    return load_settings(**values)
 
 
 class CopyloopServer:

@@ -245,11 +245,15 @@ class World:
         return product, context
 
     # -- the truth -------------------------------------------------------------------------
-    def _taste(self, tastes: Mapping[str, Mapping[str, np.ndarray]], context: Mapping[str, str]):
+    def _taste(
+        self, tastes: Mapping[str, Mapping[str, np.ndarray]], context: Mapping[str, str]
+    ) -> np.ndarray:
         total = np.zeros(len(SHAPE))
         for key, by_value in tastes.items():
             value = context.get(key)
-            if key == "device" and self.drifted and value is not None:
+            if value is None:
+                continue
+            if key == "device" and self.drifted:
                 value = _ROTATE[value]
             if value in by_value:
                 total = total + by_value[value]
@@ -273,7 +277,7 @@ class World:
             best = float(p[plain].max()) if plain else float(p.max())
             for i in boosted:
                 p[i] = min(0.95, arms[i].boost_of_best * best)  # type: ignore[operator]
-        return p
+        return np.asarray(p, dtype=float)
 
     def p_cart(self, context: Mapping[str, str], arms: Sequence[Arm]) -> np.ndarray:
         """P(add to cart | click) of each arm."""
@@ -281,7 +285,7 @@ class World:
             return np.full(len(arms), 0.3)
         beta = self._taste(CART_TASTE, context)
         shapes = np.stack([a.shape for a in arms])
-        return 1.0 / (1.0 + np.exp(-(-1.2 + shapes @ beta)))
+        return np.asarray(1.0 / (1.0 + np.exp(-(-1.2 + shapes @ beta))), dtype=float)
 
     def expected_reward(
         self,
@@ -294,10 +298,11 @@ class World:
         each counted once per decision, as the ledger's rewards are)."""
         click = self.p_click(product, context, arms)
         if not self.scenario.purchases:
-            return weights["click"] * click
+            return np.asarray(weights["click"] * click, dtype=float)
         cart = click * self.p_cart(context, arms)
         buy = cart * P_BUY_AFTER_CART
-        return weights["click"] * click + weights["add_to_cart"] * cart + weights["purchase"] * buy
+        total = weights["click"] * click + weights["add_to_cart"] * cart + weights["purchase"] * buy
+        return np.asarray(total, dtype=float)
 
     def drift(self) -> None:
         self.drifted = True
