@@ -66,6 +66,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         seed=settings.seed,
         reload_s=settings.model_reload_s,
         fair_trial=fair_trial(settings),
+        own_effect_z=settings.bandit_own_effect_z,
     )
     publisher = Publisher(
         settings.bootstrap,

@@ -53,8 +53,10 @@ class PolicyHolder:
         seed: int,
         reload_s: float,
         fair_trial: FairTrial | None = None,
+        own_effect_z: float = 3.0,
     ) -> None:
         self._sessions = sessions
+        self.own_effect_z = own_effect_z
         self.holdout = holdout
         self.fair_trial = fair_trial
         self.seed = seed
@@ -95,6 +97,7 @@ class PolicyHolder:
                 model=snapshot.model,
                 version=snapshot.version,
                 fair_trial=self.fair_trial,
+                own_effect_z=self.own_effect_z,
             )
         except (ModelLoadError, ValueError) as exc:
             log.error("model snapshot %d cannot be loaded, skipped: %s", snapshot.version, exc)

@@ -16,9 +16,10 @@ with costs ŷ in reward units and γ = gamma_scale · n^gamma_exponent, n the de
 has learned (VW's own schedule). `--epsilon ε` is ε-greedy over the same regression.
 
 New copy gets a fair trial (`FairTrial`): a variant the model has seen served fewer than
-`exposure` times keeps at least `floor` of the probability mass, taken proportionally from the
-others, so its own results can tell it apart from its look-alikes. Every probability logged is
-the one sampled from, so off-policy estimates stay exact.
+`exposure` times gets a floor of probability (`floor` when it was never served, shrinking as
+its exposure grows), taken proportionally from the others, so that its own results can tell it
+apart from its look-alikes; meanwhile the policy learns its own effect (`Policy.offset`).
+Every probability logged is the one sampled from, so off-policy estimates stay exact.
 """
 
 from __future__ import annotations
@@ -109,10 +110,15 @@ Explorer = InverseGap | EpsilonGreedy
 
 @dataclass(frozen=True, slots=True)
 class FairTrial:
-    """A floor for variants served fewer than `exposure` times among the decisions learned."""
+    """A floor for new copy: a variant served fewer than `exposure` times (among the decisions
+    the model learned) beside siblings served at least that often on average gets `floor` when
+    never served, shrinking linearly to nothing at `exposure` (by then its own results speak for
+    it: `Policy.offset`). Variants of a product that is young as a whole need no floor: the
+    explorer still spreads over them. So the extra exploration is at most about `exposure`
+    decisions per variant, and only where its siblings had more."""
 
-    exposure: int = 100
-    floor: float = 0.1
+    exposure: int = 60
+    floor: float = 0.2
     max_total: float = 0.5
 
     def __post_init__(self) -> None:
@@ -123,24 +129,44 @@ class FairTrial:
         if not 0.0 <= self.max_total < 1.0:
             raise ValueError(f"max_total must be in [0, 1), got {self.max_total}")
 
-    def apply(self, pmf: Sequence[float], exposures: Sequence[int]) -> list[float]:
-        """`pmf` with each young arm lifted to at least `floor` (their floors together at most
-        `max_total`), the mass taken proportionally from every arm.
+    def floors(self, exposures: Sequence[int]) -> list[float]:
+        """Each arm's floor (0 for seasoned ones); together at most `max_total`.
 
-        >>> [round(p, 3) for p in FairTrial(100, 0.2).apply([0.9, 0.05, 0.05], [500, 0, 400])]
-        [0.72, 0.24, 0.04]
+        >>> FairTrial(100, 0.2).floors([0, 50, 100, 400])
+        [0.2, 0.1, 0.0, 0.0]
+        >>> FairTrial(100, 0.2).floors([0, 50, 90])  # a young product: the explorer spreads
+        [0.0, 0.0, 0.0]
+        """
+        total_n = sum(exposures)
+        k = len(exposures)
+        raw = [
+            self.floor * (1.0 - n / self.exposure)
+            if n < self.exposure and k > 1 and (total_n - n) / (k - 1) >= self.exposure
+            else 0.0
+            for n in exposures
+        ]
+        total = sum(raw)
+        if total > self.max_total:
+            raw = [f * self.max_total / total for f in raw]
+        return raw
+
+    def apply(self, pmf: Sequence[float], exposures: Sequence[int]) -> list[float]:
+        """`pmf` with each young arm lifted by its floor, the mass taken proportionally from
+        every arm: p'(a) = (1 − Σ f) · p(a) + f(a). Unchanged when every arm is young (the
+        explorer already spreads over them) or none is.
+
+        >>> [round(p, 3) for p in FairTrial(100, 0.2).apply([0.9, 0.05, 0.05], [500, 0, 50])]
+        [0.63, 0.235, 0.135]
         >>> FairTrial(100, 0.2).apply([0.9, 0.1], [500, 300])
         [0.9, 0.1]
         """
-        young = [i for i, n in enumerate(exposures) if n < self.exposure]
-        if not young or self.floor == 0.0 or len(young) == len(pmf):
+        if self.floor == 0.0 or self.exposure == 0:
             return list(pmf)
-        each = min(self.floor, self.max_total / len(young))
-        keep = 1.0 - each * len(young)
-        out = [keep * p for p in pmf]
-        for i in young:
-            out[i] += each
-        return out
+        floors = self.floors(exposures)
+        total = sum(floors)
+        if total == 0.0 or all(f > 0 for f in floors):
+            return list(pmf)
+        return [(1.0 - total) * p + f for p, f in zip(pmf, floors, strict=True)]
 
 
 def parse_explorer(spec: str) -> Explorer | None:

@@ -38,6 +38,10 @@ from bandit.features import Arm, ProductFeatures
 from bandit.model_file import FEATURES_VERSION, ModelHeader, pack, unpack
 from bandit.vw_format import to_vw
 
+#: The prior on a variant's residual variance in `Policy.offset`: this many pseudo-decisions of
+#: a Bernoulli's largest variance.
+_PSEUDO_N, _PSEUDO_VARIANCE = 4.0, 0.25
+
 
 class BanditError(Exception):
     """Base of the bandit's errors."""
@@ -87,6 +91,7 @@ class Policy:
         model: bytes | None = None,
         version: int = 0,
         fair_trial: FairTrial | None = None,
+        own_effect_z: float = 3.0,
     ) -> None:
         if not 0.0 <= holdout <= 1.0:
             raise ValueError(f"holdout must be in [0, 1], got {holdout}")
@@ -97,6 +102,9 @@ class Policy:
         self.holdout = holdout
         self.version = version
         self.fair_trial = fair_trial
+        if own_effect_z < 0:
+            raise ValueError(f"own_effect_z must be >= 0, got {own_effect_z}")
+        self.own_effect_z = own_effect_z
         self.explorer: Explorer | None = None
         workspace_args = vw_args
         if "--cb_adf" in flags:
@@ -116,6 +124,10 @@ class Policy:
             )
         self.learned = 0 if header is None else header.learned
         self.exposure: dict[str, int] = {} if header is None else dict(header.exposure)
+        # variant id → (Σ residual, Σ residual²) of its learned decisions
+        self.residual: dict[str, tuple[float, float]] = (
+            {} if header is None else dict(header.residual)
+        )
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
         self._rng = random.Random(seed)
         self._vw = _workspace(workspace_args, vw_model)
@@ -171,7 +183,8 @@ class Policy:
         (its predictions are then probabilities)."""
         if self.explorer is None:
             return None
-        return [float(c) for c in self._vw.predict(to_vw(context, product, arms))]
+        predicted = self._vw.predict(to_vw(context, product, arms))
+        return [float(c) - self.offset(a.variant_id) for c, a in zip(predicted, arms, strict=True)]
 
     def _pmf(self, lines: list[str], arms: Sequence[Arm]) -> list[float]:
         predicted = self._vw.predict(lines)
@@ -179,21 +192,60 @@ class Policy:
             total = float(sum(predicted))
             pmf = [float(p) / total for p in predicted]
         else:
-            pmf = self.explorer.pmf([float(c) for c in predicted], self.learned)
+            costs = [
+                float(c) - self.offset(a.variant_id) for c, a in zip(predicted, arms, strict=True)
+            ]
+            pmf = self.explorer.pmf(costs, self.learned)
         if self.fair_trial is not None:
             pmf = self.fair_trial.apply(pmf, [self.exposure.get(a.variant_id, 0) for a in arms])
         return pmf
 
     # -- learning --------------------------------------------------------------------------
     def learn(self, logged: LoggedDecision, reward: float) -> None:
-        """Teach VW one closed decision (cost = -reward, weighted by 1 / probability)."""
+        """Teach VW one closed decision (cost = −reward), and count it for the served variant:
+        its exposure, and (with copyloop's explorers) the residual of its reward against what
+        the model predicted for it before this update."""
         if not 0.0 < logged.probability <= 1.0:
             raise ValueError(f"probability must be in (0, 1], got {logged.probability}")
         label = (logged.chosen, float(reward), float(logged.probability))
-        self._vw.learn(to_vw(logged.context, logged.product, logged.arms, label))
+        examples = self._vw.parse(to_vw(logged.context, logged.product, logged.arms, label))
+        try:
+            self._vw.learn(examples)
+            predicted = examples[0].get_prediction(self._vw.get_prediction_type())
+        finally:
+            self._vw.finish_example(examples)
         self.learned += 1
         served = logged.arms[logged.chosen].variant_id
         self.exposure[served] = self.exposure.get(served, 0) + 1
+        if self.explorer is not None:  # predicted: each action's cost before the update
+            residual = float(reward) + float(predicted[logged.chosen])
+            total, squares = self.residual.get(served, (0.0, 0.0))
+            self.residual[served] = (total + residual, squares + residual * residual)
+
+    def offset(self, variant_id: str) -> float:
+        """The variant's own effect in reward units: what its results say beyond what its
+        features predict, counted only as far as the evidence carries it.
+
+        With m the mean of its residuals over n decisions and se² = s² / n their squared
+        standard error (s² their variance, with 4 pseudo-observations of variance 0.25, a
+        Bernoulli's largest, so that a handful of decisions cannot look certain), the effect is
+        m shrunk toward 0 by the positive-part James–Stein factor
+        max(0, 1 − z²·se²/m²): nothing until the variant is `own_effect_z` standard errors away
+        from its look-alikes, most of m once it is well past that. A variant that beats its
+        look-alikes shows it in tens of decisions; noise around them is not chased.
+        """
+        n = self.exposure.get(variant_id, 0)
+        if n < 2:
+            return 0.0
+        total, squares = self.residual.get(variant_id, (0.0, 0.0))
+        mean = total / n
+        variance = max(
+            (squares + _PSEUDO_N * _PSEUDO_VARIANCE) / (n + _PSEUDO_N) - mean * mean, 1e-4
+        )
+        if mean == 0.0:
+            return 0.0
+        factor = 1.0 - self.own_effect_z**2 * variance / (n * mean * mean)
+        return mean * factor if factor > 0.0 else 0.0
 
     # -- persistence -----------------------------------------------------------------------
     def save(self) -> bytes:
@@ -211,6 +263,7 @@ class Policy:
             features=FEATURES_VERSION,
             learned=self.learned,
             exposure=MappingProxyType(dict(self.exposure)),
+            residual=MappingProxyType(dict(self.residual)),
         )
         return pack(header, vw_model)
 

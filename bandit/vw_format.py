@@ -28,17 +28,15 @@ def token(key: str, value: object) -> str:
 def shared_line(context: Mapping[str, object], product: ProductFeatures) -> str:
     """The shared line of an ADF example: the storefront context and the product.
 
-    `I` holds the product's identity: alone, it lets the regression absorb each product's own
-    level (which no variant changes), so the weights that rank variants learn from residuals.
+    The product's identity is left out on purpose: a product intercept lets one over-served
+    variant drag down the prediction of every sibling that is not being served (nothing then
+    corrects them), a trap `bench/learning.py`'s new-variant scenario fell into.
 
     >>> shared_line({"device": "mobile", "hour": None}, ProductFeatures("p1", "lamps"))
-    'shared |U device=mobile |P category=lamps |I p1'
+    'shared |U device=mobile |P category=lamps'
     """
     shared = " ".join(token(k, v) for k, v in sorted(context.items()) if v is not None)
-    return (
-        f"shared |U {shared} |P {token('category', product.category)} "
-        f"|I {token('id', product.product_id)[3:]}"
-    )
+    return f"shared |U {shared} |P {token('category', product.category)}"
 
 
 def arm_namespaces(arm: Arm) -> dict[str, dict[str, float]]:
@@ -95,7 +93,7 @@ def to_vw(
     >>> arms = [Arm("v1", "concise", "rules", "xs", 0, 1), Arm("v2", "story", "control", "m", 0, 0)]
     >>> for line in to_vw({"device": "mobile"}, ProductFeatures("p1", "lamps"), arms, (1, 1.0, 0.5)):
     ...     print(line)
-    shared |U device=mobile |P category=lamps |I p1
+    shared |U device=mobile |P category=lamps
     |A style=concise source=rules len=xs gen= |T |V v1
     0:-1.0:0.5 |A style=story source=control len=m gen= |T |V v2
     """

@@ -70,7 +70,8 @@ def new_variants(
     catalog: Mapping[str, Sequence[tuple[str, str, str]]],
     count: int,
 ) -> list[NewVariant]:
-    """New copy for the `count` busiest products, alternating 2x and 0.5x their best: a rules
+    """New copy for the `count` busiest products, alternating 2x their best variant and 0.5x
+    their worst (`shoppers.Arm.boost`): a rules
     text in another round (so it *looks* like its siblings: only its own results tell it apart)
     that passes the guardrails against them."""
     busiest = np.argsort(-world.traffic)[:count]
@@ -174,7 +175,7 @@ def run_one(
     finally:
         server.close()
     shares = outcome.new_variant_shares()
-    boosts = {vid: sim.arms[vid].boost_of_best for vid in shares}
+    boosts = {vid: sim.arms[vid].boost for vid in shares}
     return {
         "scenario": scenario.name,
         "server": server_name,

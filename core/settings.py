@@ -60,34 +60,42 @@ class Settings(BaseSettings):
     # bandit
     holdout: float = Field(0.1, description="Share of decisions served the control variant.")
     bandit_explorer: str = Field(
-        "--squarecb",
+        "--squarecb --gamma_scale 0.5 --gamma_exponent 0.75",
         description="The explorer. copyloop's own, over VW's unweighted cost regression "
         "(`--cb_adf --cb_type dm`): `--squarecb [--gamma_scale G] [--gamma_exponent E]` or "
         "`--epsilon E`; any other VW explorer (`--bag 5`, `--cover 3`, `--softmax --lambda 10`…) "
         "runs inside VW's `--cb_explore_adf` (bench/learning.py compares them).",
     )
     bandit_interactions: str = Field(
-        "UA UT PA PT",
+        "UT PT",
         description="Space-separated namespace pairs crossed by VW (U=context, P=product, "
         "A=style, source, generator version, length class, T=text shape, V=variant id).",
     )
     bandit_extra_args: str = Field(
-        "--power_t 0 -l 0.005",
-        description="More VW arguments, appended verbatim (the default: a constant, small "
-        "learning rate, chosen with bench/learning.py).",
+        "--power_t 0.25 -l 0.05 --ignore A",
+        description="More VW arguments, appended verbatim. The default, chosen with "
+        "bench/learning.py: a small learning rate that decays slowly, and the style, source and "
+        "generator version (namespace A) left to the variant's own effect rather than shared as "
+        "features (a source shared by great and poor new copy misled the model).",
     )
     bandit_new_arm_exposure: int = Field(
-        100,
+        60,
         ge=0,
         description="A variant served fewer times than this among the decisions the model has "
         "learned is new copy on trial (0: no trial).",
     )
     bandit_new_arm_floor: float = Field(
-        0.1,
+        0.2,
         ge=0,
         lt=1,
         description="Least probability a variant on trial gets (all trials together at most "
         "half of a page view's).",
+    )
+    bandit_own_effect_z: float = Field(
+        3.0,
+        ge=0,
+        description="Standard errors by which a variant's results must differ from what its "
+        "features predict before its own effect counts (copyloop's explorers; bandit.policy).",
     )
     bandit_warm_start_max: int = Field(
         1_000_000,
@@ -95,12 +103,17 @@ class Settings(BaseSettings):
         description="When the bandit's arguments change, a new model is trained on up to this "
         "many of the newest closed decisions before it is served.",
     )
-    snapshot_every_s: float = Field(5.0, gt=0, description="Seconds between model snapshots.")
+    snapshot_every_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between model snapshots (what was learned reaches serving this "
+        "often; bench/learning.py measured what staleness costs).",
+    )
     snapshot_every_n: int = Field(
         5000, ge=1, description="Learned decisions that force a snapshot sooner."
     )
     model_reload_s: float = Field(
-        1.0, gt=0, description="How often the API looks for a newer model."
+        0.5, gt=0, description="How often the API looks for a newer model."
     )
     seed: int = Field(0, description="Seed of every random generator that takes one.")
 

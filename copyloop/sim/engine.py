@@ -129,7 +129,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class NewVariant:
-    """A variant added mid-run: `boost` × the product's best click rate (the truth)."""
+    """A variant added mid-run; its truth: `boost` × the click rate of the product's best other
+    variant when `boost` > 1, × its worst one's when `boost` < 1 (`shoppers.Arm.boost`)."""
 
     product: int
     text: str
@@ -228,27 +229,38 @@ class Simulation:
             o.oracle.append(float(expected.max()))
             o.uniform.append(float(expected.mean()))
             views.append(view)
-            for happened in self._shopper(product, context, arms[chosen], view, now):
+            for happened in self._shopper(product, context, arms, chosen, view, now):
                 counter += 1
                 heapq.heappush(events, (happened.ts, counter, happened))
             if self._progress is not None and (i + 1) % 500 == 0:
                 self._progress(i + 1)
+        # The last page views and events reach the ledger too (nothing more closes).
+        end = T0 + s.decisions * dt
+        self.server.ingest(views, [e[2] for e in sorted(events)], end)
         return self.outcome
 
     def _arrive(self, now: float, index: int) -> None:
         for nv in self.new_variants:
             pid = self.product_ids[nv.product]
             vid = self.server.add_variant(pid, nv.text, nv.style, now)
-            self.arms[vid] = self.world.arm(vid, nv.text, boost_of_best=nv.boost)
+            self.arms[vid] = self.world.arm(vid, nv.text, boost=nv.boost)
             self.outcome.arrivals[vid] = (pid, nv.product, float(index))
 
     def _shopper(
-        self, product: int, context: Mapping[str, str], arm: Arm, view: PageView, now: float
+        self,
+        product: int,
+        context: Mapping[str, str],
+        arms: Sequence[Arm],
+        chosen: int,
+        view: PageView,
+        now: float,
     ) -> list[Happened]:
-        """What the shopper does after reading `arm`: a click, then maybe a cart and a purchase,
-        each a little later, all inside the window."""
+        """What the shopper does after reading `arms[chosen]` (among the page's action set, which
+        the truth of a new variant refers to): a click, then maybe a cart and a purchase, each
+        a little later, all inside the window."""
         rng = self._rng
-        p_click = float(self.world.p_click(product, context, [arm])[0])
+        arm = arms[chosen]
+        p_click = float(self.world.p_click(product, context, arms)[chosen])
         if rng.random() >= p_click:
             return []
         limit = now + self.timing.window_s * 0.9

@@ -134,6 +134,7 @@ class CopyloopServer:
             seed=self.settings.seed,
             reload_s=self.settings.model_reload_s,
             fair_trial=fair_trial(self.settings),
+            own_effect_z=self.settings.bandit_own_effect_z,
         )
         self.holder.reload_once()
         self.catalog = CatalogCache(self.sessions, self.settings.catalog_refresh_s)

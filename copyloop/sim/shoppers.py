@@ -176,7 +176,8 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "new_variants",
-            "a third in, the busiest products get a new variant: half 2x their best, half 0.5x",
+            "a third in, the busiest products get new copy: half 2x their best, half 0.5x "
+            "their worst",
             traffic="zipf",
             decisions=8000,
             new_variants_at=1 / 3,
@@ -198,7 +199,9 @@ class Arm:
     text: str
     shape: np.ndarray
     effect: float  # ε: the variant's own log-odds effect
-    boost_of_best: float | None = None  # new variants: P(click) = this × the product's best
+    #: New variants' truth: P(click) = boost × the best of the product's other variants when
+    #: boost > 1 (better than all of them), × the worst of them when boost < 1 (worse than all).
+    boost: float | None = None
 
 
 class World:
@@ -231,8 +234,8 @@ class World:
         draw = np.random.default_rng([int.from_bytes(digest[:8], "big"), 11]).standard_normal()
         return float(draw * self.scenario.idiosyncrasy)
 
-    def arm(self, variant_id: str, text: str, boost_of_best: float | None = None) -> Arm:
-        return Arm(variant_id, text, shape_of(text), self.variant_effect(variant_id), boost_of_best)
+    def arm(self, variant_id: str, text: str, boost: float | None = None) -> Arm:
+        return Arm(variant_id, text, shape_of(text), self.variant_effect(variant_id), boost)
 
     # -- page views ------------------------------------------------------------------------
     def page_view(self, rng: np.random.Generator) -> tuple[int, dict[str, str]]:
@@ -271,12 +274,12 @@ class World:
         effects = np.array([a.effect for a in arms])
         logits = self.base_logit[product] + shapes @ beta + effects
         p = 0.95 / (1.0 + np.exp(-logits))
-        boosted = [i for i, a in enumerate(arms) if a.boost_of_best is not None]
+        boosted = [(i, a.boost) for i, a in enumerate(arms) if a.boost is not None]
         if boosted:
-            plain = [i for i in range(len(arms)) if i not in boosted]
-            best = float(p[plain].max()) if plain else float(p.max())
-            for i in boosted:
-                p[i] = min(0.95, arms[i].boost_of_best * best)  # type: ignore[operator]
+            plain = [i for i in range(len(arms)) if arms[i].boost is None] or list(range(len(p)))
+            best, worst = float(p[plain].max()), float(p[plain].min())
+            for i, boost in boosted:
+                p[i] = min(0.95, boost * (best if boost > 1 else worst))
         return np.asarray(p, dtype=float)
 
     def p_cart(self, context: Mapping[str, str], arms: Sequence[Arm]) -> np.ndarray:

@@ -34,7 +34,7 @@ def test_inverse_gap_weighting_is_a_distribution_favouring_the_lowest_cost(
     assert math.isclose(sum(pmf), 1.0, abs_tol=1e-9)
     assert all(p > 0 for p in pmf)
     best = min(range(len(c)), key=c.__getitem__)
-    assert pmf[best] == max(pmf)
+    assert pmf[best] >= max(pmf) - 1e-12
 
 
 @given(costs, st.floats(0, 1))
@@ -56,10 +56,10 @@ def test_the_fair_trial_keeps_a_distribution_and_lifts_young_arms(
     trial = FairTrial(exposure=100, floor=0.1, max_total=0.5)
     out = trial.apply(pmf, exposures[: len(pmf)])
     assert math.isclose(sum(out), 1.0, abs_tol=1e-9)
-    young = [i for i, n in enumerate(exposures[: len(pmf)]) if n < 100]
-    if young and len(young) < len(pmf):
-        each = min(0.1, 0.5 / len(young))
-        assert all(out[i] >= each - 1e-12 for i in young)
+    floors = trial.floors(exposures[: len(pmf)])
+    assert sum(floors) <= 0.5 + 1e-12
+    if 0 < sum(floors) and not all(f > 0 for f in floors):
+        assert all(o >= f - 1e-12 for o, f in zip(out, floors, strict=True))
 
 
 def test_validation_messages_are_exact() -> None:
@@ -95,7 +95,7 @@ def test_logged_probabilities_are_the_sampled_ones_with_the_trial() -> None:
     n = 20_000
     choices = [policy.choose(CONTEXT, PRODUCT, ARMS) for _ in range(n)]
     pmf = choices[0].pmf
-    assert pmf[2] >= 0.25
+    assert pmf[2] >= 0.25  # never served: the whole floor
     counts = Counter(c.index for c in choices)
     for i, p in enumerate(pmf):
         sd = math.sqrt(n * p * (1 - p))

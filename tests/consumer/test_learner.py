@@ -205,3 +205,61 @@ def wait_for(predicate, what, timeout_s=30.0):
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def test_changed_arguments_train_a_new_model_on_the_logs_at_once(
+    sessions,
+    settings,
+    make_settings,
+    seed_catalog,
+    make_decision,
+    make_event,
+    model_weights,
+    from_scratch,
+):
+    """A warm start: the snapshot was trained with other arguments than the settings say, so
+    the learner trains a fresh model with the new ones on every closed decision (the ledger is
+    young) and saves it before serving anything; a restart then loads it instead of training
+    again."""
+    catalog = seed_catalog(products=3, variants=3)
+    old = Learner(sessions, settings)
+    old.catch_up()
+    produce(sessions, catalog, make_decision, make_event, 120)
+    while old.close_and_learn(T0 + 100):
+        pass
+    old.maybe_snapshot(force=True)
+    old.close()
+    changed = make_settings(
+        reward_window_s=1.0, close_grace_s=0.5, clock_skew_s=1.0, bandit_explorer="--epsilon 0.1"
+    )
+    assert changed.vw_args != settings.vw_args
+
+    fresh = Learner(sessions, changed)
+    assert fresh.catch_up() == 120
+    snap = snapshots.load_latest(sessions)
+    assert (snap.vw_args, snap.last_seq, snap.version) == (changed.vw_args, 120, 3)
+    assert model_weights(snap.model) == model_weights(from_scratch(changed.vw_args))
+    fresh.close()
+    again = Learner(sessions, changed)
+    assert again.catch_up() == 0  # loaded, not retrained
+    assert again.model_version == 3
+    again.close()
+
+
+def test_a_warm_start_learns_only_the_newest_closed_decisions(
+    sessions, make_settings, seed_catalog, make_decision, make_event
+):
+    catalog = seed_catalog(products=2, variants=3)
+    settings = make_settings(reward_window_s=1.0, close_grace_s=0.5, bandit_warm_start_max=50)
+    first = Learner(sessions, settings)
+    first.catch_up()
+    produce(sessions, catalog, make_decision, make_event, 200)
+    while first.close_and_learn(T0 + 100):
+        pass
+    first.close()
+    with sessions.begin() as s:  # the only snapshot is lost: nothing usable to load
+        s.query(ModelSnapshot).delete()
+    second = Learner(sessions, settings)
+    assert second.catch_up() == 50
+    assert (second.last_seq, second.learned) == (200, 50)
+    second.close()
