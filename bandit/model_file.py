@@ -7,8 +7,8 @@
 The header carries what VW's own file does not: the arguments and feature definitions it was
 trained with (a model refuses to load where they differ, `ModelMismatchError`), how many
 decisions it has learned (the explorer's schedule reads it), how many times each variant was
-the served one among them (the fair trial for new copy reads it) and the sum and sum of squares
-of that variant's residuals against the model (its own effect, `Policy.offset`). Bytes
+the served one among them (the fair trial for new copy reads it) and the sum, sum of squares
+and weight of that variant's (recent) residuals against the model (its own effect, `Policy.offset`). Bytes
 without the magic line are a bare VW model from before the header existed: they load with an
 empty header.
 """
@@ -33,7 +33,7 @@ class ModelHeader:
     features: int = FEATURES_VERSION
     learned: int = 0
     exposure: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    residual: MappingProxyType[str, tuple[float, float]] = field(
+    residual: MappingProxyType[str, tuple[float, float, float]] = field(
         default_factory=lambda: MappingProxyType({})
     )
 
@@ -43,7 +43,7 @@ class ModelHeader:
             "features": self.features,
             "learned": self.learned,
             "exposure": dict(self.exposure),
-            "residual": {k: [round(a, 9), round(b, 9)] for k, (a, b) in self.residual.items()},
+            "residual": {k: [round(x, 9) for x in v] for k, v in self.residual.items()},
         }
 
 
@@ -74,7 +74,10 @@ def unpack(data: bytes) -> tuple[ModelHeader | None, bytes]:
             learned=int(raw["learned"]),
             exposure=MappingProxyType({str(k): int(v) for k, v in raw["exposure"].items()}),
             residual=MappingProxyType(
-                {str(k): (float(v[0]), float(v[1])) for k, v in raw.get("residual", {}).items()}
+                {
+                    str(k): (float(v[0]), float(v[1]), float(v[2]))
+                    for k, v in raw.get("residual", {}).items()
+                }
             ),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

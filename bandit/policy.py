@@ -38,6 +38,9 @@ from bandit.features import Arm, ProductFeatures
 from bandit.model_file import FEATURES_VERSION, ModelHeader, pack, unpack
 from bandit.vw_format import to_vw
 
+#: About how many of a variant's newest decisions its own effect rests on (`Policy.offset`).
+RESIDUAL_HORIZON = 300.0
+_KEEP = 1.0 - 1.0 / RESIDUAL_HORIZON
 #: The prior on a variant's residual variance in `Policy.offset`: this many pseudo-decisions of
 #: a Bernoulli's largest variance.
 _PSEUDO_N, _PSEUDO_VARIANCE = 4.0, 0.25
@@ -92,6 +95,7 @@ class Policy:
         version: int = 0,
         fair_trial: FairTrial | None = None,
         own_effect_z: float = 3.0,
+        importance_cap: float = 1.0,
     ) -> None:
         if not 0.0 <= holdout <= 1.0:
             raise ValueError(f"holdout must be in [0, 1], got {holdout}")
@@ -105,6 +109,14 @@ class Policy:
         if own_effect_z < 0:
             raise ValueError(f"own_effect_z must be >= 0, got {own_effect_z}")
         self.own_effect_z = own_effect_z
+        if importance_cap < 1.0:
+            raise ValueError(f"importance_cap must be >= 1, got {importance_cap}")
+        # With copyloop's explorers VW regresses the served action's cost, unweighted by default
+        # (`cb_type dm`), or weighted by 1/p capped at `importance_cap` (`cb_type mtr`): the
+        # unweighted fit is biased against variants exploitation serves rarely (it adapts slowly
+        # when tastes drift); the uncapped 1/p is unbiased but a click at p = 0.02 swings the
+        # model 50-fold. bench/learning.py measured both (BENCHMARKS.md).
+        self.importance_cap = importance_cap
         self.explorer: Explorer | None = None
         workspace_args = vw_args
         if "--cb_adf" in flags:
@@ -115,7 +127,9 @@ class Policy:
                     f"{spec!r} is not one of copyloop's explorers (--squarecb, --epsilon); "
                     "VW's other explorers need --cb_explore_adf"
                 )
-            workspace_args = rest if "--cb_type" in rest.split() else f"{rest} --cb_type dm"
+            # Unweighted (`dm`) unless a cap above 1 asks for capped 1/p weights (`mtr`).
+            cb_type = "dm" if importance_cap == 1.0 else "mtr"
+            workspace_args = rest if "--cb_type" in rest.split() else f"{rest} --cb_type {cb_type}"
         header, vw_model = (None, None) if model is None else _unpack(model)
         if header is not None and header.features != FEATURES_VERSION:
             raise ModelMismatchError(
@@ -124,8 +138,9 @@ class Policy:
             )
         self.learned = 0 if header is None else header.learned
         self.exposure: dict[str, int] = {} if header is None else dict(header.exposure)
-        # variant id → (Σ residual, Σ residual²) of its learned decisions
-        self.residual: dict[str, tuple[float, float]] = (
+        # variant id → (Σ residual, Σ residual², Σ weight) of its learned decisions, each
+        # older one weighted down so that about `RESIDUAL_HORIZON` of the newest count
+        self.residual: dict[str, tuple[float, float, float]] = (
             {} if header is None else dict(header.residual)
         )
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
@@ -207,7 +222,10 @@ class Policy:
         the model predicted for it before this update."""
         if not 0.0 < logged.probability <= 1.0:
             raise ValueError(f"probability must be in (0, 1], got {logged.probability}")
-        label = (logged.chosen, float(reward), float(logged.probability))
+        probability = float(logged.probability)
+        if self.explorer is not None:  # the regression's weight 1/p, capped (see __init__)
+            probability = max(probability, 1.0 / self.importance_cap)
+        label = (logged.chosen, float(reward), probability)
         examples = self._vw.parse(to_vw(logged.context, logged.product, logged.arms, label))
         try:
             self._vw.learn(examples)
@@ -219,14 +237,21 @@ class Policy:
         self.exposure[served] = self.exposure.get(served, 0) + 1
         if self.explorer is not None:  # predicted: each action's cost before the update
             residual = float(reward) + float(predicted[logged.chosen])
-            total, squares = self.residual.get(served, (0.0, 0.0))
-            self.residual[served] = (total + residual, squares + residual * residual)
+            total, squares, weight = self.residual.get(served, (0.0, 0.0, 0.0))
+            keep = _KEEP if weight >= RESIDUAL_HORIZON else 1.0  # tastes drift: forget slowly
+            self.residual[served] = (
+                keep * total + residual,
+                keep * squares + residual * residual,
+                keep * weight + 1.0,
+            )
 
     def offset(self, variant_id: str) -> float:
         """The variant's own effect in reward units: what its results say beyond what its
         features predict, counted only as far as the evidence carries it.
 
-        With m the mean of its residuals over n decisions and se² = s² / n their squared
+        With m the mean of its residuals over its n newest decisions (older ones fade once there
+        are `RESIDUAL_HORIZON` of them, so a variant whose appeal changes is re-judged) and
+        se² = s² / n their squared
         standard error (s² their variance, with 4 pseudo-observations of variance 0.25, a
         Bernoulli's largest, so that a handful of decisions cannot look certain), the effect is
         m shrunk toward 0 by the positive-part James–Stein factor
@@ -234,10 +259,9 @@ class Policy:
         from its look-alikes, most of m once it is well past that. A variant that beats its
         look-alikes shows it in tens of decisions; noise around them is not chased.
         """
-        n = self.exposure.get(variant_id, 0)
+        total, squares, n = self.residual.get(variant_id, (0.0, 0.0, 0.0))
         if n < 2:
             return 0.0
-        total, squares = self.residual.get(variant_id, (0.0, 0.0))
         mean = total / n
         variance = max(
             (squares + _PSEUDO_N * _PSEUDO_VARIANCE) / (n + _PSEUDO_N) - mean * mean, 1e-4

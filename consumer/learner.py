@@ -97,7 +97,11 @@ class Learner:
         if snap is not None and snap.vw_args == settings.vw_args:
             try:
                 policy = Policy(
-                    snap.vw_args, seed=settings.seed, model=snap.model, version=snap.version
+                    snap.vw_args,
+                    seed=settings.seed,
+                    model=snap.model,
+                    version=snap.version,
+                    importance_cap=settings.bandit_importance_cap,
                 )
                 start = snap.last_seq
             except ModelLoadError as exc:
@@ -111,7 +115,9 @@ class Learner:
             )
         fresh = policy is None
         if policy is None:
-            policy = Policy(settings.vw_args, seed=settings.seed)
+            policy = Policy(
+                settings.vw_args, seed=settings.seed, importance_cap=settings.bandit_importance_cap
+            )
             start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
             self._policy.close()

@@ -72,9 +72,9 @@ class Settings(BaseSettings):
         "A=style, source, generator version, length class, T=text shape, V=variant id).",
     )
     bandit_extra_args: str = Field(
-        "--power_t 0.25 -l 0.05 --ignore A",
+        "--power_t 0 -l 0.03 --ignore A",
         description="More VW arguments, appended verbatim. The default, chosen with "
-        "bench/learning.py: a small learning rate that decays slowly, and the style, source and "
+        "bench/learning.py: a small, constant learning rate, and the style, source and "
         "generator version (namespace A) left to the variant's own effect rather than shared as "
         "features (a source shared by great and poor new copy misled the model).",
     )
@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Standard errors by which a variant's results must differ from what its "
         "features predict before its own effect counts (copyloop's explorers; bandit.policy).",
+    )
+    bandit_importance_cap: float = Field(
+        1.0,
+        ge=1,
+        description="Largest weight 1/p a served decision gets in the regression behind "
+        "copyloop's explorers (1: unweighted; larger: less biased against rarely served copy, "
+        "noisier).",
     )
     bandit_warm_start_max: int = Field(
         1_000_000,
