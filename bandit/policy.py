@@ -216,7 +216,13 @@ class Policy:
         return pmf
 
     # -- learning --------------------------------------------------------------------------
-    def learn(self, logged: LoggedDecision, reward: float) -> None:
+    def learn(
+        self,
+        logged: LoggedDecision,
+        reward: float,
+        *,
+        rendered_arms: Sequence[str] | None = None,
+    ) -> None:
         """Teach VW one closed decision (cost = −reward), and count it for the served variant:
         its exposure, and (with copyloop's explorers) the residual of its reward against what
         the model predicted for it before this update."""
@@ -226,7 +232,8 @@ class Policy:
         if self.explorer is not None:  # the regression's weight 1/p, capped (see __init__)
             probability = max(probability, 1.0 / self.importance_cap)
         label = (logged.chosen, float(reward), probability)
-        examples = self._vw.parse(to_vw(logged.context, logged.product, logged.arms, label))
+        lines = to_vw(logged.context, logged.product, logged.arms, label, rendered_arms=rendered_arms)
+        examples = self._vw.parse(lines)
         try:
             self._vw.learn(examples)
             predicted = examples[0].get_prediction(self._vw.get_prediction_type())

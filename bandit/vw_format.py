@@ -7,6 +7,7 @@ arm's identity. Interactions are set on the command line (`-q UA -q UT …`, set
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from bandit.features import Arm, ProductFeatures
@@ -35,8 +36,22 @@ def shared_line(context: Mapping[str, object], product: ProductFeatures) -> str:
     >>> shared_line({"device": "mobile", "hour": None}, ProductFeatures("p1", "lamps"))
     'shared |U device=mobile |P category=lamps'
     """
-    shared = " ".join(token(k, v) for k, v in sorted(context.items()) if v is not None)
-    return f"shared |U {shared} |P {token('category', product.category)}"
+    try:
+        key = tuple(sorted(context.items()))
+        hash(key)
+    except TypeError:  # an unhashable value: render it without the cache
+        return _shared_line(tuple(sorted(context.items())), product.category)
+    return _cached_shared_line(key, product.category)
+
+
+def _shared_line(items: tuple[tuple[str, object], ...], category: str) -> str:
+    shared = " ".join(token(k, v) for k, v in items if v is not None)
+    return f"shared |U {shared} |P {token('category', category)}"
+
+
+#: Page views repeat their contexts (a few devices × segments × referrers …): the learner and
+#: the API render each distinct one once (`bench/learn.py`).
+_cached_shared_line = functools.lru_cache(maxsize=65_536)(_shared_line)
 
 
 def arm_namespaces(arm: Arm) -> dict[str, dict[str, float]]:

@@ -22,11 +22,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, case, func, insert, or_, select, update
+from sqlalchemy import Table, case, func, or_, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumer.bulk import insert_rows, mark_closed
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
 from consumer.records import DecisionRecord, EventRecord
 from core.ledger.tables import Decision, Event, Reward
@@ -39,6 +39,7 @@ DEFAULT_CLOSE_LIMIT = 2000
 #: The Core tables behind the entities: `ingest` writes through them (see there why).
 _DECISIONS = cast(Table, Decision.__table__)
 _EVENTS = cast(Table, Event.__table__)
+_REWARDS = cast(Table, Reward.__table__)
 
 T = TypeVar("T")
 
@@ -112,21 +113,8 @@ def ingest(
             # psycopg reports -1 per batch). Core tables, not the ORM entities: the ORM's bulk
             # path adds bookkeeping per row and merges RETURNING rows one by one (4x the cost
             # per message in bench/micro_ingest.py).
-            upsert = _insert_for(s)
-            if decision_rows:
-                stmt = (
-                    upsert(_DECISIONS)
-                    .on_conflict_do_nothing(index_elements=["decision_id"])
-                    .returning(_DECISIONS.c.decision_id)
-                )
-                new_decisions = len(s.connection().execute(stmt, decision_rows).all())
-            if event_rows:
-                stmt = (
-                    upsert(_EVENTS)
-                    .on_conflict_do_nothing(index_elements=["event_id"])
-                    .returning(_EVENTS.c.event_id)
-                )
-                new_events = len(s.connection().execute(stmt, event_rows).all())
+            new_decisions = insert_rows(s, _DECISIONS, decision_rows, skip_existing="decision_id")
+            new_events = insert_rows(s, _EVENTS, event_rows, skip_existing="event_id")
     except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
         raise BadBatch(f"the ledger refused the batch: {str(exc).splitlines()[0]}") from exc
     return IngestResult(
@@ -205,18 +193,9 @@ def close_expired_windows(
                         revenue=revenue,
                     )
                 )
-            s.execute(insert(Reward), [_reward_row(c, closed_at) for c in closed])
-            for chunk_ids in _chunks(ids, _CHUNK):
-                marked = len(
-                    s.execute(
-                        update(Decision)
-                        .where(Decision.decision_id.in_(chunk_ids), Decision.closed_at.is_(None))
-                        .values(closed_at=closed_at)
-                        .returning(Decision.decision_id)
-                    ).all()
-                )
-                if marked != len(chunk_ids):
-                    raise LeaseLost("another closer closed some of these decisions first")
+            insert_rows(s, _REWARDS, [_reward_row(c, closed_at) for c in closed])
+            if mark_closed(s, ids, closed_at) != len(ids):
+                raise LeaseLost("another closer closed some of these decisions first")
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed
@@ -326,16 +305,6 @@ def _event_counts(
         for decision_id, clicks, carts, purchases, rev in rows:
             out[decision_id] = (int(clicks), int(carts), int(purchases), float(rev or 0.0))
     return out
-
-
-def _insert_for(s: Session) -> Any:
-    """The dialect's INSERT (both have `on_conflict_do_nothing`)."""
-    name = s.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite.insert
-    if name == "postgresql":
-        return postgresql.insert
-    raise NotImplementedError(f"no idempotent insert for the {name} dialect")
 
 
 def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bandit import Arm, LoggedDecision, ModelLoadError, Policy, ProductFeatures
+from bandit.vw_format import arm_lines
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
 from consumer.join import (
     DEFAULT_CLOSE_LIMIT,
@@ -68,6 +69,7 @@ class Learner:
         self._unsaved = 0
         self._saved_at = self._clock()
         self._arms: dict[str, Arm] = {}
+        self._lines: dict[str, str] = {}  # each arm's VW line, rendered once (immutable)
         self._categories: dict[str, str] = {}
 
     @property
@@ -180,7 +182,8 @@ class Learner:
                     list(c.actions),
                 )
             else:
-                policy.learn(logged, c.reward)
+                rendered = [self._lines[a] for a in c.actions]
+                policy.learn(logged, c.reward, rendered_arms=rendered)
                 self.learned += 1
             self.last_seq = c.seq
             self._unsaved += 1
@@ -233,9 +236,11 @@ class Learner:
         with ledger_errors(), self._sessions() as s:
             for ids in _chunks(sorted(variant_ids)):
                 for v in s.scalars(select(Variant).where(Variant.variant_id.in_(ids))):
-                    self._arms[v.variant_id] = Arm.from_variant(
+                    arm = Arm.from_variant(
                         v.variant_id, v.text, v.style, v.source, v.generator_version
                     )
+                    self._arms[v.variant_id] = arm
+                    self._lines[v.variant_id] = arm_lines([arm])[0]
             for ids in _chunks(sorted(product_ids)):
                 rows = s.execute(
                     select(Product.product_id, Product.category).where(Product.product_id.in_(ids))

@@ -1,0 +1,115 @@
+"""Batch writes by each database's fast path: the join's inserts and the closing's update.
+
+On PostgreSQL a batch is one statement over arrays — ``INSERT … SELECT … FROM unnest(%s::text[],
+%s::float8[], …)`` — so the server parses and plans once and the driver sends one message per
+column instead of one per row (SQLAlchemy's executemany, even pipelined, cost the learner 1.3 s
+of every 4.5 s it spent closing 30,000 windows: `bench/learn.py`). JSON values are serialized
+with orjson and cast per row. On SQLite, where a statement costs no round trip, SQLAlchemy's
+multi-row INSERT is as fast and is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, Table, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
+
+from core.ledger.tables import Decision
+
+
+def _pg_type(column: Any) -> tuple[str, str]:
+    """(array element type, cast applied to each element) of a column."""
+    kind = column.type
+    if isinstance(kind, JSON):
+        return "text", "::json"
+    if isinstance(kind, BigInteger):
+        return "int8", ""
+    if isinstance(kind, Integer):
+        return "int4", ""
+    if isinstance(kind, Float):
+        return "float8", ""
+    if isinstance(kind, Boolean):
+        return "bool", ""
+    return "text", ""
+
+
+def _is_postgresql(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def insert_rows(
+    s: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    skip_existing: str | None = None,
+) -> int:
+    """Insert `rows` (dicts holding every column named in the first one); with `skip_existing`
+    (the key column), rows whose key is there already change nothing (ON CONFLICT DO NOTHING).
+    Returns how many rows were inserted."""
+    if not rows:
+        return 0
+    if not _is_postgresql(s):
+        insert = sqlite.insert(table)
+        if skip_existing is None:
+            s.connection().execute(insert, list(rows))
+            return len(rows)
+        stmt = insert.on_conflict_do_nothing(index_elements=[skip_existing]).returning(
+            table.c[skip_existing]
+        )
+        return len(s.connection().execute(stmt, list(rows)).all())
+    names = list(rows[0])
+    params: dict[str, list[Any]] = {}
+    arrays, selects = [], []
+    for i, name in enumerate(names):
+        element, cast = _pg_type(table.c[name])
+        values = [r[name] for r in rows]
+        if cast == "::json":
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        params[f"c{i}"] = values
+        arrays.append(f"%(c{i})s::{element}[]")
+        selects.append(f"u.c{i}{cast}")
+    columns = ", ".join(f'"{n}"' for n in names)
+    aliases = ", ".join(f"c{i}" for i in range(len(names)))
+    sql = (
+        f'INSERT INTO "{table.name}" ({columns}) SELECT {", ".join(selects)} '
+        f"FROM unnest({', '.join(arrays)}) AS u({aliases})"
+    )
+    if skip_existing is None:
+        s.connection().exec_driver_sql(sql, params)
+        return len(rows)
+    sql += f' ON CONFLICT ("{skip_existing}") DO NOTHING RETURNING "{skip_existing}"'
+    return len(s.connection().exec_driver_sql(sql, params).all())
+
+
+def mark_closed(s: Session, decision_ids: Sequence[str], closed_at: float) -> int:
+    """Set `closed_at` on the open decisions among `decision_ids`; returns how many were open."""
+    if not decision_ids:
+        return 0
+    if _is_postgresql(s):
+        sql = (
+            "UPDATE decisions SET closed_at = %(t)s FROM unnest(%(ids)s::text[]) AS u(id) "
+            "WHERE decisions.decision_id = u.id AND decisions.closed_at IS NULL "
+            "RETURNING decisions.decision_id"
+        )
+        result = s.connection().exec_driver_sql(sql, {"t": closed_at, "ids": list(decision_ids)})
+        return len(result.all())
+    marked = 0
+    for start in range(0, len(decision_ids), 500):  # far below SQLite's bound parameters
+        chunk = list(decision_ids[start : start + 500])
+        marked += len(
+            s.execute(
+                update(Decision)
+                .where(Decision.decision_id.in_(chunk), Decision.closed_at.is_(None))
+                .values(closed_at=closed_at)
+                .returning(Decision.decision_id)
+            ).all()
+        )
+    return marked
+
+
+__all__ = ["insert_rows", "mark_closed"]
