@@ -110,12 +110,12 @@ Explorer = InverseGap | EpsilonGreedy
 
 @dataclass(frozen=True, slots=True)
 class FairTrial:
-    """A floor for new copy: a variant served fewer than `exposure` times (among the decisions
-    the model learned) beside siblings served at least that often on average gets `floor` when
-    never served, shrinking linearly to nothing at `exposure` (by then its own results speak for
-    it: `Policy.offset`). Variants of a product that is young as a whole need no floor: the
-    explorer still spreads over them. So the extra exploration is at most about `exposure`
-    decisions per variant, and only where its siblings had more."""
+    """A floor for new copy: a variant served fewer times (among the decisions the model
+    learned) than its siblings on average, and fewer than `exposure`, gets `floor` when never
+    served, shrinking linearly to nothing as it catches up with min(siblings' mean, `exposure`)
+    (by then its own results speak for it: `Policy.offset`). Variants of a product that is young
+    as a whole need no floor: the explorer already spreads over them. So the extra exploration
+    is at most about `exposure` decisions per variant, and only where its siblings had more."""
 
     exposure: int = 60
     floor: float = 0.2
@@ -134,17 +134,17 @@ class FairTrial:
 
         >>> FairTrial(100, 0.2).floors([0, 50, 100, 400])
         [0.2, 0.1, 0.0, 0.0]
-        >>> FairTrial(100, 0.2).floors([0, 50, 90])  # a young product: the explorer spreads
+        >>> FairTrial(100, 0.2).floors([0, 30, 30])  # new beside siblings not yet seasoned
+        [0.2, 0.0, 0.0]
+        >>> FairTrial(100, 0.2).floors([0, 0, 0])  # a young product: the explorer spreads
         [0.0, 0.0, 0.0]
         """
         total_n = sum(exposures)
         k = len(exposures)
-        raw = [
-            self.floor * (1.0 - n / self.exposure)
-            if n < self.exposure and k > 1 and (total_n - n) / (k - 1) >= self.exposure
-            else 0.0
-            for n in exposures
-        ]
+        raw = []
+        for n in exposures:
+            target = min(float(self.exposure), (total_n - n) / (k - 1)) if k > 1 else 0.0
+            raw.append(self.floor * (1.0 - n / target) if n < target else 0.0)
         total = sum(raw)
         if total > self.max_total:
             raw = [f * self.max_total / total for f in raw]

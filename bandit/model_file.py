@@ -8,9 +8,9 @@ The header carries what VW's own file does not: the arguments and feature defini
 trained with (a model refuses to load where they differ, `ModelMismatchError`), how many
 decisions it has learned (the explorer's schedule reads it), how many times each variant was
 the served one among them (the fair trial for new copy reads it) and the sum, sum of squares
-and weight of that variant's (recent) residuals against the model (its own effect, `Policy.offset`). Bytes
-without the magic line are a bare VW model from before the header existed: they load with an
-empty header.
+and weight of that variant's (recent) residuals against the model (its own effect,
+`Policy.offset`). Bytes without the magic line are a bare VW model from before the header
+existed: they load with an empty header.
 """
 
 from __future__ import annotations

@@ -232,7 +232,9 @@ class Policy:
         if self.explorer is not None:  # the regression's weight 1/p, capped (see __init__)
             probability = max(probability, 1.0 / self.importance_cap)
         label = (logged.chosen, float(reward), probability)
-        lines = to_vw(logged.context, logged.product, logged.arms, label, rendered_arms=rendered_arms)
+        lines = to_vw(
+            logged.context, logged.product, logged.arms, label, rendered_arms=rendered_arms
+        )
         examples = self._vw.parse(lines)
         try:
             self._vw.learn(examples)

@@ -133,7 +133,7 @@ def decode_event(value: bytes | None, kafka_timestamp_ms: int | None = None) -> 
 
 # -- the events' fast path ------------------------------------------------------------------------
 # `parse_event` (json.loads, then pydantic on the dict) costs ~4x orjson plus the checks below
-# (bench/results/micro_decode.txt). Well-formed events (all of them in practice) are read with
+# (measured on well-formed events). Well-formed events (all of them in practice) are read with
 # orjson and checked by hand; the checks accept a strict subset of what `EventIn` accepts, giving
 # the same values, so anything unusual (a wrong type, a string to coerce, whitespace to strip,
 # not JSON) returns None and goes through `parse_event`, which explains the problem for the DLQ.

@@ -50,7 +50,7 @@ def shape_of(text: str) -> np.ndarray:
     """The truth's view of a text: `SHAPE` features, scaled to be of order one.
 
     >>> [round(float(v), 2) for v in shape_of("Soft and warm.\\n- 2 m cord\\nColour: red")]
-    [-1.62, 1.0, 1.0, 1.0, 0.0, 0.0, 2.0, 1.0]
+    [-2.43, 1.0, 1.0, 0.5, 0.0, 0.0, 2.0, 0.5]
     """
     words = _WORD.findall(text.lower())
     return np.array(
