@@ -224,6 +224,7 @@ def test_generate_serve_finetune_and_serve_the_new_version(
     assert checked > 100, checked
     on_products = [d for d in phase_2 if d["policy"] == "bandit" and d["product_id"] in tuned_of]
     share = sum(str(d["variant_id"]) in new for d in on_products) / len(on_products)
+    print(f"new-version copy: {share:.3f} of {len(on_products)} bandit decisions")
     assert share >= 0.15, (share, len(on_products))
     shown = {g["generator_version"]: g["impressions"] for g in report["generator_versions"]}
     assert shown[tuned] > 0 and shown[base] > 0, shown
