@@ -207,9 +207,8 @@ def close_expired_windows(
             if mark_closed(s, ids, closed_at) != len(ids):
                 raise LeaseLost("another closer closed some of these decisions first")
             # The report's rollups take these decisions in the same transaction: exactly once.
-            rollups.add_closed(
-                s, settings, [_outcome(r, c) for r, c in zip(due, closed, strict=True)]
-            )
+            outcomes = [_outcome(r, c) for r, c in zip(due, closed, strict=True)]
+            rollups.add_closed(s, settings, outcomes, [(r.decision_id, r.context) for r in due])
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed
