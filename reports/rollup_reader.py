@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from core.ledger.tables import Decision, ReportContextRollup, ReportRollup
+from core.ledger.tables import Decision, ReportContextRollup, ReportRollup, Variant
 from core.settings import Settings
 from reports.queries import Filters, ReportReader
 from reports.rollups import HOUR, Outcome, context_pairs_where, direct_outcomes, hour_of
@@ -125,21 +125,36 @@ class RollupReader(ReportReader):
     def timeseries(self, origin: float, bucket_s: float) -> list[tuple[Any, ...]]:
         """As the full scan's, for buckets of whole hours (`bucket_s` a multiple of 3600)."""
         hours, direct, _ = self._window_parts()
-        r = ReportRollup
         out: dict[tuple[int, str, str], list[float]] = defaultdict(lambda: [0.0] * 5)
-        rows = self._rollup(
-            r,
-            hours,
-            (r.hour, r.policy, r.variant_id),
-            (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq),
-        )
-        for hour, policy, variant_id, *sums in rows:
+        for hour, policy, variant_id, *sums in self._hourly_by_style(hours):
             _add(out[(int((hour * HOUR - origin) // bucket_s), policy, variant_id)], sums)
         for o in direct:
             # The full scan's bucket expression: ⌊(ts − origin) / bucket_s⌋ in floating point.
             k = int((o.ts - origin) / bucket_s // 1)
             _add(out[(k, o.policy, o.variant_id)], o.sums()[:5])
         return [(*k, *_typed(v)) for k, v in out.items()]
+
+    def _hourly_by_style(self, hours: Hours | None) -> list[tuple[Any, ...]]:
+        """Per (hour, policy, variant style): hour, policy, one variant of that style, and the
+        outcome sums. The time series reads a variant only for its style (`timeseries`), so
+        grouping by style in SQL returns a few hundred rows where (hour, variant) returns one
+        per variant and hour; variants missing from `variants` stay apart (style NULL), and
+        their representative, missing too, reads as `(unknown)` as it does in the full scan."""
+        if hours is None:
+            return []
+        r, v = ReportRollup, Variant
+        where = self._product(r)
+        where += [r.hour >= hours[0]] if hours[0] is not None else []
+        where += [r.hour < hours[1]] if hours[1] is not None else []
+        sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
+        stmt = (
+            select(r.hour, r.policy, func.min(r.variant_id), *(func.sum(c) for c in sums))
+            .select_from(r)
+            .outerjoin(v, v.variant_id == r.variant_id)
+            .where(*where)
+            .group_by(r.hour, r.policy, v.style)
+        )
+        return [tuple(row) for row in self.conn.execute(stmt)]
 
     def contexts(self, cutoff: float | None) -> list[tuple[Any, ...]]:
         """Every decision of the window (`cutoff` is ignored: the rollups make it complete)."""

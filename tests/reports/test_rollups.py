@@ -39,7 +39,8 @@ def close_until(sessions: sessionmaker[Session], settings: Settings, now: float)
 
 def odd_contexts(sessions: sessionmaker[Session], start: float) -> None:
     """Decisions whose contexts hold numbers, booleans, null, a nested object and a non-object:
-    the rollups must render their values exactly as the full scan's JSON expansion does."""
+    the rollups must render their values exactly as the full scan's JSON expansion does. Some
+    name a variant missing from `variants` (its style reads `(unknown)`)."""
     contexts = [
         {"hour": 7, "ratio": 0.25, "vip": True},
         {"hour": 7, "vip": False, "nothing": None},
@@ -50,7 +51,7 @@ def odd_contexts(sessions: sessionmaker[Session], start: float) -> None:
         DecisionRecord(
             decision_id=f"odd{i}",
             product_id="p0000",
-            variant_id="p0000-concise",
+            variant_id="p0000-gone" if i % 4 == 2 else "p0000-concise",  # not in `variants`
             policy=("bandit", "control")[i % 2],
             probability=0.5,
             model_version=1,
@@ -117,6 +118,8 @@ def test_rollup_report_equals_the_full_scan(
     assert fast["arms"]["bandit"]["impressions"] + fast["arms"]["control"]["impressions"] == N + 12
     assert fast["contexts"]["vip"] and fast["contexts"]["nested"]  # the odd contexts are there
     assert fast["timeseries"]["bucket"] == "hour"
+    styles = {s for p in fast["timeseries"]["points"] for s in p["bandit_by_style"]}
+    assert "(unknown)" in styles and "concise" in styles
 
 
 @pytest.mark.parametrize(
