@@ -26,8 +26,9 @@ from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, products, reports, variants
+from api.routes import decisions, events, health, models, products, reports, variants
 from core.ledger import make_engine, make_sessionmaker
+from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
 from core.settings import Settings
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, health):
+    for module in (decisions, events, products, variants, reports, models, health):
         app.include_router(module.router)
     return app
 
@@ -70,6 +71,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         reload_s=settings.model_reload_s,
         fair_trial=fair_trial(settings),
         own_effect_z=settings.bandit_own_effect_z,
+        mode=Mode(settings.mode, settings.apprentice_explore),
     )
     publisher = Publisher(
         settings.bootstrap,

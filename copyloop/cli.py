@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from copyloop.controls_cli import mode, model_app
 from core.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -37,6 +38,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
+app.command("mode")(mode)
 
 err = Console(stderr=True, soft_wrap=True)
 
