@@ -93,6 +93,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     )
     try:
         catalog.start()
+        resources.keys.start()
         try:
             policies.reload_once()
         except SQLAlchemyError as exc:
@@ -110,5 +111,6 @@ def _stop(resources: Resources) -> None:
     resources.metrics.unwatch()
     resources.policies.close()
     resources.catalog.close()
+    resources.keys.close()
     resources.publisher.close()
     resources.engine.dispose()
