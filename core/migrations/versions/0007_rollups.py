@@ -1,7 +1,7 @@
 """report rollups: per-hour sufficient statistics of closed decisions, kept by the window closer
 
 Revision ID: 0007_rollups
-Revises: 0003
+Revises: 0006_keys
 """
 
 import time
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_rollups"
-down_revision = "0003"
+down_revision = "0006_keys"
 branch_labels = None
 depends_on = None
 
