@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
 from api.decision_log import DecisionLog
 from api.deps import Resources
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     for module in (decisions, events, products, variants, reports, health):
         app.include_router(module.router)

@@ -197,6 +197,12 @@ class Settings(BaseSettings):
         "was sent to Kafka is sent again (then after twice as long, …); duplicates are harmless.",
     )
     catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the API reads (413 beyond): a full batch of 1,000 "
+        "events takes ~200 kB, of 1,000 products a few MB.",
+    )
 
     # scheduler
     scheduler_interval_s: float = Field(30.0, gt=0, description="Seconds between scheduler ticks.")
