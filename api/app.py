@@ -27,8 +27,9 @@ from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, products, reports, variants
+from api.routes import decisions, events, health, models, products, reports, variants
 from core.ledger import make_engine, make_sessionmaker
+from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
 from core.settings import Settings
 
@@ -56,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, health):
+    for module in (decisions, events, products, variants, reports, models, health):
         app.include_router(module.router)
     return app
 
@@ -72,6 +73,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         reload_s=settings.model_reload_s,
         fair_trial=fair_trial(settings),
         own_effect_z=settings.bandit_own_effect_z,
+        mode=Mode(settings.mode, settings.apprentice_explore),
     )
     publisher = Publisher(
         settings.bootstrap,
@@ -93,6 +95,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     )
     try:
         catalog.start()
+        resources.keys.start()
         try:
             policies.reload_once()
         except SQLAlchemyError as exc:
@@ -110,5 +113,6 @@ def _stop(resources: Resources) -> None:
     resources.metrics.unwatch()
     resources.policies.close()
     resources.catalog.close()
+    resources.keys.close()
     resources.publisher.close()
     resources.engine.dispose()

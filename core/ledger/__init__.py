@@ -15,6 +15,7 @@ from core.ledger.tables import (
     ModelSnapshot,
     Product,
     Reward,
+    ServingMode,
     Variant,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSnapshot",
     "Product",
     "Reward",
+    "ServingMode",
     "Variant",
     "is_sqlite",
     "make_engine",
