@@ -272,6 +272,8 @@ class Settings(BaseSettings):
     @classmethod
     def _split_explorers(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):  # JSON, as `up` hands settings to its children
+                return json.loads(value)
             return [t.strip() for t in value.split(";") if t.strip()]
         return value
 
