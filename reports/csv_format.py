@@ -2,8 +2,9 @@
 
 Sections: `arm`, `uplift`, `uplift_cuped`, `intervals`, `cuped`, `srm`, `product`,
 `product_uplift`, `variant`, `generator_version`, `context:<key>`, `timeseries:<arm>`,
-`timeseries:lift`, `ope:<policy>`, `apprentice`. Columns a section does not use are empty; new
-columns are appended at the end so readers that pick columns by name or position keep working.
+`timeseries:lift`, `ope:<policy>`, `ope.shadow:<explorer>`, `apprentice`. Columns a section does
+not use are empty; new columns are appended at the end so readers that pick columns by name or
+position keep working.
 
 Each section is written by one function in `WRITERS` (report dict → rows), in order: a new
 report section is one more function.
@@ -185,6 +186,31 @@ def ope(report: dict[str, Any]) -> Iterator[Row]:
                 }
 
 
+def shadow(report: dict[str, Any]) -> Iterator[Row]:
+    """`ope.shadow:<explorer>` (and `ope.shadow:live`): each estimate with its interval."""
+    block = report.get("ope", {}).get("shadow")
+    if not block:
+        return
+    if not block.get("available"):
+        yield {"section": "ope.shadow", "key": "", "note": block.get("note", "")}
+        return
+    targets = [("live", block["live"])] + [(e["explorer"], e) for e in block["explorers"]]
+    for name, target in targets:
+        note = target.get("warning") or ""
+        for metric, per in target["estimates"].items():
+            for estimator, e in per.items():
+                yield {
+                    "section": f"ope.shadow:{name}",
+                    "key": f"{metric}/{estimator}",
+                    "value": e["value"],
+                    "ci_low": e["ci_low"],
+                    "ci_high": e["ci_high"],
+                    "ess": e["ess"],
+                    "impressions": e["n"],
+                    "note": note,
+                }
+
+
 def apprentice(report: dict[str, Any]) -> Iterator[Row]:
     """`apprentice`: per metric, live mode's DR estimate and the uplift of switching to it."""
     block = report.get("apprentice")
@@ -226,6 +252,7 @@ WRITERS: list[Callable[[dict[str, Any]], Iterator[Row]]] = [
     contexts,
     timeseries,
     ope,
+    shadow,
     apprentice,
 ]
 

@@ -29,6 +29,7 @@ SECTIONS = [
     "analyst",
     "timeseries",
     "ope",
+    "shadow",
     "apprentice",
     "products",
     "variants",
@@ -53,6 +54,7 @@ def _num(x: float | None, places: int = 4) -> str:
 
 _ENV.filters["pct"] = _pct
 _ENV.filters["num"] = _num
+_ENV.filters["named_explorer"] = lambda e: (e["explorer"], e)  # a shadow row: (name, row)
 
 
 def bar_chart(

@@ -11,7 +11,8 @@ headline comes from the randomized holdout only, with its CUPED twin in `uplift.
 (`pre_period`). `ci` picks the interval kind of every lift in the report: `fixed` (read once) or
 `sequential` (always valid: safe to watch after every batch; `intervals`).
 
-`apprentice` estimates what switching from apprentice mode to live would earn (`apprentice`).
+`apprentice` estimates what switching from apprentice mode to live would earn (`apprentice`);
+`ope.shadow` each shadow explorer's value beside the live policy's (`shadow`).
 Sections are built by small functions and added to the dict by name, so a new section is one
 more builder and one more key; `html.SECTIONS` and
 `csv_format.WRITERS` render them in order. Nothing in the dict is NaN (`finite`).
@@ -39,6 +40,7 @@ from reports.estimators import sample_ratio, uplift
 from reports.intervals import SEQUENTIAL_TARGET_N, critical, mixture_scale
 from reports.ope import counterfactual_panel, to_rows
 from reports.queries import Filters, ReportReader, report_reader
+from reports.shadow import shadow_block
 from reports.sums import METRICS, Sums
 from reports.timeseries import pick_bucket, timeseries
 
@@ -116,6 +118,7 @@ def uplift_report(
         cutoff = q.context_cutoff(context_sample) if context_sample > 0 else None
         ctx_rows = q.contexts(cutoff) if context_sample > 0 else []
         raw = q.recent_logged(ope_sample) if ope_sample > 0 else []
+        shadowed = q.shadow_logged(ope_sample) if ope_sample > 0 else []
         cuped_inputs = _cuped_inputs(q, f, lo, hi, cube_rows)
 
     by_arm: dict[str, Sums] = defaultdict(Sums)
@@ -162,7 +165,15 @@ def uplift_report(
         "contexts": breakdowns.contexts(ctx_rows, lift),
         "contexts_scope": breakdowns.context_scope(cutoff, context_sample),
         "timeseries": timeseries(ts_rows, meta, origin, bucket, lift),
-        "ope": _ope(sessions, raw, randomized, ope_sample, greedy, meta),
+        "ope": {
+            **_ope(sessions, raw, randomized, ope_sample, greedy, meta),
+            "shadow": shadow_block(
+                shadowed,
+                settings.shadow_explorers,
+                ope_sample,
+                groups={v: m[0] for v, m in meta.items() if m[0]},
+            ),
+        },
         "apprentice": apprentice_block(
             raw,
             modes.history(sessions),
