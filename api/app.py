@@ -24,7 +24,16 @@ from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, models, products, reports, variants
+from api.routes import (
+    decisions,
+    events,
+    features,
+    health,
+    models,
+    products,
+    reports,
+    variants,
+)
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.modes import Mode
 from core.settings import Settings
@@ -52,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, models, health):
+    for module in (decisions, events, products, variants, reports, features, models, health):
         app.include_router(module.router)
     return app
 

@@ -145,6 +145,7 @@ class Policy:
         )
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
         self._rng = random.Random(seed)
+        self.workspace_args = workspace_args  # what VW itself was given (`bandit.importance`)
         self._vw = _workspace(workspace_args, vw_model)
 
     # -- serving ---------------------------------------------------------------------------
@@ -301,16 +302,20 @@ class Policy:
         return mean * factor if factor > 0.0 else 0.0
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self) -> bytes:
-        """The model file: the header (`bandit.model_file`) and VW's binary model."""
+    def vw_model(self) -> bytes:
+        """VW's own binary model, without copyloop's header."""
         fd, path = tempfile.mkstemp(prefix="copyloop-vw-")
         os.close(fd)
         try:
             self._vw.save(path)
             with open(path, "rb") as fh:
-                vw_model = fh.read()
+                return fh.read()
         finally:
             os.unlink(path)
+
+    def save(self) -> bytes:
+        """The model file: the header (`bandit.model_file`) and VW's binary model."""
+        vw_model = self.vw_model()
         header = ModelHeader(
             vw_args=self.vw_args,
             features=FEATURES_VERSION,

@@ -31,6 +31,7 @@ SECTIONS = [
     "ope",
     "shadow",
     "apprentice",
+    "features",
     "products",
     "variants",
     "generator_versions",
