@@ -3,8 +3,9 @@
 Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
 first full load runs on its own thread; a request for a product not loaded yet reads it once);
 the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
-publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up).
-Shut-down stops them in reverse and flushes the publisher, spooling what Kafka did not take.
+decision log and its publisher (whose thread creates the Kafka topics, so an unreachable Kafka
+never delays start-up). Shut-down stops them in reverse; the log keeps whatever the ledger does
+not hold yet, for the next process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.catalog_cache import CatalogCache
+from api.decision_log import DecisionLog
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
@@ -36,6 +38,7 @@ from api.routes import (
 )
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.modes import Mode
+from core.ledger.presence import held_ids
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,9 +84,11 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     )
     publisher = Publisher(
         settings.bootstrap,
-        settings.spool_dir,
+        DecisionLog(settings.spool_dir, fsync=settings.log_fsync),
+        lambda decision_ids, event_ids: held_ids(sessions, decision_ids, event_ids),
         topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
         partitions=settings.topic_partitions,
+        resend_after_s=settings.log_resend_after_s,
     )
     resources = Resources(
         settings=settings,
@@ -97,6 +102,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     )
     try:
         catalog.start()
+        resources.keys.start()
         try:
             policies.reload_once()
         except SQLAlchemyError as exc:
@@ -114,5 +120,6 @@ def _stop(resources: Resources) -> None:
     resources.metrics.unwatch()
     resources.policies.close()
     resources.catalog.close()
+    resources.keys.close()
     resources.publisher.close()
     resources.engine.dispose()

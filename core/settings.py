@@ -204,7 +204,26 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1).",
     )
-    spool_dir: str = Field("./var/spool", description="Where undelivered Kafka messages wait.")
+    spool_dir: str = Field(
+        "./var/spool",
+        description="Directory of the API's append-only decision log: every decision and event "
+        "is written here before it is answered, and kept until the ledger holds it (each API "
+        "process writes its own segments; a restarted one ships those of dead processes).",
+    )
+    log_fsync: Literal["never", "batch", "always"] = Field(
+        "batch",
+        description="When the decision log is fsync'ed. Every answered decision survives the API "
+        "process being killed whatever this says; it decides what a power cut may take: "
+        "`never` (the OS writes back in its own time), `batch` (every 0.2 s, off the request "
+        "path: at most that much), `always` (before each answer: nothing, at one disk sync per "
+        "decision).",
+    )
+    log_resend_after_s: float = Field(
+        15.0,
+        gt=0,
+        description="A logged decision or event that the ledger still lacks this long after it "
+        "was sent to Kafka is sent again (then after twice as long, …); duplicates are harmless.",
+    )
     catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
 
     # scheduler

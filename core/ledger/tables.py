@@ -182,6 +182,8 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Epoch seconds of the key's latest use, as the API last wrote it (at most once a minute).
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobLease(Base):
