@@ -271,8 +271,9 @@ class Settings(BaseSettings):
     @field_validator("shadow_explorers", mode="before")
     @classmethod
     def _split_explorers(cls, value: object) -> object:
+        # `;`-separated, or JSON (what `runner.settings_env` hands a child process).
         if isinstance(value, str):
-            if value.lstrip().startswith("["):  # JSON, as `up` hands settings to its children
+            if value.lstrip().startswith("["):
                 return json.loads(value)
             return [t.strip() for t in value.split(";") if t.strip()]
         return value
