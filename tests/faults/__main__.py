@@ -117,7 +117,7 @@ def run_layout(
         _watch(stack, 4.0, crashes, t0)
         traffic.stop()
         _say(f"[{time.monotonic() - t0:7.2f}s] traffic stopped: {record.summary()}")
-        quiet = quiesce(sessions, record, timeout_s=window + 90)
+        quiet = quiesce(sessions, record, window + 90, tick=lambda: _watch(stack, 0.0, crashes, t0))
         _watch(stack, 0.0, crashes, t0)
         dead_letters = None
         if "broker" in stack.parts:
