@@ -30,9 +30,11 @@ Writes bench/results/scale.json (and prints a table).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,8 +81,8 @@ def _drop(admin_url: str, name: str) -> None:
 
 def _assigned(log: Path) -> list[str] | None:
     """The member's latest assignment, from its "assigned [...]" log line."""
-    lines = re.findall(r"assigned (\[.*?\])", log.read_text(errors="replace"))
-    return None if not lines else list(json.loads(lines[-1].replace("'", '"')))
+    lines = re.findall(r"assigned (\[.*\])$", log.read_text(errors="replace"), re.M)
+    return None if not lines else [str(tp) for tp in ast.literal_eval(lines[-1])]
 
 
 def _wait_assignment(logs: list[Path], partitions: int, topics: int, timeout_s: float) -> None:
@@ -188,6 +190,81 @@ class Producers:
                 c.close()
 
 
+def backlog(
+    settings: Settings, sessions: Any, n: int, seed: int
+) -> tuple[set[str], dict[str, str]]:
+    """`n` decisions (real products and variants, as the API would publish them) and a click for
+    half of them, produced straight to Kafka by one producer. Returns what Kafka acknowledged:
+    (decision ids, {event_id: decision_id})."""
+    from core.ledger.tables import Variant
+
+    rng = np.random.default_rng(seed)
+    arms: dict[str, list[tuple[str, str]]] = {}
+    with sessions() as s:
+        rows = s.execute(
+            select(Variant.product_id, Variant.variant_id, Variant.style).where(
+                Variant.status == "active"
+            )
+        )
+        for pid, vid, style in rows:
+            arms.setdefault(pid, []).append((vid, style))
+    products = sorted(arms)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024
+    )
+    futures = []
+    run = uuid.uuid4().hex[:8]
+    now = time.time()
+    for i in range(n):
+        pid = products[int(rng.integers(len(products)))]
+        actions = arms[pid]
+        chosen = int(rng.integers(len(actions)))
+        did = f"b{run}{i:016x}"
+        d = {
+            "decision_id": did,
+            "product_id": pid,
+            "variant_id": actions[chosen][0],
+            "style": actions[chosen][1],
+            "policy": "bandit",
+            "probability": 1.0 / len(actions),
+            "model_version": 1,
+            "context": {"device": DEVICES[i % 3]},
+            "actions": [a for a, _ in actions],
+            "pmf": [1.0 / len(actions)] * len(actions),
+            "ts": now,
+        }
+        value = json.dumps(d).encode()
+        futures.append(
+            (did, None, producer.send(settings.decisions_topic, key=did.encode(), value=value))
+        )
+        if rng.random() < 0.5:
+            e = {
+                "event_id": f"{did}:c",
+                "decision_id": did,
+                "type": "click",
+                "ts": int(now * 1000) + 500,
+            }
+            value = json.dumps(e).encode()
+            futures.append(
+                (
+                    did,
+                    e["event_id"],
+                    producer.send(settings.events_topic, key=did.encode(), value=value),
+                )
+            )
+    producer.flush(120)
+    decisions: set[str] = set()
+    events: dict[str, str] = {}
+    for did, event_id, future in futures:
+        future.get(30)  # raises if Kafka refused it: the run is then void
+        if event_id is None:
+            decisions.add(did)
+        else:
+            events[event_id] = did
+    producer.close()
+    return decisions, events
+
+
 def run_once(
     n_consumers: int, args: argparse.Namespace, broker: EmbeddedBroker, workdir: Path
 ) -> dict[str, Any]:
@@ -250,6 +327,25 @@ def run_once(
             wait_for_port("127.0.0.1", port, 120)
         _wait_assignment(consumer_logs, args.partitions, 2, 120)
         cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
+        # Phase A: a backlog put on Kafka while the consumers are paused (SIGSTOP, shorter than
+        # the group's session timeout), then drained by the group as fast as it goes.
+        consumers = [p for k, p in procs.items() if k.startswith("consume")]
+        for p in consumers:
+            os.kill(p.pid, signal.SIGSTOP)
+        t_produce = time.monotonic()
+        try:
+            b_decisions, b_events = backlog(settings, sessions, args.backlog, args.seed)
+        finally:
+            produced_s = time.monotonic() - t_produce
+            for p in consumers:
+                os.kill(p.pid, signal.SIGCONT)
+        t_backlog = time.monotonic()
+        drained_at = _wait(
+            sessions,
+            lambda st: st["decisions"] >= len(b_decisions) and st["events"] >= len(b_events),
+            args.timeout_s,
+        )
+        # Phase B: page views through both APIs (events straight to Kafka).
         producers = Producers(
             [f"http://127.0.0.1:{p}" for p in ports],
             keys,
@@ -261,6 +357,9 @@ def run_once(
         )
         t0 = time.monotonic()
         serve_s = producers.run()
+        served = len(producers.acked)
+        producers.acked.update({d: -1 for d in b_decisions})  # the record covers both phases
+        producers.events.update(b_events)
         ingested_s = (
             _wait(
                 sessions,
@@ -278,9 +377,23 @@ def run_once(
             args.timeout_s + args.window_s,
         )
         cpu = {k: round(cpu_seconds(p.pid) - cpu0[k], 2) for k, p in procs.items()}
-        return _verdict(
+        newest = _state(sessions)["version"]
+        serving = _serving(ports, newest)
+        verdict = _verdict(
             n_consumers, sessions, producers, consumer_logs, cpu, serve_s, ingested_s, settings
         )
+        n_backlog = len(b_decisions) + len(b_events)
+        verdict["served_per_s"] = round(served / serve_s, 1)
+        verdict["newest_model_version"] = newest
+        verdict["api_serving_version_after"] = serving
+        verdict["backlog"] = {
+            "decisions": len(b_decisions),
+            "events": len(b_events),
+            "produce_s": round(produced_s, 2),
+            "drain_s": round(drained_at - t_backlog, 2),
+            "drain_msgs_per_s": round(n_backlog / (drained_at - t_backlog), 1),
+        }
+        return verdict
     finally:
         for p in procs.values():
             p.terminate()
@@ -303,11 +416,25 @@ def _state(sessions: Any) -> dict[str, int]:
             )
             or 0,
             "rewards": s.scalar(select(func.count()).select_from(Reward)) or 0,
+            "version": s.scalar(select(func.max(ModelSnapshot.version))) or 0,
             "learned": s.scalar(
                 select(ModelSnapshot.last_seq).order_by(ModelSnapshot.version.desc()).limit(1)
             )
             or 0,
         }
+
+
+def _serving(ports: list[int], newest: int, timeout_s: float = 15.0) -> list[int]:
+    """The model version each API serves, once both reach `newest` (or as they stand)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        versions = [
+            int(httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=5).json()["model_version"])
+            for p in ports
+        ]
+        if all(v >= newest for v in versions) or time.monotonic() > deadline:
+            return versions
+        time.sleep(0.3)
 
 
 def _wait(sessions: Any, done: Any, timeout_s: float) -> float:
@@ -366,7 +493,6 @@ def _verdict(
         "rewards": len(seqs),
         "learned_through_seq": learned,
         "failed_requests": producers.failed,
-        "served_per_s": round(len(producers.acked) / serve_s, 1),
         "ingest_s": round(ingested_s, 2),
         "messages_per_s": round(messages / ingested_s, 1),
         "members": members,
@@ -385,7 +511,8 @@ def main() -> None:
     )
     ap.add_argument("--consumers", default="1,2,3")
     ap.add_argument("--partitions", type=int, default=6)
-    ap.add_argument("--decisions", type=int, default=3000)
+    ap.add_argument("--decisions", type=int, default=2000, help="through the APIs (phase B)")
+    ap.add_argument("--backlog", type=int, default=12000, help="straight to Kafka (phase A)")
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--window-s", type=float, default=3.0)
     ap.add_argument("--timeout-s", type=float, default=180.0)
@@ -402,8 +529,8 @@ def main() -> None:
         finally:
             broker.stop()
     print(
-        f"{'consumers':>9} {'exact':>6} {'decisions':>9} {'events':>7} {'served/s':>9} "
-        f"{'ingest s':>9} {'msgs/s':>8}  per consumer: partitions → messages (cpu s)"
+        f"{'consumers':>9} {'exact':>6} {'decisions':>9} {'events':>7} {'drain msg/s':>11} "
+        f"{'served/s':>9}  per consumer: partitions → messages (cpu s)"
     )
     for r in runs:
         spread = "; ".join(
@@ -411,8 +538,8 @@ def main() -> None:
         )
         print(
             f"{r['consumers']:>9} {str(r['exact']):>6} {r['decisions_in_ledger']:>9} "
-            f"{r['events_in_ledger']:>7} {r['served_per_s']:>9} {r['ingest_s']:>9} "
-            f"{r['messages_per_s']:>8}  {spread}"
+            f"{r['events_in_ledger']:>7} {r['backlog']['drain_msgs_per_s']:>11} "
+            f"{r['served_per_s']:>9}  {spread}"
         )
     out = {
         "command": " ".join(["bench/scale.py", *sys.argv[1:]]),
