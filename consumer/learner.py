@@ -101,14 +101,18 @@ class Learner:
         """Load the newest snapshot and replay every reward after it. Returns how many.
 
         Without a usable snapshot — none yet, one trained with other arguments than the
-        settings', or one that no longer loads — a new model is trained on the newest
-        `bandit_warm_start_max` closed decisions (a warm start from the logs: all of them on a
-        young ledger, none on an empty one) and saved at once, so the API serves it and a
-        restart does not train it again. `between_pages` runs after each page of the replay
+        settings', one whose file is gone, or one that no longer loads — a new model is trained
+        on the newest `bandit_warm_start_max` closed decisions (a warm start from the logs: all
+        of them on a young ledger, none on an empty one) and saved at once, so the API serves it
+        and a restart does not train it again. `between_pages` runs after each page of the replay
         (the loop renews its lease there)."""
         settings = self._settings
         with ledger_errors():
-            snap = snapshots.load_latest(self._sessions)
+            try:
+                snap = snapshots.load_latest(self._sessions)
+            except OSError as exc:  # its file is gone or unreadable: as good as none
+                log.warning("newest snapshot cannot be read (%s): warm start", exc)
+                snap = None
         policy: Policy | None = None
         start = 0
         if snap is not None and snap.vw_args == settings.vw_args:
