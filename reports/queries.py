@@ -124,6 +124,14 @@ class ReportReader:
         self.f = f
         self.sqlite = conn.dialect.name == "sqlite"
 
+    def fill_outcomes(self, f: Filters) -> None:
+        """Fill `report_outcomes` with the outcomes of `f`'s decisions (the full scan: the
+        report's own filters; with rollups: only the counterfactual panel's recent sample)."""
+        fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(self.settings, f))
+        self.conn.execute(fill)
+        if not self.sqlite:  # a fresh temporary table has no statistics: plans would guess
+            self.conn.exec_driver_sql("ANALYZE " + OUTCOMES.name)
+
     def _outcome_sums(self, o: Any) -> list[Any]:
         """Σ clicked, Σ purchased, Σ revenue, Σ revenue² over `report_outcomes` rows."""
         return [
@@ -429,7 +437,9 @@ class ReportReader:
 def report_reader(
     sessions: sessionmaker[Session], settings: Settings, f: Filters
 ) -> Iterator[ReportReader]:
-    """A `ReportReader` on one connection in one read transaction, `report_outcomes` filled."""
+    """A `ReportReader` on one connection in one snapshot (every query sees the same ledger, so
+    rollups and the decisions they do not hold add up exactly), `report_outcomes` created
+    empty: the caller fills it (`ReportReader.fill_outcomes`)."""
     with sessions() as s:
         conn = s.connection()
         sqlite = conn.dialect.name == "sqlite"
@@ -438,6 +448,8 @@ def report_reader(
             # lock). A report only reads: trade it for a deferred (snapshot) read transaction.
             conn.exec_driver_sql("COMMIT")
             conn.exec_driver_sql("BEGIN")
+        else:  # READ COMMITTED would give each statement its own snapshot
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         drop = "DROP TABLE IF EXISTS " + ("temp." if sqlite else "pg_temp.") + OUTCOMES.name
         conn.exec_driver_sql(drop)
         OUTCOMES.create(conn)
@@ -445,10 +457,6 @@ def report_reader(
             if not sqlite:
                 # Grouped scans over a million rows sort or hash far more than the default 4MB.
                 conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-            fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(settings, f))
-            conn.execute(fill)
-            if not sqlite:  # a fresh temporary table has no statistics: plans would guess
-                conn.exec_driver_sql("ANALYZE " + OUTCOMES.name)
             yield ReportReader(conn, settings, f)
         finally:
             s.rollback()  # the table was created inside the transaction: this drops it
