@@ -206,6 +206,11 @@ def test_sigkill_of_the_api_under_traffic_loses_no_answered_decision(
     base = f"http://{settings.api_host}:{settings.api_port}"
     try:
         with Traffic(base, keys, ids) as traffic:
+            traffic.wait_for(300)
+            # One worker alone: uvicorn starts another; either adopts the dead one's log.
+            worker = psutil.Process(api.pid).children()[0]
+            worker.kill()
+            traffic.wait_for(300)
             for _ in range(3):  # three kills of the whole API (supervisor and both workers)
                 traffic.wait_for(300)
                 _kill_group(api)

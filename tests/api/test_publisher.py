@@ -5,6 +5,7 @@ again while it does not), /healthz sees the broker go within seconds."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,21 @@ def test_a_live_writers_segment_is_not_adopted_and_a_torn_tail_is_skipped(
     assert [r.key for r in seg.read()] == ["k0", "k1"]
     assert seg.read() == [] and seg.read_pos == seg.size
     other.close()
+
+
+def test_a_log_that_cannot_be_written_answers_503_and_nothing_else(
+    api_settings: Settings, product: Any, headers: dict[str, dict[str, str]]
+) -> None:
+    with TestClient(create_app(api_settings)) as client:
+        shutil.rmtree(api_settings.spool_dir)  # no segment is open yet: the next one fails
+        body = {"product_id": product.product_id}
+        r = client.post("/v1/decisions", json=body, headers=headers["serve"])
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "log_unavailable"
+        assert r.headers["retry-after"] == "1"
+        ev = {"event_id": "e1", "decision_id": "d1", "type": "click"}
+        assert client.post("/v1/events", json=ev, headers=headers["events"]).status_code == 503
+        assert client.get("/healthz").json()["publisher"]["logged"] == 0
 
 
 def test_healthz_sees_the_broker_go_within_seconds(
