@@ -3,8 +3,9 @@
 Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
 first full load runs on its own thread; a request for a product not loaded yet reads it once);
 the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
-publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up).
-Shut-down stops them in reverse and flushes the publisher, spooling what Kafka did not take.
+decision log and its publisher (whose thread creates the Kafka topics, so an unreachable Kafka
+never delays start-up). Shut-down stops them in reverse; the log keeps whatever the ledger does
+not hold yet, for the next process.
 """
 
 from __future__ import annotations
@@ -18,14 +19,27 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
+from api.decision_log import DecisionLog
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, products, reports, variants
+from api.routes import (
+    decisions,
+    events,
+    features,
+    health,
+    models,
+    products,
+    reports,
+    variants,
+)
 from core.ledger import make_engine, make_sessionmaker
+from core.ledger.modes import Mode
+from core.ledger.presence import held_ids
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,8 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, health):
+    for module in (decisions, events, products, variants, reports, features, models, health):
         app.include_router(module.router)
     return app
 
@@ -67,12 +82,15 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         reload_s=settings.model_reload_s,
         fair_trial=fair_trial(settings),
         own_effect_z=settings.bandit_own_effect_z,
+        mode=Mode(settings.mode, settings.apprentice_explore),
     )
     publisher = Publisher(
         settings.bootstrap,
-        settings.spool_dir,
+        DecisionLog(settings.spool_dir, fsync=settings.log_fsync),
+        lambda decision_ids, event_ids: held_ids(sessions, decision_ids, event_ids),
         topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
         partitions=settings.topic_partitions,
+        resend_after_s=settings.log_resend_after_s,
     )
     resources = Resources(
         settings=settings,

@@ -189,13 +189,16 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._publisher()
         for name, value, doc in (
-            ("queued", stats.queued, "Messages handed to the publisher."),
-            ("sent", stats.sent, "Messages delivered to Kafka."),
-            ("spooled", stats.spooled, "Messages written to the spool (Kafka away or queue full)."),
+            ("logged", stats.logged, "Messages appended to the decision log."),
+            ("sent", stats.sent, "Messages delivered to Kafka (re-sends included)."),
+            ("resent", stats.resent, "Messages sent again because the ledger lacked them."),
+            ("confirmed", stats.confirmed, "Logged messages found in the ledger."),
         ):
             yield CounterMetricFamily(f"copyloop_publish_{name}", doc, value=value)
         yield GaugeMetricFamily(
-            "copyloop_publish_backlog", "Messages not yet delivered.", value=stats.backlog
+            "copyloop_publish_backlog",
+            "Logged messages the ledger lacks yet.",
+            value=stats.backlog,
         )
         yield GaugeMetricFamily(
             "copyloop_publish_connected",

@@ -8,7 +8,17 @@ after it", so that a crash anywhere loses no learning and learns nothing twice.
 
 Rewards are learned strictly in `seq` order and `last_seq` only moves forward by one per
 reward, so the model never skips or repeats one. `close_and_learn` fences on the chain's tip:
-a learner that another one overtook fails with `LeaseLost` instead of forking the model.
+a learner that another one overtook fails with `LeaseLost` instead of forking the model. Saves
+fence on the model version: when an operator added a newer version (`copyloop model rollback`
+or `import`), the save fails with `LeaseLost` and the learner continues from that version
+instead of writing its own model over it (`ElectedLearner` also looks for one every round).
+After a snapshot, at most once a minute, old versions are pruned (`model_versions.prune`).
+
+Shadow explorers (`COPYLOOP_SHADOW_EXPLORERS`) learn beside the live model: they share its
+regression, so each decision's update is theirs too, and just before it the learner records what
+each would have served (`Policy.learn(shadows=…)`, the live holdout mixed in) in
+`shadow_scores`, for the report's `ope.shadow`. Written before the next snapshot and idempotent
+on `decision_id`, so a replay rewrites nothing.
 
 `ElectedLearner` drives a `Learner` in whichever process holds the `learner` lease (one per
 consumer group), with its own cadence, backoff and clean shutdown. Both are Kafka-free: the
@@ -28,9 +38,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from bandit import Arm, LoggedDecision, ModelLoadError, Policy, ProductFeatures
+from bandit import Arm, FairTrial, LoggedDecision, ModelLoadError, Policy, ProductFeatures
+from bandit.explore import Explorer, parse_explorer
 from bandit.vw_format import arm_lines
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
 from consumer.join import (
@@ -40,8 +52,8 @@ from consumer.join import (
     close_expired_windows,
     closed_since,
 )
-from core.ledger import leases, snapshots
-from core.ledger.tables import Product, Variant
+from core.ledger import leases, model_versions, snapshots
+from core.ledger.tables import Product, ShadowScore, Variant
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,9 +80,12 @@ class Learner:
         self.skipped = 0  # closed decisions whose variants are unknown: rewarded, not learnable
         self._unsaved = 0
         self._saved_at = self._clock()
+        self._pruned_at = self._clock()
+        self._continues = 0  # the ledger's newest version when this learner caught up
         self._arms: dict[str, Arm] = {}
         self._lines: dict[str, str] = {}  # each arm's VW line, rendered once (immutable)
         self._categories: dict[str, str] = {}
+        self._shadows = shadow_explorers(settings.shadow_explorers)
 
     @property
     def policy(self) -> Policy:
@@ -108,6 +123,7 @@ class Learner:
                     model=snap.model,
                     version=snap.version,
                     importance_cap=settings.bandit_importance_cap,
+                    fair_trial=_fair_trial(settings),
                 )
                 start = snap.last_seq
             except ModelLoadError as exc:
@@ -120,9 +136,13 @@ class Learner:
                 settings.vw_args,
             )
         fresh = policy is None
+        self._continues = 0 if snap is None else snap.version  # what a fresh model replaces
         if policy is None:
             policy = Policy(
-                settings.vw_args, seed=settings.seed, importance_cap=settings.bandit_importance_cap
+                settings.vw_args,
+                seed=settings.seed,
+                importance_cap=settings.bandit_importance_cap,
+                fair_trial=_fair_trial(settings),
             )
             start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
@@ -174,6 +194,7 @@ class Learner:
         """Teach VW `closed`, which must continue the chain (`seq` = last_seq + 1, + 2, …)."""
         policy = self.policy
         self._load_features(closed)
+        scores: list[dict[str, object]] = []
         for c in closed:
             if c.seq != self.last_seq + 1:
                 raise LeaseLost(f"reward seq {c.seq} does not follow {self.last_seq}")
@@ -187,10 +208,24 @@ class Learner:
                 )
             else:
                 rendered = [self._lines[a] for a in c.actions]
-                policy.learn(logged, c.reward, rendered_arms=rendered)
+                pmfs = policy.learn(
+                    logged, c.reward, rendered_arms=rendered, shadows=self._shadow_explorers
+                )
+                if pmfs:
+                    scores.append(
+                        {
+                            "decision_id": c.decision_id,
+                            "pmfs": {
+                                spec: with_holdout(pmf, self._settings.holdout)
+                                for spec, pmf in zip(self._shadows, pmfs, strict=True)
+                            },
+                        }
+                    )
                 self.learned += 1
             self.last_seq = c.seq
             self._unsaved += 1
+        if scores:
+            self._write_scores(scores)
 
     def maybe_snapshot(self, *, force: bool = False) -> int | None:
         """Save a snapshot when something was learned since the last one and `snapshot_every_s`
@@ -208,7 +243,26 @@ class Learner:
         policy.version = self._save(policy, self.last_seq)
         self._unsaved = 0
         self._saved_at = self._clock()
+        if self._saved_at - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = self._saved_at
+            self.prune()
         return policy.version
+
+    def replaced(self) -> bool:
+        """Whether the ledger's newest version is not this learner's model (a rollback or an
+        import added one): then the learner must continue from that version."""
+        with ledger_errors():
+            newest = snapshots.latest_version(self._sessions)
+        return newest is not None and newest != self.model_version
+
+    def prune(self) -> list[int]:
+        """Delete the versions the retention settings do not keep (`model_versions.prune`)."""
+        settings = self._settings
+        retention = model_versions.Retention(
+            settings.snapshot_keep_last, settings.snapshot_keep_days
+        )
+        with ledger_errors():
+            return model_versions.prune(self._sessions, retention, _loads)
 
     def close(self) -> None:
         """Free the VW workspace (unsaved learning is in the ledger, replayed on restart)."""
@@ -217,7 +271,20 @@ class Learner:
             self._policy = None
 
     # -- internals ---------------------------------------------------------------------------
+    @property
+    def _shadow_explorers(self) -> list[Explorer]:
+        return list(self._shadows.values())
+
+    def _write_scores(self, scores: list[dict[str, object]]) -> None:
+        """The shadows' distributions, one row per decision (a replay's rows already exist)."""
+        with ledger_errors(), self._sessions.begin() as s:
+            dialect = s.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            s.execute(insert(ShadowScore).values(scores).on_conflict_do_nothing())
+
     def _save(self, policy: Policy, last_seq: int) -> int:
+        # The version this model continues: its own, or (a fresh model) the one it replaces.
+        expected = policy.version or self._continues
         try:
             with ledger_errors():
                 return snapshots.save(
@@ -226,9 +293,12 @@ class Learner:
                     last_seq,
                     policy.vw_args,
                     self._settings.snapshot_dir,
+                    expected_latest=expected,
                 )
         except sa_exc.IntegrityError as exc:  # two savers raced for the same version
             raise LeaseLost(f"another learner saved a snapshot concurrently: {exc.orig}") from exc
+        except snapshots.SnapshotReplaced as exc:
+            raise LeaseLost(f"a newer model version was added: {exc}") from exc
 
     def _load_features(self, closed: Iterable[ClosedDecision]) -> None:
         """Fetch the variants and product categories `closed` needs that are not cached yet.
@@ -262,6 +332,52 @@ class Learner:
             chosen=c.chosen,
             probability=c.probability,
         )
+
+
+def shadow_explorers(specs: Sequence[str]) -> dict[str, Explorer]:
+    """Each shadow explorer's arguments → the explorer (ValueError for one copyloop lacks).
+
+    >>> shadow_explorers(["--epsilon 0.1"])
+    {'--epsilon 0.1': EpsilonGreedy(epsilon=0.1)}
+    """
+    out: dict[str, Explorer] = {}
+    for spec in specs:
+        explorer = parse_explorer(spec)
+        if explorer is None:
+            raise ValueError(f"shadow explorer {spec!r} is not one of copyloop's explorers")
+        out[spec] = explorer
+    return out
+
+
+def with_holdout(pmf: Sequence[float], holdout: float) -> list[float]:
+    """The live mixture around an explorer's pmf: the control (action 0) gets the holdout.
+
+    >>> with_holdout([0.5, 0.5], 0.1)
+    [0.55, 0.45]
+    """
+    out = [(1.0 - holdout) * p for p in pmf]
+    out[0] += holdout
+    return out
+
+
+def _fair_trial(settings: Settings) -> FairTrial | None:
+    """The settings' trial for new copy, as the API serves it (the shadows' pmfs apply it)."""
+    if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
+        return None
+    return FairTrial(settings.bandit_new_arm_exposure, settings.bandit_new_arm_floor)
+
+
+#: Seconds between two prunings of old model versions (each loads the newest one to check it).
+PRUNE_EVERY_S = 60.0
+
+
+def _loads(snapshot: snapshots.Snapshot) -> bool:
+    """Whether a snapshot loads into a policy (the last good one is never pruned)."""
+    try:
+        Policy(snapshot.vw_args, model=snapshot.model, version=snapshot.version).close()
+    except (ModelLoadError, ValueError):
+        return False
+    return True
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
@@ -346,6 +462,10 @@ class ElectedLearner:
                 self._drop()
             return False
         learner = self._learner
+        if learner is not None and learner.replaced():
+            log.info("a newer model version was added: continuing from it")
+            self._drop()
+            learner = None
         if learner is None:
             learner = Learner(self._sessions, self._settings, close_limit=self._close_limit)
             self._learner = learner

@@ -2,8 +2,8 @@
 
 Both routes are `async def` on purpose: the VW workspace is not thread-safe, and running every
 `choose` on the event loop thread serialises them without a lock (a predict is ~100 µs of CPU).
-A cached product costs no database read; the decision goes to the publisher's queue, never to
-Kafka directly.
+A cached product costs no database read; the decision is appended to the process's decision log
+(one `write`, `api.decision_log`) before it is answered, never sent to Kafka on the request path.
 
 The hot path is kept lean on purpose (each piece measured in BENCHMARKS.md): one dependency
 (`ServingDep`: the key check, returning the app's resources) instead of one per resource, the
@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authorized
+from api.bodies import read_model
 from api.catalog_cache import CatalogCache, CatalogEntry
+from api.decision_log import Kind
 from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
@@ -57,9 +59,19 @@ async def variant_for_page_view(
     return _decide(entry, product_id, context, resources)
 
 
-@router.post("/v1/decisions", response_model=DecisionOut)
-async def decide(body: DecisionRequest, resources: ServingDep) -> Response:
+@router.post(
+    "/v1/decisions",
+    response_model=DecisionOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": DecisionRequest.model_json_schema()}},
+        }
+    },
+)
+async def decide(request: Request, resources: ServingDep) -> Response:
     """Serve one variant of `product_id` for the page view described by `context`."""
+    body = await read_model(request, DecisionRequest)  # after the key check, never before
     entry = await _entry(resources.catalog, body.product_id)
     return _decide(entry, body.product_id, body.context, resources)
 
@@ -79,12 +91,19 @@ async def _entry(catalog: CatalogCache, product_id: str) -> CatalogEntry:
 def _decide(
     entry: CatalogEntry, product_id: str, context: dict[str, Any], resources: Resources
 ) -> Response:
-    """Choose, publish the decision (queue only), count it, answer it (`DecisionOut`'s JSON)."""
+    """Choose, log the decision (durable before the answer), count it, answer it
+    (`DecisionOut`'s JSON)."""
     choice = choose(entry, context, resources.policies.policy)
     decision_id = uuid.uuid4().hex
     i = choice.index
     message = decision_message(entry, product_id, context, choice, decision_id, time.time())
-    resources.publisher.publish(resources.settings.decisions_topic, decision_id, message.to_bytes())
+    resources.publisher.publish(
+        resources.settings.decisions_topic,
+        decision_id,
+        message.to_bytes(),
+        Kind.DECISION,
+        decision_id,
+    )
     resources.metrics.decisions.labels(choice.policy).inc()
     answer: dict[str, Any] = {  # the fields of DecisionOut, in its order
         "decision_id": decision_id,

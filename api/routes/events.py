@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from api.auth import require
 from api.bodies import batch_items, read_json
+from api.decision_log import Kind
 from api.deps import MetricsDep, PublisherDep, SettingsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest
 from api.schemas import EventsAccepted
@@ -81,6 +82,7 @@ async def ingest_events(
             f"{len(bad)} of {len(items)} events are invalid (index {where}); none was accepted",
             bad,
         )
+    messages = []
     for event in events:
         payload = {
             "event_id": event.event_id,
@@ -90,6 +92,9 @@ async def ingest_events(
             "value": event.value,
         }
         value = json.dumps(payload, separators=(",", ":")).encode()
-        publisher.publish(settings.events_topic, event.decision_id, value)
+        messages.append(
+            (settings.events_topic, event.decision_id, value, Kind.EVENT, event.event_id)
+        )
+    publisher.publish_many(messages)  # durable, all of them, before the 202
     metrics.events.inc(len(events))
     return EventsAccepted(accepted=len(events))

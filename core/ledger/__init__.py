@@ -15,6 +15,8 @@ from core.ledger.tables import (
     ModelSnapshot,
     Product,
     Reward,
+    ServingMode,
+    ShadowScore,
     Variant,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "ModelSnapshot",
     "Product",
     "Reward",
+    "ServingMode",
+    "ShadowScore",
     "Variant",
     "is_sqlite",
     "make_engine",
