@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
 from api.decision_log import DecisionLog
 from api.deps import Resources
@@ -26,7 +27,16 @@ from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, models, products, reports, variants
+from api.routes import (
+    decisions,
+    events,
+    features,
+    health,
+    models,
+    products,
+    reports,
+    variants,
+)
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
@@ -54,8 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, models, health):
+    for module in (decisions, events, products, variants, reports, features, models, health):
         app.include_router(module.router)
     return app
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.ledger.tables import Decision, Event, Product, Reward, Variant
+from core.ledger.tables import Decision, Event, Product, Reward, ShadowScore, Variant
 from core.settings import Settings
 
 _TEMP = MetaData()
@@ -373,6 +373,49 @@ class ReportReader:
             .select_from(recent)
             .outerjoin(o, o.c.decision_id == r.decision_id)
             .outerjoin(Reward, Reward.decision_id == r.decision_id)
+            .order_by(r.ts.desc(), r.decision_id)
+        ).all()
+
+    def shadow_logged(self, limit: int) -> Sequence[Any]:
+        """The `limit` most recent randomized decisions that the shadow explorers scored
+        (`shadow_scores`), with the columns of `recent_logged` (less seq, ts and policy) and
+        `pmfs`, each shadow's distribution over the action set."""
+        o = OUTCOMES
+        recent = (
+            select(
+                Decision.decision_id,
+                Decision.product_id,
+                Decision.variant_id,
+                Decision.actions,
+                Decision.pmf,
+                Decision.probability,
+                Decision.context,
+                Decision.ts,
+                ShadowScore.pmfs,
+            )
+            .join(ShadowScore, ShadowScore.decision_id == Decision.decision_id)
+            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
+            .order_by(Decision.ts.desc(), Decision.decision_id)
+            .limit(limit)
+            .subquery("shadowed")
+        )
+        r = recent.c
+        return self.conn.execute(
+            select(
+                r.decision_id,
+                r.product_id,
+                r.variant_id,
+                r.actions,
+                r.pmf,
+                r.probability,
+                r.context,
+                func.coalesce(o.c.clicked, 0).label("clicked"),
+                func.coalesce(o.c.purchased, 0).label("purchased"),
+                func.coalesce(o.c.revenue, 0.0).label("revenue"),
+                r.pmfs,
+            )
+            .select_from(recent)
+            .outerjoin(o, o.c.decision_id == r.decision_id)
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
 

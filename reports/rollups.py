@@ -118,12 +118,12 @@ class Cells:
             self.main[key] = [a + b for a, b in zip(acc, part, strict=True)]
         head = part[:5]
         for k, value in pairs:
-            key = (h, o.product_id, k, value, o.policy)
-            acc = self.contexts.get(key)
+            ckey = (h, o.product_id, k, value, o.policy)
+            acc = self.contexts.get(ckey)
             if acc is None:
-                self.contexts[key] = list(head)
+                self.contexts[ckey] = list(head)
             else:
-                self.contexts[key] = [a + b for a, b in zip(acc, head, strict=True)]
+                self.contexts[ckey] = [a + b for a, b in zip(acc, head, strict=True)]
 
 
 def state(conn: Connection | Session, *, lock: str | None = None) -> ReportRollupState | None:

@@ -16,6 +16,7 @@ from core.ledger.tables import (
     Product,
     Reward,
     ServingMode,
+    ShadowScore,
     Variant,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "Product",
     "Reward",
     "ServingMode",
+    "ShadowScore",
     "Variant",
     "is_sqlite",
     "make_engine",

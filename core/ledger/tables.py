@@ -150,6 +150,18 @@ class ModelSnapshot(Base):
     origin: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class ShadowScore(Base):
+    """What each shadow explorer (`COPYLOOP_SHADOW_EXPLORERS`) would have served for a decision:
+    `pmfs`, JSON text (written with orjson by the learner: the stdlib encoder behind a JSON
+    column cost a fifth of its time), maps the explorer's arguments to its distribution over the
+    decision's action set, holdout included, computed just before it learned the decision."""
+
+    __tablename__ = "shadow_scores"
+
+    decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pmfs: Mapped[str] = mapped_column(Text)
+
+
 class ServingMode(Base):
     """The serving mode's history: the newest row is the mode every API process serves in
     (`live`, or `apprentice` with `explore`, the share of decisions that follow the bandit);
