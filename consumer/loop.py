@@ -134,6 +134,9 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             session_timeout_ms=tuning.session_timeout_ms,
             heartbeat_interval_ms=tuning.heartbeat_interval_ms,
             metadata_max_age_ms=tuning.metadata_max_age_ms,
+            # Topics are created with the configured partition count (`ensure_topics`), never
+            # by the broker's defaults because a consumer asked for them too early.
+            allow_auto_create_topics=False,
         )
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
 
