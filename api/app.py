@@ -3,7 +3,8 @@
 Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
 first full load runs on its own thread; a request for a product not loaded yet reads it once);
 the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
-publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up).
+publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up);
+the storefront's token signer (its key from settings or the ledger) and rate limiters.
 Shut-down stops them in reverse and flushes the publisher, spooling what Kafka did not take.
 """
 
@@ -19,14 +20,26 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.catalog_cache import CatalogCache
+from api.cors import StorefrontCors
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
-from api.routes import decisions, events, health, products, reports, variants
+from api.routes import (
+    activations,
+    client_js,
+    decisions,
+    events,
+    health,
+    products,
+    reports,
+    variants,
+)
+from api.storefront import Storefront
 from core.ledger import make_engine, make_sessionmaker
 from core.settings import Settings
+from core.tokens import load_signer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, health):
+    app.add_middleware(StorefrontCors, origins=settings.cors_origins)
+    for module in (decisions, activations, events, products, variants, reports, health, client_js):
         app.include_router(module.router)
     return app
 
@@ -83,6 +97,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         publisher=publisher,
         keys=KeyCache(sessions),
         metrics=metrics,
+        storefront=Storefront(load_signer(sessions, settings.token_secret), settings),
     )
     try:
         catalog.start()

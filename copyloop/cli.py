@@ -525,6 +525,7 @@ def export(
 class Role(StrEnum):
     serve = "serve"
     events = "events"
+    storefront = "storefront"
     analyst = "analyst"
     admin = "admin"
 
