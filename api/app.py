@@ -3,9 +3,10 @@
 Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
 first full load runs on its own thread; a request for a product not loaded yet reads it once);
 the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
-publisher (whose thread creates the Kafka topics, so an unreachable Kafka never delays start-up);
-the storefront's token signer (its key from settings or the ledger) and rate limiters.
-Shut-down stops them in reverse and flushes the publisher, spooling what Kafka did not take.
+decision log and its publisher (whose thread creates the Kafka topics, so an unreachable Kafka
+never delays start-up); the storefront's token signer (its key from settings or the ledger) and
+rate limiters. Shut-down stops them in reverse; the log keeps whatever the ledger does not hold
+yet, for the next process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.catalog_cache import CatalogCache
 from api.cors import StorefrontCors
+from api.decision_log import DecisionLog
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
@@ -32,12 +34,15 @@ from api.routes import (
     decisions,
     events,
     health,
+    models,
     products,
     reports,
     variants,
 )
 from api.storefront import Storefront
 from core.ledger import make_engine, make_sessionmaker
+from core.ledger.modes import Mode
+from core.ledger.presence import held_ids
 from core.settings import Settings
 from core.tokens import load_signer
 
@@ -65,7 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(StorefrontCors, origins=settings.cors_origins)
-    for module in (decisions, activations, events, products, variants, reports, health, client_js):
+    routers = (decisions, activations, events, products, variants, reports, models, health)
+    for module in (*routers, client_js):
         app.include_router(module.router)
     return app
 
@@ -81,12 +87,15 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         reload_s=settings.model_reload_s,
         fair_trial=fair_trial(settings),
         own_effect_z=settings.bandit_own_effect_z,
+        mode=Mode(settings.mode, settings.apprentice_explore),
     )
     publisher = Publisher(
         settings.bootstrap,
-        settings.spool_dir,
+        DecisionLog(settings.spool_dir, fsync=settings.log_fsync),
+        lambda decision_ids, event_ids: held_ids(sessions, decision_ids, event_ids),
         topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
         partitions=settings.topic_partitions,
+        resend_after_s=settings.log_resend_after_s,
     )
     resources = Resources(
         settings=settings,
@@ -101,6 +110,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     )
     try:
         catalog.start()
+        resources.keys.start()
         try:
             policies.reload_once()
         except SQLAlchemyError as exc:
@@ -118,5 +128,6 @@ def _stop(resources: Resources) -> None:
     resources.metrics.unwatch()
     resources.policies.close()
     resources.catalog.close()
+    resources.keys.close()
     resources.publisher.close()
     resources.engine.dispose()

@@ -5,8 +5,9 @@ Every error answer has the contract's shape::
     {"error": {"code": "<snake_case>", "message": "<what and why>", "details": ...}}
 
 Routes and dependencies raise an `ApiError` subclass; FastAPI's validation errors, Starlette's
-HTTP errors (unknown path, wrong method), the catalog's `CatalogError` (bad input: 422) and
-anything unexpected (500, logged) are mapped here too, so no other module builds an error
+HTTP errors (unknown path, wrong method), the catalog's `CatalogError` (bad input: 422), the
+decision log's `LogUnavailable` (503: nothing may be acknowledged) and anything unexpected
+(500, logged) are mapped here too, so no other module builds an error
 response.
 """
 
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.decision_log import LogUnavailable
 from core.catalog import CatalogError
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,16 @@ async def _catalog_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", str(exc), details)
 
 
+async def _log_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("refusing a request: %s", exc)
+    return error_response(
+        503,
+        "log_unavailable",
+        "the decision log cannot be written, so nothing can be acknowledged; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; see the server log")
@@ -169,5 +181,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(CatalogError, _catalog_error)
+    app.add_exception_handler(LogUnavailable, _log_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -8,6 +8,11 @@ reloader builds the new one and never touches it again, and the old one is freed
 request holding it drops its reference. A snapshot that cannot be loaded is logged and skipped
 until a newer version appears. With no loadable snapshot `policy` is None and routes serve the
 control variant with `policy = "fallback"`.
+
+The same thread follows the serving mode (`core.ledger.modes`): in apprentice mode the policy's
+holdout becomes all but the exploring share, so the control copy is served to most page views and
+every logged probability stays the exact one of the mixture that was sampled. A rollback or an
+import is a new newest version, so it is picked up like any other (within `reload_s`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.background import Periodic
 from bandit import FairTrial, ModelLoadError, Policy
+from core.ledger import modes
 from core.ledger.snapshots import latest_version, load_latest
 from core.settings import Settings
 
@@ -54,8 +60,11 @@ class PolicyHolder:
         reload_s: float,
         fair_trial: FairTrial | None = None,
         own_effect_z: float = 3.0,
+        mode: modes.Mode | None = None,
     ) -> None:
         self._sessions = sessions
+        self.default_mode = mode or modes.Mode("live", 0.05)
+        self.mode = self.default_mode
         self.own_effect_z = own_effect_z
         self.holdout = holdout
         self.fair_trial = fair_trial
@@ -76,8 +85,27 @@ class PolicyHolder:
         policy = self.policy
         return 0 if policy is None else policy.version
 
+    @property
+    def serving_holdout(self) -> float:
+        """The share of page views served the control copy in the current mode."""
+        return self.mode.holdout(self.holdout)
+
+    def follow_mode(self) -> bool:
+        """Adopt the ledger's serving mode; True when it changed."""
+        mode = modes.current(self._sessions, self.default_mode)
+        if (mode.name, mode.explore) == (self.mode.name, self.mode.explore):
+            return False
+        self.mode = mode
+        policy = self.policy
+        if policy is not None:
+            policy.holdout = self.serving_holdout
+        log.info("serving mode %s (control share %.3f)", mode.name, self.serving_holdout)
+        return True
+
     def reload_once(self) -> bool:
-        """Load the newest snapshot if it is newer than the current one; True when swapped."""
+        """Follow the mode, and load the newest snapshot if it is newer than the current one;
+        True when the model was swapped."""
+        self.follow_mode()
         newest = latest_version(self._sessions)
         if newest is None or newest <= self.version or newest == self._skipped:
             return False
@@ -92,7 +120,7 @@ class PolicyHolder:
         try:
             policy = Policy(
                 snapshot.vw_args,
-                holdout=self.holdout,
+                holdout=self.serving_holdout,
                 seed=policy_seed(self.seed, snapshot.version),
                 model=snapshot.model,
                 version=snapshot.version,

@@ -1,77 +1,124 @@
-"""Publishing to Kafka off the request path, with a durable spool when Kafka is away.
+"""Shipping the decision log to Kafka, and keeping it until the ledger holds what it shipped.
 
-`Publisher.publish(topic, key, value)` only puts the message on a bounded in-memory queue (or, if
-the queue is full, appends it to the spool on disk); it never waits on Kafka. A background thread
-takes batches from the queue and sends them with kafka-python (`acks=all`, batching), keyed by
-`key` (the decision id). After the first message of a batch it lingers `linger_ms` collecting
-more before it sends and flushes: a produce round costs the thread (and the serving process's
-GIL) ~1 ms of CPU whatever its size, so at a few hundred decisions/s sending each one as it came
-cost more than choosing it (BENCHMARKS.md).
+`Publisher.publish(topic, key, value, kind, ident)` appends to the process's `DecisionLog`
+(`api.decision_log`) and returns: the caller answers only after that, so an answered decision
+survives the process being killed. It never waits on Kafka.
 
-When Kafka cannot be reached or a send fails, the undelivered messages are appended to the
-`Spool` (fsync per batch); once a producer is connected again the spool is re-published in
-order before any newer message, and each drained file is removed.
-Spool files left by a previous process are adopted and re-published at start.
+A background thread reads the log and sends each record with kafka-python (`acks=all`), in
+batches of up to `batch_size` gathered every `linger_ms`: a produce round costs the thread (and
+the serving process's GIL) about a millisecond whatever its size (BENCHMARKS.md).
 
-Delivery is at least once: a send whose acknowledgement was lost is spooled and sent again.
-The consumer's writes are idempotent on `decision_id` / `event_id`, so a repeat changes nothing.
+A record leaves the log only once it is safe. A decision or an event is safe when the ledger
+holds its row (`core.ledger.presence.held_ids`, asked by primary key a few hundred ids at a
+time), not merely when the broker acknowledged it: the embedded broker keeps its log in memory
+and a restart loses what the consumer had not read yet. A record still missing from the ledger
+`resend_after_s` after it was sent is sent again (and again after twice as long, …): the
+consumer's writes are idempotent on `decision_id` / `event_id`, so a repeat changes nothing. A
+lost connection to Kafka makes every unconfirmed record due for that check as soon as the
+producer is back. Other kinds of records are safe once the broker acknowledged them. A segment
+whose records are all safe is deleted.
+
+Segments of dead processes (a killed worker, the previous run) are adopted every
+`adopt_interval_s` and shipped the same way, from their `.pos` progress: records that an earlier
+process had shipped are checked against the ledger first and re-sent only if missing.
+
+`connected` turns false within about `probe_interval_s` of the broker going away: when nothing
+was acknowledged for that long, the thread opens a TCP connection to the bootstrap servers.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from api.spool import Record, Spool
+from api.decision_log import DecisionLog, Kind, LogRecord, Segment, decode, encode
 from core.broker import BrokerError, ensure_topics
 
 log = logging.getLogger(__name__)
 
+#: `held(decision_ids, event_ids) -> (held decision ids, held event ids)`.
+HeldIds = Callable[[Sequence[str], Sequence[str]], tuple[set[str], set[str]]]
+
 
 @dataclass(frozen=True, slots=True)
 class PublisherStats:
-    """Counters since start: messages accepted by `publish`, delivered, written to the spool."""
+    """Counters since start (`logged`…`abandoned`) and the present state."""
 
-    queued: int
-    sent: int
-    spooled: int
-    backlog: int  # in the queue or the spool, not yet delivered
+    logged: int  # records appended to this process's log
+    sent: int  # records acknowledged by the broker (re-sends included)
+    resent: int  # records sent again: the ledger did not have them
+    confirmed: int  # records found safe (in the ledger, or acknowledged for other kinds)
+    abandoned: int  # records given up on after `give_up_after_s`
+    backlog: int  # records read from the log and not yet safe
+    unread_bytes: int  # log bytes not yet read by the thread
+    segments: int
     connected: bool
 
 
+class _Entry:
+    """A record read from the log and not yet safe. `sent_at`: 0 not sent, -1 sent by an
+    earlier process, else when (monotonic) it was last sent."""
+
+    __slots__ = ("start", "end", "kind", "ident", "sent_at", "first_sent", "attempts", "check_at")
+
+    def __init__(self, record: LogRecord, sent_before: bool) -> None:
+        self.start: int = record.start
+        self.end: int = record.end
+        self.kind: Kind = record.kind
+        self.ident: str = record.ident
+        self.sent_at: float = -1.0 if sent_before else 0.0
+        self.first_sent: float = time.monotonic() if sent_before else 0.0
+        self.attempts: int = 0
+        self.check_at: float = 0.0
+
+
 class Publisher:
-    """A Kafka producer thread behind a bounded queue, with a spool under `spool_dir`."""
+    """The log of one API process and the thread that ships it to Kafka."""
 
     def __init__(
         self,
         bootstrap: str,
-        spool_dir: str | Path,
+        decision_log: DecisionLog,
+        held: HeldIds | None = None,
         *,
         topics: Sequence[str] = (),
         partitions: int = 1,
-        queue_size: int = 10_000,
-        batch_size: int = 500,
-        linger_ms: int = 50,
+        batch_size: int = 1000,
+        linger_ms: int = 20,
+        resend_after_s: float = 15.0,
+        max_unconfirmed: int = 100_000,
+        probe_interval_s: float = 1.0,
+        sync_interval_s: float = 0.2,
+        adopt_interval_s: float = 5.0,
+        give_up_after_s: float = 86_400.0,
         connect_timeout_s: float = 3.0,
         flush_timeout_s: float = 15.0,
         max_backoff_s: float = 5.0,
         producer_config: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.log = decision_log
+        self._held = held
         self.topics = list(topics)
         self.partitions = partitions
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000.0
+        self.resend_after_s = resend_after_s
+        self.max_unconfirmed = max_unconfirmed
+        self.probe_interval_s = probe_interval_s
+        self.sync_interval_s = sync_interval_s
+        self.adopt_interval_s = adopt_interval_s
+        self.give_up_after_s = give_up_after_s
         self.connect_timeout_s = connect_timeout_s
         self.flush_timeout_s = flush_timeout_s
         self.max_backoff_s = max_backoff_s
@@ -79,7 +126,7 @@ class Publisher:
             "bootstrap_servers": bootstrap,
             "client_id": "copyloop-api",
             "acks": "all",
-            "linger_ms": 5,  # the thread lingers (linger_ms) and flushes each batch itself
+            "linger_ms": 5,  # the thread gathers batches itself and flushes each
             "batch_size": 256 * 1024,
             "compression_type": None,
             "max_block_ms": int(connect_timeout_s * 1000),
@@ -87,45 +134,50 @@ class Publisher:
             "reconnect_backoff_max_ms": 1000,
             "request_timeout_ms": 5000,
             "delivery_timeout_ms": int(flush_timeout_s * 1000) - 1000,
-            # One request in flight keeps retries from reordering a partition.
             "max_in_flight_requests_per_connection": 1,
             "enable_idempotence": False,
             **(producer_config or {}),
         }
-        self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
-        self._spool = Spool(spool_dir)
         self._producer: KafkaProducer | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="copyloop-publisher", daemon=True)
-        self._counts_lock = threading.Lock()
-        self._queued = self._sent = self._spooled = 0
+        self._entries: dict[Segment, dict[int, _Entry]] = {}
+        self._unsent: deque[tuple[Segment, LogRecord]] = deque()
         self._backoff_s = 0.0
         self._next_connect = 0.0
-        self._topics_ready = False
-        self.closed = False
+        self._last_ack = 0.0
+        self._next_probe = 0.0
+        self._next_sync = 0.0
+        self._next_adopt = 0.0
+        self._next_check = 0.0
+        self._lost_connection = False
+        self._backlog = 0  # records tracked and not yet safe, as of the thread's last round
+        self._counts = {"sent": 0, "resent": 0, "confirmed": 0, "abandoned": 0}
 
     # -- the request side ------------------------------------------------------------------------
-    def publish(self, topic: str, key: str, value: bytes) -> None:
-        """Hand one message over; never waits on Kafka (a full queue spills to the spool)."""
-        record = Record(topic, key, value)
-        if not self.closed:
-            try:
-                self._queue.put_nowait(record)
-                with self._counts_lock:
-                    self._queued += 1
-                return
-            except queue.Full:
-                pass
-        self._spool_records([record])
+    def publish(
+        self, topic: str, key: str, value: bytes, kind: Kind = Kind.OTHER, ident: str = ""
+    ) -> None:
+        """Append one message to the log; returns once it is durable (`LogUnavailable` if it
+        could not be written: the caller must not acknowledge it)."""
+        self.log.append(kind, topic, key, ident, value)
+
+    def publish_many(self, messages: Sequence[tuple[str, str, bytes, Kind, str]]) -> None:
+        """`publish` each `(topic, key, value, kind, ident)`, all with one write: all are
+        durable, or none is (`LogUnavailable`)."""
+        self.log.append_many([encode(k, t, key, i, v) for t, key, v, k, i in messages])
 
     def stats(self) -> PublisherStats:
-        with self._counts_lock:
-            queued, sent, spooled = self._queued, self._sent, self._spooled
+        segments = self.log.segments()
         return PublisherStats(
-            queued=queued,
-            sent=sent,
-            spooled=spooled,
-            backlog=self._queue.qsize() + self._spool.pending,
+            logged=self.log.appended,
+            sent=self._counts["sent"],
+            resent=self._counts["resent"],
+            confirmed=self._counts["confirmed"],
+            abandoned=self._counts["abandoned"],
+            backlog=self._backlog,
+            unread_bytes=sum(max(0, s.size - s.read_pos) for s in segments),
+            segments=len(segments),
             connected=self._producer is not None,
         )
 
@@ -135,106 +187,223 @@ class Publisher:
         return self
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Deliver (or spool) everything queued, flush the producer and stop the thread."""
-        self.closed = True
+        """Stop the thread (it sends what it read, if connected) and release the log; what is
+        not confirmed stays on disk for the next process."""
         self._stop.set()
-        if self._thread.ident is None:  # never started: spool what was queued
-            self._spool_records(self._take_all())
-            self._spool.close()
-            return
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.error("publisher thread did not stop within %.0fs", timeout_s)
-            return
-        self._spool_records(self._take_all())  # published while the thread was finishing
-        self._spool.close()
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("publisher thread did not stop within %.0fs", timeout_s)
+        self.log.close()
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            self._spool.adopt_orphans()
-        except OSError:
-            log.exception("cannot read the spool directory %s", self._spool.directory)
         while not self._stop.is_set():
-            batch = self._take(timeout_s=0.05)
             try:
-                self._step(batch)
-            except Exception:  # e.g. the spool's disk is full: keep the thread alive
-                log.exception("publisher step failed; up to %d message(s) lost", len(batch))
+                busy = self._step()
+            except Exception:  # e.g. the disk went away: keep the thread alive, retry
+                log.exception("publisher step failed; retrying")
                 self._drop_producer()
-                time.sleep(0.1)
-        self._finish()
-
-    def _step(self, batch: list[Record]) -> None:
-        if self._producer is None and time.monotonic() >= self._next_connect:
-            self._connect()
-        if self._producer is not None and self._spool.has_pending():
-            self._drain_spool()
-        if not batch:
-            return
-        if self._producer is None or self._spool.has_pending():
-            self._spool_records(batch)  # keeps order: nothing overtakes the spool
-        else:
-            self._spool_records(batch[self._send(batch) :])
-
-    def _finish(self) -> None:
-        """On close: send what is queued if connected and nothing waits in the spool, else spool."""
-        batch = self._take_all()
-        if self._producer is not None and not self._spool.has_pending():
-            delivered = self._send(batch)
-            self._spool_records(batch[delivered:])
-        else:
-            self._spool_records(batch)
+                busy = False
+            if not busy:
+                self._stop.wait(self.linger_s)
+        try:
+            if self._producer is not None:
+                self._send_batch()
+            self._save_positions()
+        except Exception:
+            log.exception("publisher could not finish cleanly; the log keeps everything")
         self._drop_producer(timeout_s=self.flush_timeout_s)
 
-    def _take(self, timeout_s: float) -> list[Record]:
-        """Up to `batch_size` records: waits up to `timeout_s` for the first, then lingers
-        `linger_s` for more unless the batch is full already (or the publisher is closing)."""
+    def _step(self) -> bool:
+        """One round; True when there is more to send right away."""
+        now = time.monotonic()
+        if now >= self._next_adopt:
+            self._next_adopt = now + self.adopt_interval_s
+            self.log.rotate_if_old()
+            for seg in self.log.adopt_orphans():
+                self._entries[seg] = {}
+        if self.log.fsync == "batch" and now >= self._next_sync:
+            self._next_sync = now + self.sync_interval_s
+            self.log.sync()
+        if self._producer is None and now >= self._next_connect:
+            self._connect()
+        elif self._producer is not None and now >= self._next_probe:
+            self._probe_liveness(now)
+        busy = False
+        if self._producer is not None:
+            self._read()
+            busy = self._send_batch()
+        if now >= self._next_check:
+            self._next_check = now + min(0.5, self.resend_after_s / 4)
+            self._check()
+            self._save_positions()
+            self._prune()
+        self._backlog = sum(len(e) for e in self._entries.values())
+        return busy
+
+    def _read(self) -> None:
+        """Read new records into `_unsent`, one batch's worth, unless too many await the
+        ledger (then shipping waits for the consumer: the log holds them meanwhile)."""
+        if len(self._unsent) >= self.batch_size:
+            return
+        if sum(len(e) for e in self._entries.values()) >= self.max_unconfirmed:
+            return
+        for seg in self.log.segments():
+            entries = self._entries.setdefault(seg, {})
+            while len(self._unsent) < self.batch_size and seg.read_pos < seg.size:
+                records = seg.read(limit_bytes=256 << 10)
+                if not records:
+                    break
+                for r in records:
+                    sent_before = r.start < seg.shipped
+                    entry = _Entry(r, sent_before)
+                    entries[r.start] = entry
+                    if not sent_before:
+                        self._unsent.append((seg, r))
+            if len(self._unsent) >= self.batch_size:
+                return
+
+    def _send_batch(self) -> bool:
+        """Send up to `batch_size` records from `_unsent`; True if more wait."""
+        if not self._unsent or self._producer is None:
+            return False
+        batch = [self._unsent.popleft() for _ in range(min(self.batch_size, len(self._unsent)))]
+        delivered = self._send([r for _, r in batch])
+        now = time.monotonic()
+        for seg, r in batch[:delivered]:
+            entry = self._entries.get(seg, {}).get(r.start)
+            if entry is None:
+                continue
+            if entry.kind == Kind.OTHER or self._held is None:
+                del self._entries[seg][r.start]
+                self._counts["confirmed"] += 1
+                continue
+            if entry.sent_at != 0.0:
+                self._counts["resent"] += 1
+            else:
+                entry.first_sent = now
+            entry.sent_at = now
+            entry.attempts += 1
+            entry.check_at = now + 0.1
+        if delivered < len(batch):
+            self._unsent.extendleft(reversed(batch[delivered:]))
+            return False
+        return bool(self._unsent)
+
+    def _check(self) -> None:
+        """Ask the ledger about sent records that are due; drop those it holds, re-send those
+        it still lacks long after they were sent."""
+        if self._held is None:
+            return
+        now = time.monotonic()
+        due: list[tuple[Segment, _Entry]] = []
+        for seg, entries in self._entries.items():
+            for entry in entries.values():
+                if entry.sent_at != 0.0 and entry.check_at <= now:
+                    due.append((seg, entry))
+                    if len(due) >= 20_000:
+                        break
+        if not due:
+            return
         try:
-            batch = [self._queue.get(timeout=timeout_s)]
-        except queue.Empty:
-            return []
-        if self.linger_s > 0 and self._queue.qsize() + 1 < self.batch_size:
-            self._stop.wait(self.linger_s)  # one wake-up per batch, not one per message
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+            decisions, events = self._held(
+                [e.ident for _, e in due if e.kind == Kind.DECISION],
+                [e.ident for _, e in due if e.kind == Kind.EVENT],
+            )
+        except Exception as exc:  # the database is down: check again later
+            log.warning("cannot ask the ledger what it holds (%s); keeping the log", exc)
+            return
+        resend: list[tuple[Segment, _Entry]] = []
+        for seg, entry in due:
+            held = decisions if entry.kind == Kind.DECISION else events
+            if entry.ident in held:
+                del self._entries[seg][entry.start]
+                self._counts["confirmed"] += 1
+            elif now - entry.first_sent > self.give_up_after_s:
+                log.error(
+                    "%s %s never reached the ledger in %.0fs; giving up on it",
+                    entry.kind.name.lower(),
+                    entry.ident,
+                    self.give_up_after_s,
+                )
+                del self._entries[seg][entry.start]
+                self._counts["abandoned"] += 1
+            elif entry.sent_at < 0 or now - entry.sent_at >= self._resend_delay(entry):
+                resend.append((seg, entry))
+                entry.check_at = float("inf")  # until it is sent again
+            else:  # sent recently: look again soon, less often the longer it takes
+                entry.check_at = now + min(5.0, max(0.25, (now - entry.sent_at) / 2))
+        if resend:
+            log.info("re-sending %d record(s) that the ledger does not hold", len(resend))
+            self._unsent.extendleft(reversed([(s, _reread(s, e)) for s, e in resend]))
 
-    def _take_all(self) -> list[Record]:
-        out: list[Record] = []
-        while True:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                return out
+    def _resend_delay(self, entry: _Entry) -> float:
+        return min(300.0, self.resend_after_s * 2.0 ** max(0, entry.attempts - 1))
 
+    def _save_positions(self) -> None:
+        for seg, entries in list(self._entries.items()):
+            shipped = min([seg.read_pos, *(e.start for e in entries.values() if e.sent_at == 0.0)])
+            confirmed = min([seg.read_pos, *entries.keys()])
+            if (shipped, confirmed) != (seg.shipped, seg.confirmed):
+                seg.shipped, seg.confirmed = shipped, confirmed
+                try:
+                    seg.save_positions()
+                except OSError as exc:
+                    log.warning("cannot save the progress of %s: %s", seg.path, exc)
+
+    def _prune(self) -> None:
+        for seg in self.log.segments():
+            if seg.writing or seg.read_pos < seg.size or self._entries.get(seg):
+                continue
+            self._entries.pop(seg, None)
+            self.log.remove(seg)
+
+    # -- Kafka -----------------------------------------------------------------------------------
     def _connect(self) -> None:
         try:
             _probe(self.bootstrap, self.connect_timeout_s)
-            if self.topics and not self._topics_ready:
+            if self.topics:  # again after each loss: a restarted embedded broker has none
                 ensure_topics(self.bootstrap, self.topics, self.partitions, self.connect_timeout_s)
-                self._topics_ready = True
             self._producer = KafkaProducer(**self._producer_config)
         except (KafkaError, BrokerError, OSError) as exc:
             self._backoff_s = min(self.max_backoff_s, max(0.25, self._backoff_s * 2))
             self._next_connect = time.monotonic() + self._backoff_s
             log.warning(
-                "Kafka at %s unreachable (%s); spooling, next try in %.1fs",
+                "Kafka at %s unreachable (%s); the log keeps everything, next try in %.1fs",
                 self.bootstrap,
                 exc,
                 self._backoff_s,
             )
             return
         self._backoff_s = 0.0
+        self._last_ack = self._next_probe = time.monotonic()
         log.info("publisher connected to Kafka at %s", self.bootstrap)
-        self._spool.adopt_orphans()
+        if self._lost_connection:
+            # The broker may have lost what it acknowledged (the embedded one keeps memory
+            # only): whatever the ledger still lacks is sent again at the next check.
+            self._lost_connection = False
+            for entries in self._entries.values():
+                for entry in entries.values():
+                    if entry.sent_at > 0:
+                        entry.sent_at, entry.check_at = -1.0, 0.0
+            self._next_check = 0.0
 
-    def _send(self, records: Sequence[Record]) -> int:
-        """Send and flush `records`; returns how many leading ones were delivered. On a failure
-        the producer is dropped (reconnected later) and the rest is the caller's to spool."""
+    def _probe_liveness(self, now: float) -> None:
+        self._next_probe = now + self.probe_interval_s
+        if now - self._last_ack < self.probe_interval_s:
+            return
+        try:
+            _probe(self.bootstrap, min(1.0, self.probe_interval_s))
+        except OSError as exc:
+            log.warning("Kafka at %s is gone (%s)", self.bootstrap, exc)
+            self._drop_producer()
+            return
+        self._last_ack = now
+
+    def _send(self, records: Sequence[LogRecord]) -> int:
+        """Send and flush `records`; returns how many leading ones were acknowledged. On a
+        failure the producer is dropped (reconnected later)."""
         producer = self._producer
         if producer is None or not records:
             return 0
@@ -244,43 +413,36 @@ class Publisher:
                 futures.append(producer.send(r.topic, key=r.key.encode(), value=r.value))
             producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:
-            log.warning("sending to Kafka failed (%s); spooling", exc)
+            log.warning("sending to Kafka failed (%s); the log keeps the records", exc)
         delivered = 0
         for future in futures:
             if not (future.is_done and future.succeeded()):
                 break
             delivered += 1
-        with self._counts_lock:
-            self._sent += delivered
+        self._counts["sent"] += delivered
+        if delivered:
+            self._last_ack = time.monotonic()
         if delivered < len(records):
             self._drop_producer()
             self._next_connect = time.monotonic() + max(0.25, self._backoff_s)
         return delivered
 
-    def _drain_spool(self) -> None:
-        try:
-            n = self._spool.drain(self._send, chunk=self.batch_size)
-        except OSError:
-            log.exception("cannot drain the spool")
-            return
-        if n:
-            log.info("re-published %d spooled message(s)", n)
-
-    def _spool_records(self, records: Sequence[Record]) -> None:
-        if not records:
-            return
-        self._spool.append(records)
-        with self._counts_lock:
-            self._spooled += len(records)
-
     def _drop_producer(self, timeout_s: float = 0.0) -> None:
         producer, self._producer = self._producer, None
         if producer is None:
             return
+        self._lost_connection = True
         try:
             producer.close(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("closing the Kafka producer: %s", exc)
+
+
+def _reread(seg: Segment, entry: _Entry) -> LogRecord:
+    """The record of `entry`, read again from its segment (values are not kept in memory)."""
+    data = os.pread(seg.lock_fd, entry.end - entry.start, entry.start)
+    [record], _ = decode(data, entry.start)
+    return record
 
 
 def _probe(bootstrap: str, timeout_s: float) -> None:

@@ -145,15 +145,23 @@ class ProductOut(BaseModel):
 
 
 class PublisherOut(BaseModel):
-    connected: bool
-    backlog: int
-    queued: int
+    """The decision log and its shipping to Kafka (this API process's counters)."""
+
+    connected: bool = Field(description="A Kafka producer is connected and the broker answers.")
+    backlog: int = Field(description="Records read from the log that the ledger lacks yet.")
+    unread_bytes: int = Field(description="Log bytes not yet read for shipping.")
+    segments: int = Field(description="Log segments held by this process.")
+    logged: int
     sent: int
-    spooled: int
+    resent: int
+    confirmed: int
+    abandoned: int
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "degraded"] = Field(description="`degraded`: Kafka away, spooling.")
+    status: Literal["ok", "degraded"] = Field(
+        description="`degraded`: Kafka unreachable (decisions wait in the log)."
+    )
     model_version: int
     catalog_products: int
     publisher: PublisherOut

@@ -3,12 +3,18 @@
 One worker runs the app built from `settings` in this process. Several workers need an import
 string and a factory, so `settings` travel to the worker processes as JSON in the environment
 variable `COPYLOOP_API_SETTINGS_JSON` (overrides given on the command line survive) and
-`app_from_env` rebuilds them there.
+`app_from_env` rebuilds them there. Several workers also get prometheus-client's multiprocess
+mode (`metrics_dir`), so each one's `/metrics` answers for all of them.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import uvicorn
@@ -18,6 +24,7 @@ from api.app import create_app
 from core.settings import Settings, load_settings
 
 SETTINGS_ENV = "COPYLOOP_API_SETTINGS_JSON"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def app_from_env() -> FastAPI:
@@ -39,21 +46,45 @@ def serve(settings: Settings) -> None:
     The access log is off: latency and counts are in /metrics, and a log line per decision
     would cost more than the decision.
     """
-    app: FastAPI | str
-    if settings.api_workers > 1:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        app = "api.server:app_from_env"
-    else:
-        app = create_app(settings)
+    if settings.api_workers <= 1:
+        _run(create_app(settings), settings)
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    with metrics_dir():
+        _run("api.server:app_from_env", settings)
+
+
+def _run(app: FastAPI | str, settings: Settings) -> None:
+    workers = settings.api_workers if settings.api_workers > 1 else None
     uvicorn.run(
         app,
         host=settings.api_host,
         port=settings.api_port,
-        workers=settings.api_workers if settings.api_workers > 1 else None,
-        factory=settings.api_workers > 1,
+        workers=workers,
+        factory=workers is not None,
         access_log=False,
         log_level="info",
     )
+
+
+@contextmanager
+def metrics_dir() -> Iterator[str]:
+    """`PROMETHEUS_MULTIPROC_DIR` for the workers about to start, emptied of an earlier run's
+    files (which would add a dead run's counts to this one's): the operator's directory when
+    set, else a temporary one removed at exit. Set before any worker imports prometheus-client,
+    which reads it once."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    path = given or tempfile.mkdtemp(prefix="copyloop-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+    os.environ[METRICS_DIR_ENV] = path
+    try:
+        yield path
+    finally:
+        if not given:
+            os.environ.pop(METRICS_DIR_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def main() -> None:

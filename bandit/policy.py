@@ -168,11 +168,12 @@ class Policy:
         if not 0 <= control_index < n:
             raise ValueError(f"control_index must be in [0, {n}), got {control_index}")
         vw_pmf = self._pmf(to_vw(context, product, arms, rendered_arms=rendered_arms), arms)
-        keep = 1.0 - self.holdout
+        holdout = self.holdout  # read once: the API's reloader may change it (apprentice mode)
+        keep = 1.0 - holdout
         pmf = [keep * p for p in vw_pmf]
-        pmf[control_index] += self.holdout
+        pmf[control_index] += holdout
         rng = self._rng
-        if rng.random() < self.holdout:
+        if rng.random() < holdout:
             index, policy = control_index, "control"
         else:
             index, policy = _sample(vw_pmf, rng.random()), "bandit"

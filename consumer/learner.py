@@ -8,7 +8,11 @@ after it", so that a crash anywhere loses no learning and learns nothing twice.
 
 Rewards are learned strictly in `seq` order and `last_seq` only moves forward by one per
 reward, so the model never skips or repeats one. `close_and_learn` fences on the chain's tip:
-a learner that another one overtook fails with `LeaseLost` instead of forking the model.
+a learner that another one overtook fails with `LeaseLost` instead of forking the model. Saves
+fence on the model version: when an operator added a newer version (`copyloop model rollback`
+or `import`), the save fails with `LeaseLost` and the learner continues from that version
+instead of writing its own model over it (`ElectedLearner` also looks for one every round).
+After a snapshot, at most once a minute, old versions are pruned (`model_versions.prune`).
 
 `ElectedLearner` drives a `Learner` in whichever process holds the `learner` lease (one per
 consumer group), with its own cadence, backoff and clean shutdown. Both are Kafka-free: the
@@ -40,7 +44,7 @@ from consumer.join import (
     close_expired_windows,
     closed_since,
 )
-from core.ledger import leases, snapshots
+from core.ledger import leases, model_versions, snapshots
 from core.ledger.tables import Product, Variant
 from core.settings import Settings
 
@@ -68,6 +72,8 @@ class Learner:
         self.skipped = 0  # closed decisions whose variants are unknown: rewarded, not learnable
         self._unsaved = 0
         self._saved_at = self._clock()
+        self._pruned_at = self._clock()
+        self._continues = 0  # the ledger's newest version when this learner caught up
         self._arms: dict[str, Arm] = {}
         self._lines: dict[str, str] = {}  # each arm's VW line, rendered once (immutable)
         self._categories: dict[str, str] = {}
@@ -116,6 +122,7 @@ class Learner:
                 settings.vw_args,
             )
         fresh = policy is None
+        self._continues = 0 if snap is None else snap.version  # what a fresh model replaces
         if policy is None:
             policy = Policy(
                 settings.vw_args, seed=settings.seed, importance_cap=settings.bandit_importance_cap
@@ -204,7 +211,26 @@ class Learner:
         policy.version = self._save(policy, self.last_seq)
         self._unsaved = 0
         self._saved_at = self._clock()
+        if self._saved_at - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = self._saved_at
+            self.prune()
         return policy.version
+
+    def replaced(self) -> bool:
+        """Whether the ledger's newest version is not this learner's model (a rollback or an
+        import added one): then the learner must continue from that version."""
+        with ledger_errors():
+            newest = snapshots.latest_version(self._sessions)
+        return newest is not None and newest != self.model_version
+
+    def prune(self) -> list[int]:
+        """Delete the versions the retention settings do not keep (`model_versions.prune`)."""
+        settings = self._settings
+        retention = model_versions.Retention(
+            settings.snapshot_keep_last, settings.snapshot_keep_days
+        )
+        with ledger_errors():
+            return model_versions.prune(self._sessions, retention, _loads)
 
     def close(self) -> None:
         """Free the VW workspace (unsaved learning is in the ledger, replayed on restart)."""
@@ -214,6 +240,8 @@ class Learner:
 
     # -- internals ---------------------------------------------------------------------------
     def _save(self, policy: Policy, last_seq: int) -> int:
+        # The version this model continues: its own, or (a fresh model) the one it replaces.
+        expected = policy.version or self._continues
         try:
             with ledger_errors():
                 return snapshots.save(
@@ -222,9 +250,12 @@ class Learner:
                     last_seq,
                     policy.vw_args,
                     self._settings.snapshot_dir,
+                    expected_latest=expected,
                 )
         except sa_exc.IntegrityError as exc:  # two savers raced for the same version
             raise LeaseLost(f"another learner saved a snapshot concurrently: {exc.orig}") from exc
+        except snapshots.SnapshotReplaced as exc:
+            raise LeaseLost(f"a newer model version was added: {exc}") from exc
 
     def _load_features(self, closed: Iterable[ClosedDecision]) -> None:
         """Fetch the variants and product categories `closed` needs that are not cached yet.
@@ -258,6 +289,19 @@ class Learner:
             chosen=c.chosen,
             probability=c.probability,
         )
+
+
+#: Seconds between two prunings of old model versions (each loads the newest one to check it).
+PRUNE_EVERY_S = 60.0
+
+
+def _loads(snapshot: snapshots.Snapshot) -> bool:
+    """Whether a snapshot loads into a policy (the last good one is never pruned)."""
+    try:
+        Policy(snapshot.vw_args, model=snapshot.model, version=snapshot.version).close()
+    except (ModelLoadError, ValueError):
+        return False
+    return True
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
@@ -342,6 +386,10 @@ class ElectedLearner:
                 self._drop()
             return False
         learner = self._learner
+        if learner is not None and learner.replaced():
+            log.info("a newer model version was added: continuing from it")
+            self._drop()
+            learner = None
         if learner is None:
             learner = Learner(self._sessions, self._settings, close_limit=self._close_limit)
             self._learner = learner

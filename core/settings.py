@@ -120,7 +120,35 @@ class Settings(BaseSettings):
         5000, ge=1, description="Learned decisions that force a snapshot sooner."
     )
     model_reload_s: float = Field(
-        0.5, gt=0, description="How often the API looks for a newer model."
+        0.5, gt=0, description="How often the API looks for a newer model (and the mode)."
+    )
+    snapshot_keep_last: int = Field(
+        100, ge=1, description="Model versions always kept: the newest this many."
+    )
+    snapshot_keep_days: float = Field(
+        1.0,
+        ge=0,
+        description="Model versions that served in the last this many days are kept too (the "
+        "newest one that loads always is); older ones are pruned by the learner.",
+    )
+
+    # controls
+    mode: Literal["live", "apprentice"] = Field(
+        "live",
+        description="Initial serving mode (until `copyloop mode` stores one in the ledger): "
+        "`apprentice` serves the control copy to all but `apprentice_explore` of page views.",
+    )
+    apprentice_explore: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of apprentice-mode decisions that follow the bandit.",
+    )
+    shadow_explorers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="`;`-separated explorers scored beside the live one (report `ope.shadow`): "
+        "copyloop's own, `--squarecb [--gamma_scale G] [--gamma_exponent E]` or `--epsilon E`, "
+        "over the live model's regression.",
     )
     seed: int = Field(0, description="Seed of every random generator that takes one.")
 
@@ -176,7 +204,26 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1).",
     )
-    spool_dir: str = Field("./var/spool", description="Where undelivered Kafka messages wait.")
+    spool_dir: str = Field(
+        "./var/spool",
+        description="Directory of the API's append-only decision log: every decision and event "
+        "is written here before it is answered, and kept until the ledger holds it (each API "
+        "process writes its own segments; a restarted one ships those of dead processes).",
+    )
+    log_fsync: Literal["never", "batch", "always"] = Field(
+        "batch",
+        description="When the decision log is fsync'ed. Every answered decision survives the API "
+        "process being killed whatever this says; it decides what a power cut may take: "
+        "`never` (the OS writes back in its own time), `batch` (every 0.2 s, off the request "
+        "path: at most that much), `always` (before each answer: nothing, at one disk sync per "
+        "decision).",
+    )
+    log_resend_after_s: float = Field(
+        15.0,
+        gt=0,
+        description="A logged decision or event that the ledger still lacks this long after it "
+        "was sent to Kafka is sent again (then after twice as long, …); duplicates are harmless.",
+    )
     catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
 
     # storefront: publishable keys, decision tokens, rate limits
@@ -243,6 +290,34 @@ class Settings(BaseSettings):
     def _holdout_in_unit(cls, value: float) -> float:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"holdout must be in [0, 1], got {value}")
+        return value
+
+    @field_validator("shadow_explorers", mode="before")
+    @classmethod
+    def _split_explorers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(";") if t.strip()]
+        return value
+
+    @field_validator("shadow_explorers")
+    @classmethod
+    def _own_explorers(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            flags = {t for t in spec.split() if t.startswith("-")}
+            if (
+                not flags
+                or not flags <= OWN_EXPLORER_FLAGS
+                or not flags
+                & {
+                    "--squarecb",
+                    "--epsilon",
+                }
+            ):
+                raise ValueError(
+                    f"shadow explorer {spec!r}: expected --squarecb [--gamma_scale G] "
+                    "[--gamma_exponent E] or --epsilon E (copyloop's explorers, which share the "
+                    "live model's regression)"
+                )
         return value
 
     @field_validator("banned_terms", "finetune_options", "cors_origins", mode="before")

@@ -2,8 +2,8 @@
 
 Sections: `arm`, `uplift`, `uplift_cuped`, `intervals`, `cuped`, `srm`, `product`,
 `product_uplift`, `variant`, `generator_version`, `context:<key>`, `timeseries:<arm>`,
-`timeseries:lift`, `ope:<policy>`. Columns a section does not use are empty; new columns are
-appended at the end so readers that pick columns by name or position keep working.
+`timeseries:lift`, `ope:<policy>`, `apprentice`. Columns a section does not use are empty; new
+columns are appended at the end so readers that pick columns by name or position keep working.
 
 Each section is written by one function in `WRITERS` (report dict → rows), in order: a new
 report section is one more function.
@@ -185,6 +185,38 @@ def ope(report: dict[str, Any]) -> Iterator[Row]:
                 }
 
 
+def apprentice(report: dict[str, Any]) -> Iterator[Row]:
+    """`apprentice`: per metric, live mode's DR estimate and the uplift of switching to it."""
+    block = report.get("apprentice")
+    if not block:
+        return
+    if not block.get("available"):
+        yield {"section": "apprentice", "key": "", "note": block.get("note", "")}
+        return
+    note = "; ".join(x for x in (block.get("warning"), block.get("note")) if x)
+    for metric, m in block["metrics"].items():
+        live = m["live"]["dr"]
+        yield {
+            "section": "apprentice",
+            "key": f"{metric}/live",
+            "value": live["value"],
+            "ci_low": live["ci_low"],
+            "ci_high": live["ci_high"],
+            "ess": block["ess"],
+            "impressions": block["decisions"],
+            "note": note,
+        }
+        u = m["uplift"]
+        yield {
+            "section": "apprentice",
+            "key": f"{metric}/uplift",
+            **_pick(u, _LIFT),
+            "value": m["apprentice"],
+            "impressions": block["decisions"],
+            "note": "live minus apprentice; value = apprentice mode's mean",
+        }
+
+
 #: The section writers, in output order.
 WRITERS: list[Callable[[dict[str, Any]], Iterator[Row]]] = [
     arms,
@@ -194,6 +226,7 @@ WRITERS: list[Callable[[dict[str, Any]], Iterator[Row]]] = [
     contexts,
     timeseries,
     ope,
+    apprentice,
 ]
 
 

@@ -29,6 +29,7 @@ SECTIONS = [
     "analyst",
     "timeseries",
     "ope",
+    "apprentice",
     "products",
     "variants",
     "generator_versions",

@@ -344,8 +344,8 @@ class ReportReader:
     def recent_logged(self, limit: int) -> Sequence[Any]:
         """The `limit` most recent randomized decisions (policy bandit or control) with their
         outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
-        clicked, purchased, revenue, and seq (the reward's learning order; None while the
-        window is open). Fallback decisions are not randomized and are left out."""
+        clicked, purchased, revenue, seq (the reward's learning order; None while the window
+        is open), ts and policy. Fallback decisions are not randomized and are left out."""
         o = OUTCOMES
         # The limit first (a backward scan of the ts index), then the outcomes of those only.
         recent = (
@@ -358,6 +358,7 @@ class ReportReader:
                 Decision.probability,
                 Decision.context,
                 Decision.ts,
+                Decision.policy,
             )
             .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
             .order_by(Decision.ts.desc(), Decision.decision_id)
@@ -378,6 +379,8 @@ class ReportReader:
                 func.coalesce(o.c.purchased, 0).label("purchased"),
                 func.coalesce(o.c.revenue, 0.0).label("revenue"),
                 Reward.seq,
+                r.ts,
+                r.policy,
             )
             .select_from(recent)
             .outerjoin(o, o.c.decision_id == r.decision_id)

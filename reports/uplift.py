@@ -14,8 +14,9 @@ Only activated decisions are impressions. `uplift.<metric>` compares the `bandit
 (`pre_period`). `ci` picks the interval kind of every lift in the report: `fixed` (read once) or
 `sequential` (always valid: safe to watch after every batch; `intervals`).
 
-Sections are built by small functions and added to the dict by name, so a new section (say,
-an apprentice-mode estimate) is one more builder and one more key; `html.SECTIONS` and
+`apprentice` estimates what switching from apprentice mode to live would earn (`apprentice`).
+Sections are built by small functions and added to the dict by name, so a new section is one
+more builder and one more key; `html.SECTIONS` and
 `csv_format.WRITERS` render them in order. Nothing in the dict is NaN (`finite`).
 """
 
@@ -32,7 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import reports.breakdowns as breakdowns
 import reports.pre_period as pre_period
+from core.ledger import modes
 from core.settings import Settings
+from reports.apprentice import apprentice_block
 from reports.csv_format import to_csv
 from reports.cuped import Cuped
 from reports.estimators import sample_ratio, uplift
@@ -166,6 +169,13 @@ def uplift_report(
         "contexts_scope": breakdowns.context_scope(cutoff, context_sample),
         "timeseries": timeseries(ts_rows, meta, origin, bucket, lift),
         "ope": _ope(sessions, raw, randomized, ope_sample, greedy, meta),
+        "apprentice": apprentice_block(
+            raw,
+            modes.history(sessions),
+            modes.Mode(settings.mode, settings.apprentice_explore),
+            settings.holdout,
+            groups={v: m[0] for v, m in meta.items() if m[0]},
+        ),
     }
     clean: dict[str, Any] = finite(report)
     return clean

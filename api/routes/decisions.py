@@ -2,8 +2,8 @@
 
 Both routes are `async def` on purpose: the VW workspace is not thread-safe, and running every
 `choose` on the event loop thread serialises them without a lock (a predict is ~100 µs of CPU).
-A cached product costs no database read; the decision goes to the publisher's queue, never to
-Kafka directly.
+A cached product costs no database read; the decision is appended to the process's decision log
+(one `write`, `api.decision_log`) before it is answered, never sent to Kafka on the request path.
 
 The hot path is kept lean on purpose (each piece measured in BENCHMARKS.md): one dependency
 (`ServingDep`: the key check, returning the app's resources) instead of one per resource, the
@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authorized
 from api.catalog_cache import CatalogCache, CatalogEntry
+from api.decision_log import Kind
 from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
@@ -97,14 +98,21 @@ def _decide(
     resources: Resources,
     defer: bool = False,
 ) -> Response:
-    """Choose, publish the decision (queue only), count it, answer it (`DecisionOut`'s JSON)."""
+    """Choose, log the decision (durable before the answer), count it, answer it
+    (`DecisionOut`'s JSON)."""
     choice = choose(entry, context, resources.policies.policy)
     decision_id = uuid.uuid4().hex
     i = choice.index
     message = decision_message(
         entry, product_id, context, choice, decision_id, time.time(), activated=not defer
     )
-    resources.publisher.publish(resources.settings.decisions_topic, decision_id, message.to_bytes())
+    resources.publisher.publish(
+        resources.settings.decisions_topic,
+        decision_id,
+        message.to_bytes(),
+        Kind.DECISION,
+        decision_id,
+    )
     resources.storefront.served(decision_id)
     resources.metrics.decisions.labels(choice.policy).inc()
     answer: dict[str, Any] = {  # the fields of DecisionOut, in its order

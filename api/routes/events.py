@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from api.auth import require
 from api.bodies import batch_items, read_json
+from api.decision_log import Kind
 from api.deps import MetricsDep, PublisherDep, ResourcesDep, SettingsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, InvalidToken, RateLimited
 from api.schemas import EventsAccepted
@@ -93,6 +94,7 @@ async def ingest_events(
         )
     _check_storefront_tokens(request, resources, items, events)
     _rate_limit(request, resources, len(events))
+    messages = []
     for event in events:
         payload = {
             "event_id": event.event_id,
@@ -102,7 +104,10 @@ async def ingest_events(
             "value": event.value,
         }
         value = json.dumps(payload, separators=(",", ":")).encode()
-        publisher.publish(settings.events_topic, event.decision_id, value)
+        messages.append(
+            (settings.events_topic, event.decision_id, value, Kind.EVENT, event.event_id)
+        )
+    publisher.publish_many(messages)  # durable, all of them, before the 202
     metrics.events.inc(len(events))
     return EventsAccepted(accepted=len(events))
 

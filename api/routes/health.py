@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import CatalogDep, MetricsDep, PoliciesDep, PublisherDep
 from api.schemas import HealthOut, PublisherOut
@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthOut)
 async def healthz(policies: PoliciesDep, publisher: PublisherDep, catalog: CatalogDep) -> HealthOut:
-    """Alive; `degraded` while Kafka is unreachable (decisions are being spooled)."""
+    """Alive; `degraded` within ~2 s of Kafka going away (decisions wait in the log)."""
     stats = publisher.stats()
     return HealthOut(
         status="ok" if stats.connected else "degraded",
@@ -23,9 +23,13 @@ async def healthz(policies: PoliciesDep, publisher: PublisherDep, catalog: Catal
         publisher=PublisherOut(
             connected=stats.connected,
             backlog=stats.backlog,
-            queued=stats.queued,
+            unread_bytes=stats.unread_bytes,
+            segments=stats.segments,
+            logged=stats.logged,
             sent=stats.sent,
-            spooled=stats.spooled,
+            resent=stats.resent,
+            confirmed=stats.confirmed,
+            abandoned=stats.abandoned,
         ),
     )
 
@@ -36,4 +40,4 @@ async def healthz(policies: PoliciesDep, publisher: PublisherDep, catalog: Catal
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
 )
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

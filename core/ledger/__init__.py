@@ -17,6 +17,7 @@ from core.ledger.tables import (
     ModelSnapshot,
     Product,
     Reward,
+    ServingMode,
     Variant,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "ModelSnapshot",
     "Product",
     "Reward",
+    "ServingMode",
     "Variant",
     "is_sqlite",
     "make_engine",

@@ -174,7 +174,9 @@ class Reward(Base):
 
 class ModelSnapshot(Base):
     """A saved VW model: `version` increases by one per snapshot; `last_seq` is the last reward
-    it has learned. `model` holds the bytes, or `path` names the file holding them."""
+    it has learned. `model` holds the bytes, or `path` names the file holding them. `source`
+    says where it came from: `learned` (the learner), `rollback` (a copy of version `origin`)
+    or `import` (a model file; `origin` is the version it had where it was exported)."""
 
     __tablename__ = "model_snapshots"
 
@@ -184,6 +186,21 @@ class ModelSnapshot(Base):
     model: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(16), default="learned", server_default="learned")
+    origin: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ServingMode(Base):
+    """The serving mode's history: the newest row is the mode every API process serves in
+    (`live`, or `apprentice` with `explore`, the share of decisions that follow the bandit);
+    the report reads the history to know which decisions were logged in which mode."""
+
+    __tablename__ = "serving_modes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mode: Mapped[str] = mapped_column(String(16))  # live | apprentice
+    explore: Mapped[float] = mapped_column(Float)
+    set_at: Mapped[float] = mapped_column(Float)
 
 
 class ApiKey(Base):
@@ -194,6 +211,8 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Epoch seconds of the key's latest use, as the API last wrote it (at most once a minute).
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobLease(Base):

@@ -1,49 +1,73 @@
-"""The publisher: Kafka down → decisions spooled durably, then re-published exactly once and in
-order once Kafka is back; spool files of a dead process adopted; the spool's own guarantees."""
+"""The decision log and its publisher: what is answered is in the log, a killed writer's log is
+shipped by the next process, records leave the log only once the ledger holds them (and are sent
+again while it does not), /healthz sees the broker go within seconds."""
 
 from __future__ import annotations
 
 import json
-import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.decision_log import DecisionLog, Kind, LogRecord
 from api.publisher import Publisher
-from api.spool import Record, Spool
+from consumer.join import ingest
+from consumer.records import decode_decision
 from core.broker import EmbeddedBroker, free_port
+from core.ledger.presence import held_ids
+from core.messages import Decision
 from core.settings import Settings
 
 Reader = Callable[..., list[tuple[int, bytes | None, bytes]]]
 
 
-def _spooled(spool_dir: Path) -> list[Record]:
-    records = []
-    for path in sorted(spool_dir.glob("*.spool")):
-        records.extend(Record.from_line(line) for line in path.read_bytes().splitlines())
+def _logged(directory: Path) -> list[LogRecord]:
+    """Every record in the segments under `directory` (adopted by a fresh reader)."""
+    reader = DecisionLog(directory, fsync="never")
+    records: list[LogRecord] = []
+    for seg in reader.adopt_orphans():
+        while batch := seg.read():
+            records.extend(batch)
+    reader.close()
     return records
 
 
-def test_kafka_down_spools_then_republishes_exactly_once_in_order(
+def _decision(product_id: str = "p0") -> Decision:
+    return Decision(
+        decision_id=uuid.uuid4().hex,
+        product_id=product_id,
+        variant_id="v0",
+        policy="bandit",
+        probability=0.5,
+        model_version=1,
+        context={"device": "mobile"},
+        actions=["v0", "v1"],
+        pmf=[0.5, 0.5],
+        ts=time.time(),
+    )
+
+
+def test_an_answered_decision_is_in_the_log_while_kafka_is_down_then_shipped(
     api_settings: Settings,
-    broker: EmbeddedBroker,
     product: Any,
     headers: dict[str, dict[str, str]],
     read_topic: Reader,
     wait_until: Callable[..., None],
 ) -> None:
-    # One partition, so that "in order" is one sequence.
     settings = api_settings.model_copy(update={"topic_partitions": 1})
     dead = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
-    spool_dir = Path(settings.spool_dir)
     served = []
     with TestClient(create_app(dead)) as client:
-        for i in range(30):
+        for i in range(20):
             r = client.post(
                 "/v1/decisions",
                 json={"product_id": product.product_id, "context": {"i": i}},
@@ -53,92 +77,123 @@ def test_kafka_down_spools_then_republishes_exactly_once_in_order(
             served.append(r.json()["decision_id"])
         ev = {"event_id": "e1", "decision_id": served[0], "type": "click"}
         assert client.post("/v1/events", json=ev, headers=headers["events"]).status_code == 202
-        wait_until(lambda: client.get("/healthz").json()["publisher"]["spooled"] > 0)
         health = client.get("/healthz").json()
         assert health["status"] == "degraded"
-        assert health["publisher"]["sent"] == 0
-    # After a clean close everything is on disk, in the order it was served.
-    spooled = _spooled(spool_dir)
-    decisions = [r for r in spooled if r.topic == settings.decisions_topic]
-    assert [r.key for r in decisions] == served
-    assert [json.loads(r.value)["decision_id"] for r in decisions] == served
-    assert [r.key for r in spooled if r.topic == settings.events_topic] == [served[0]]
+        assert health["publisher"]["logged"] == 21 and health["publisher"]["sent"] == 0
+        # In the log before the answer: readable by another process right now.
+        records = _logged(Path(settings.spool_dir))
+        assert records == []  # ...but locked by the live writer, not adoptable
+    records = _logged(Path(settings.spool_dir))
+    assert [r.ident for r in records if r.kind == Kind.DECISION] == served
+    assert [r.ident for r in records if r.kind == Kind.EVENT] == ["e1"]
 
-    # A new process on a reachable Kafka adopts the spool, re-publishes it and removes it.
+    # The next process, on a reachable Kafka, adopts the log and ships it in order.
     with TestClient(create_app(settings)) as client:
-        wait_until(lambda: not list(spool_dir.glob("*.spool")), timeout_s=30, what="spool drained")
-        stats = client.get("/healthz").json()["publisher"]
-        assert stats["backlog"] == 0 and stats["connected"]
-    messages = read_topic(settings.decisions_topic, expected=30, settle_s=1.0)
-    assert [k.decode() for _, k, _ in messages if k] == served  # exactly once, in order
-    events = read_topic(settings.events_topic, expected=1, settle_s=0.5)
-    assert [json.loads(v)["decision_id"] for _, _, v in events] == [served[0]]
-    assert not list(spool_dir.iterdir())  # no .spool, no .pos left
+        messages = read_topic(settings.decisions_topic, expected=20, settle_s=0.5)
+        assert [k.decode() for _, k, _ in messages if k] == served
+        events = read_topic(settings.events_topic, expected=1, settle_s=0.2)
+        assert [json.loads(v)["event_id"] for _, _, v in events] == ["e1"]
+        # Not yet in the ledger (no consumer runs here): the log keeps it all.
+        assert list(Path(settings.spool_dir).glob("*.log"))
+        assert client.get("/healthz").json()["publisher"]["backlog"] == 21
 
 
-def test_publish_never_blocks_and_a_full_queue_spills_to_the_spool(tmp_path: Path) -> None:
-    publisher = Publisher(f"127.0.0.1:{free_port()}", tmp_path, queue_size=2)
-    # Not started: the queue fills up and the rest goes straight to disk.
-    for i in range(5):
-        publisher.publish("t", f"k{i}", b"v")
-    stats = publisher.stats()
-    assert (stats.queued, stats.spooled, stats.backlog) == (2, 3, 5)
-    assert [r.key for r in _spooled(tmp_path)] == ["k2", "k3", "k4"]
-    publisher.start()
-    publisher.close(timeout_s=30)  # Kafka unreachable: the queued ones are spooled too
-    assert sorted(r.key for r in _spooled(tmp_path)) == [f"k{i}" for i in range(5)]
-
-
-def test_orphaned_spool_of_a_dead_process_is_adopted(
-    tmp_path: Path, broker: EmbeddedBroker, read_topic: Reader
+def test_records_stay_until_the_ledger_holds_them_and_are_resent_meanwhile(
+    kafka_settings: Settings,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    read_topic: Reader,
+    wait_until: Callable[..., None],
 ) -> None:
-    topic = f"orphan-{os.getpid()}-{free_port()}"
-    code = (
-        "import sys; from api.spool import Spool, Record; "
-        "s = Spool(sys.argv[1]); "
-        f"s.append([Record({topic!r}, f'k{{i}}', b'v') for i in range(3)]); "
-        f"s.append([Record({topic!r}, 'k3', b'v')])"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-    publisher = Publisher(broker.bootstrap, tmp_path, topics=[topic]).start()
+    topic = kafka_settings.decisions_topic
+    log_dir = tmp_path / "log"
+    publisher = Publisher(
+        kafka_settings.bootstrap,
+        DecisionLog(log_dir, segment_age_s=0.1),
+        lambda d, e: held_ids(sessions, d, e),
+        topics=[topic],
+        resend_after_s=0.5,
+        adopt_interval_s=0.1,
+    ).start()
     try:
-        messages = read_topic(topic, expected=4, settle_s=0.5)
+        decisions = [_decision() for _ in range(5)]
+        for d in decisions:
+            publisher.publish(topic, d.decision_id, d.to_bytes(), Kind.DECISION, d.decision_id)
+        first = read_topic(topic, expected=5, settle_s=0.1)
+        assert len(first) == 5
+        # The ledger lacks them: each is sent again after `resend_after_s`.
+        twice = read_topic(topic, expected=10, timeout_s=15, settle_s=0.1)
+        assert len(twice) >= 10
+        assert publisher.stats().resent >= 5
+        assert list(log_dir.glob("*.log"))
+        # The consumer's part, by hand: the ledger now holds them (duplicates stored once).
+        ingest(sessions, [decode_decision(v) for _, _, v in twice], [])
+        wait_until(lambda: not list(log_dir.iterdir()), timeout_s=15, what="the log pruned")
+        stats = publisher.stats()
+        assert (stats.backlog, stats.confirmed, stats.segments) == (0, 5, 0)
     finally:
         publisher.close()
-    assert [k for _, k, _ in messages] == [b"k0", b"k1", b"k2", b"k3"]
-    assert not list(tmp_path.glob("*.spool"))
 
 
-def test_a_live_writers_file_is_not_adopted(tmp_path: Path) -> None:
-    writer = Spool(tmp_path)
-    writer.append([Record("t", "k", b"v")])
-    other = Spool(tmp_path)
-    assert other.adopt_orphans() == 0  # its writer still holds the lock
+_KILLED_WRITER = """
+import os, signal, sys
+from api.decision_log import DecisionLog, Kind
+log = DecisionLog(sys.argv[1], fsync="never", segment_bytes=500)
+for i in range(50):
+    log.append(Kind.OTHER, sys.argv[2], f"k{i}", "", b"v%d" % i)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writers_log_is_shipped_by_the_next_process(
+    tmp_path: Path, broker: EmbeddedBroker, read_topic: Reader
+) -> None:
+    topic = f"orphan-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path), topic])
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob("*.log"))) > 1  # several segments (500 bytes each)
+    publisher = Publisher(broker.bootstrap, DecisionLog(tmp_path), topics=[topic]).start()
+    try:
+        messages = read_topic(topic, expected=50, settle_s=0.5)
+    finally:
+        publisher.close()
+    assert [k for _, k, _ in messages] == [f"k{i}".encode() for i in range(50)]
+    assert not list(tmp_path.glob("*.log"))  # broker-acknowledged kinds: pruned once sent
+
+
+def test_a_live_writers_segment_is_not_adopted_and_a_torn_tail_is_skipped(
+    tmp_path: Path,
+) -> None:
+    writer = DecisionLog(tmp_path)
+    writer.append(Kind.OTHER, "t", "k0", "", b"v")
+    writer.append(Kind.OTHER, "t", "k1", "", b"v")
+    other = DecisionLog(tmp_path)
+    assert other.adopt_orphans() == []  # the writer holds its lock
     writer.close()
-    assert other.adopt_orphans() == 1
-    assert other.pending == 1
-
-
-def test_drain_resumes_after_a_partial_send_and_skips_a_torn_tail(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    spool.append([Record("t", f"k{i}", b"v") for i in range(5)])
-    [path] = tmp_path.glob("*.spool")
+    [path] = tmp_path.glob("*.log")
     with open(path, "ab") as fh:
-        fh.write(b'{"topic": "t", "key": "torn"')  # a crash mid-append
-    got: list[str] = []
+        fh.write(b"\xc1\x0b\x00\x00")  # a crash in the middle of a frame
+    [seg] = other.adopt_orphans()
+    assert [r.key for r in seg.read()] == ["k0", "k1"]
+    assert seg.read() == [] and seg.read_pos == seg.size
+    other.close()
 
-    def send_two_then_fail(batch: list[Record]) -> int:
-        got.extend(r.key for r in batch[:2])
-        return 2
 
-    assert spool.drain(send_two_then_fail, chunk=10) == 2
-    assert spool.pending == 3 and path.exists()
-
-    def send_all(batch: list[Record]) -> int:
-        got.extend(r.key for r in batch)
-        return len(batch)
-
-    assert spool.drain(send_all) == 3
-    assert got == ["k0", "k1", "k2", "k3", "k4"]
-    assert not list(tmp_path.iterdir())
-    assert spool.pending == 0
+def test_healthz_sees_the_broker_go_within_seconds(
+    make_settings: Callable[..., Settings], wait_until: Callable[..., None]
+) -> None:
+    broker = EmbeddedBroker(free_port()).start()
+    try:
+        settings = make_settings(kafka_bootstrap=broker.bootstrap)
+        with TestClient(create_app(settings)) as client:
+            wait_until(lambda: client.get("/healthz").json()["status"] == "ok", timeout_s=20)
+            broker.stop()
+            gone = time.monotonic()
+            wait_until(
+                lambda: client.get("/healthz").json()["status"] == "degraded",
+                timeout_s=5,
+                what="/healthz to say degraded",
+            )
+            print(f"degraded {time.monotonic() - gone:.1f}s after the broker stopped")
+    finally:
+        broker.stop()

@@ -69,12 +69,23 @@ def test_healthz_and_metrics(
     health = client.get("/healthz").json()
     assert set(health) == {"status", "model_version", "catalog_products", "publisher"}
     assert health["model_version"] == 0
-    assert set(health["publisher"]) == {"connected", "backlog", "queued", "sent", "spooled"}
+    assert set(health["publisher"]) == {
+        "connected",
+        "backlog",
+        "unread_bytes",
+        "segments",
+        "logged",
+        "sent",
+        "resent",
+        "confirmed",
+        "abandoned",
+    }
+    assert health["publisher"]["logged"] == 2
     text = client.get("/metrics").text
     assert 'copyloop_decisions_total{policy="fallback"} 1.0' in text
     assert "copyloop_events_accepted_total 1.0" in text
     assert "copyloop_model_version 0.0" in text
-    assert "copyloop_publish_sent_total" in text and "copyloop_publish_spooled_total" in text
+    assert "copyloop_publish_sent_total" in text and "copyloop_publish_logged_total" in text
     assert (
         'copyloop_request_seconds_count{method="POST",route="/v1/decisions",status="2xx"} 1.0'
         in text

@@ -115,10 +115,14 @@ def test_bad_messages_go_to_the_dlq_and_duplicates_count_once(
         b'{"event_id": "g1", "decision_id": "d1", "type": "like"}': "type: Input should be",
         b'{"event_id": "g2", "type": "click"}': "decision_id: Field required",
         b'{"event_id": "g3", "decision_id": "d1", "type": "click", "ts": "yesterday"}': "ts: must",
+        # orjson refuses it and json.loads raises RecursionError (not a ValueError).
+        b"[" * 2000 + b"]" * 2000: "nested too deeply",
     }
     for value in garbage:
         producer.send(ev, value, key=b"d1")
     producer.send(settings.decisions_topic, b'{"decision_id": "d2"}', key=b"d2")
+    deep_decision = b'{"decision_id": "d3", "context": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    producer.send(settings.decisions_topic, deep_decision, key=b"d3")
     producer.flush()
 
     seen: list[Progress] = []
@@ -127,13 +131,13 @@ def test_bad_messages_go_to_the_dlq_and_duplicates_count_once(
     thread.start()
     try:
         wait_for(lambda: count(sessions, Reward) == 1, 60, "d1's reward")
-        letters = [json.loads(r.value) for r in read_topic(settings, settings.dlq_topic, 5)]
+        letters = [json.loads(r.value) for r in read_topic(settings, settings.dlq_topic, 7)]
     finally:
         stop.set()
         thread.join(60)
     assert not thread.is_alive()
 
-    assert len(letters) == 5
+    assert len(letters) == 7
     by_value = {letter["value"]: letter for letter in letters}
     for value, reason in garbage.items():
         letter = by_value[value.decode()]
@@ -141,12 +145,13 @@ def test_bad_messages_go_to_the_dlq_and_duplicates_count_once(
         assert (letter["topic"], letter["key"]) == (ev, "d1")
         assert isinstance(letter["offset"], int)
     assert "product_id: Field required" in by_value['{"decision_id": "d2"}']["reason"]
+    assert by_value[deep_decision.decode()]["reason"]
     with sessions() as s:
         reward = s.get(Reward, "d1")
     # e1 twice (the second time as a purchase) counts once, as the click it was first.
     assert (reward.clicks, reward.add_to_carts, reward.purchases, reward.reward) == (1, 1, 0, 2.0)
     last = seen[-1]
-    assert (last.decisions, last.events, last.duplicates, last.dead_lettered) == (1, 2, 1, 5)
+    assert (last.decisions, last.events, last.duplicates, last.dead_lettered) == (1, 2, 1, 7)
     assert last.closed == 1
     final = snapshots.load_latest(sessions)
     assert final.last_seq == 1  # the graceful stop saved what was learned

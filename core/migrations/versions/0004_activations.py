@@ -1,14 +1,14 @@
 """activations: deferred decisions, the activations table, the ledger's shared secrets
 
 Revision ID: 0004_activations
-Revises: 0003
+Revises: 0006_keys
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_activations"
-down_revision = "0003"
+down_revision = "0006_keys"
 branch_labels = None
 depends_on = None
 
