@@ -162,7 +162,7 @@ def _activate(s: Session, decision_ids: Sequence[str], reward_window_s: float | 
         in_time.append(Activation.ts <= Decision.ts + reward_window_s)
     changed = 0
     for chunk in _chunks(sorted(set(decision_ids)), _CHUNK):
-        changed += (
+        changed += len(
             s.execute(
                 update(Decision)
                 .where(
@@ -172,9 +172,9 @@ def _activate(s: Session, decision_ids: Sequence[str], reward_window_s: float | 
                     exists().where(and_(*in_time)),
                 )
                 .values(activated=True)
+                .returning(Decision.decision_id)
                 .execution_options(synchronize_session=False)
-            ).rowcount
-            or 0
+            ).all()
         )
     return changed
 

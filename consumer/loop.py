@@ -206,9 +206,9 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 return
         except Exception:  # not the database's refusal, not its absence: find the culprit
             log.exception("ingesting a batch failed unexpectedly; ingesting message by message")
-            stored = {"decisions": 0, "events": 0, "duplicates": 0}
+            stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
             try:
-                self._ingest_one_by_one(decisions, events, letters, stored)
+                self._ingest_one_by_one(decisions, events, activations, letters, stored)
             except ConsumerError as one_exc:
                 self._retry_later(batch, one_exc)
                 return

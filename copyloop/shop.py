@@ -145,6 +145,7 @@ class Shop:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: the demo's console is for the demo
 
+        self._host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="copyloop-shop", daemon=True
@@ -152,8 +153,7 @@ class Shop:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{self._host}:{self._server.server_port}/"
 
     def start(self) -> Shop:
         self._thread.start()

@@ -208,10 +208,10 @@ class Client:
         return response, error
 
     def _wait(self, response: httpx.Response | None, attempt: int) -> float:
-        wait = self.backoff_s * 2 ** (attempt - 1)
+        wait: float = self.backoff_s * 2 ** (attempt - 1)
         if response is not None and response.status_code == 429:
             try:
-                wait = max(wait, float(response.headers.get("Retry-After", 0)))
+                wait = max(wait, float(str(response.headers.get("Retry-After", "0"))))
             except ValueError:
                 pass
         return min(wait, self.max_retry_wait_s)
