@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
 from api.cors import StorefrontCors
 from api.decision_log import DecisionLog
@@ -33,6 +34,7 @@ from api.routes import (
     client_js,
     decisions,
     events,
+    features,
     health,
     models,
     products,
@@ -68,10 +70,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(StorefrontCors, origins=settings.cors_origins)
-    routers = (decisions, activations, events, products, variants, reports, models, health)
-    for module in (*routers, client_js):
+    routers = (decisions, activations, events, products, variants, reports, features, models)
+    for module in (*routers, health, client_js):
         app.include_router(module.router)
     return app
 

@@ -89,6 +89,10 @@ class BatchTooLarge(ApiError):
     status_code, code = 413, "batch_too_large"
 
 
+class BodyTooLarge(ApiError):
+    status_code, code = 413, "body_too_large"
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

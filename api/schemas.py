@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    Field,
-    StringConstraints,
-    TypeAdapter,
-    WithJsonSchema,
-)
+from pydantic import BaseModel, Field
 
-from core.messages import Id
+# The context's and ids' rules are the consumer's too: one definition, in the base.
+from core.messages import CONTEXT, Context, Id
 
-MAX_CONTEXT_KEYS = 64
-
-MAX_CONTEXT_CHARS = 256
-
-ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-
-
-def _context_scalar(value: Any) -> Any:
-    """A context value must be a scalar VW can turn into one feature; one clear message if not."""
-    if isinstance(value, str):
-        if len(value) > MAX_CONTEXT_CHARS:
-            raise ValueError(f"must be at most {MAX_CONTEXT_CHARS} characters, got {len(value)}")
-        return value
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    raise ValueError(
-        f"must be a string, a finite number, a boolean or null, got {type(value).__name__}"
-    )
-
-
-ContextValue = Annotated[
-    Any,
-    AfterValidator(_context_scalar),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "maxLength": MAX_CONTEXT_CHARS},
-                {"type": "number"},
-                {"type": "boolean"},
-                {"type": "null"},
-            ]
-        }
-    ),
-]
-Context = Annotated[
-    dict[ContextKey, ContextValue],
-    Field(
-        max_length=MAX_CONTEXT_KEYS,
-        description="Page-view features (device, segment, locale, hour, referrer, any key): "
-        "flat, scalar values; each becomes a shared VW feature.",
-        examples=[{"device": "mobile", "segment": "returning", "locale": "en-GB"}],
-    ),
-]
-CONTEXT = TypeAdapter(Context)
+__all__ = ["CONTEXT", "Context", "Id"]
 
 
 class DecisionRequest(BaseModel):

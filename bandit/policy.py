@@ -145,6 +145,7 @@ class Policy:
         )
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
         self._rng = random.Random(seed)
+        self.workspace_args = workspace_args  # what VW itself was given (`bandit.importance`)
         self._vw = _workspace(workspace_args, vw_model)
 
     # -- serving ---------------------------------------------------------------------------
@@ -223,10 +224,16 @@ class Policy:
         reward: float,
         *,
         rendered_arms: Sequence[str] | None = None,
-    ) -> None:
+        shadows: Sequence[Explorer] = (),
+    ) -> list[list[float]]:
         """Teach VW one closed decision (cost = −reward), and count it for the served variant:
         its exposure, and (with copyloop's explorers) the residual of its reward against what
-        the model predicted for it before this update."""
+        the model predicted for it before this update.
+
+        Returns, per explorer in `shadows`, the distribution it would have drawn from over the
+        decision's arms with the model as it was just before this update (its costs, own
+        effects, counts and fair trial; no holdout): progressive validation of explorers that
+        share this model's regression. Empty without `shadows` or with VW's own explorer."""
         if not 0.0 < logged.probability <= 1.0:
             raise ValueError(f"probability must be in (0, 1], got {logged.probability}")
         probability = float(logged.probability)
@@ -242,6 +249,18 @@ class Policy:
             predicted = examples[0].get_prediction(self._vw.get_prediction_type())
         finally:
             self._vw.finish_example(examples)
+        shadow_pmfs: list[list[float]] = []
+        if shadows and self.explorer is not None:  # before the counts below move
+            costs = [
+                float(c) - self.offset(a.variant_id)
+                for c, a in zip(predicted, logged.arms, strict=True)
+            ]
+            exposures = [self.exposure.get(a.variant_id, 0) for a in logged.arms]
+            for explorer in shadows:
+                pmf = explorer.pmf(costs, self.learned)
+                if self.fair_trial is not None:
+                    pmf = self.fair_trial.apply(pmf, exposures)
+                shadow_pmfs.append(pmf)
         self.learned += 1
         served = logged.arms[logged.chosen].variant_id
         self.exposure[served] = self.exposure.get(served, 0) + 1
@@ -254,6 +273,7 @@ class Policy:
                 keep * squares + residual * residual,
                 keep * weight + 1.0,
             )
+        return shadow_pmfs
 
     def offset(self, variant_id: str) -> float:
         """The variant's own effect in reward units: what its results say beyond what its
@@ -282,16 +302,20 @@ class Policy:
         return mean * factor if factor > 0.0 else 0.0
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self) -> bytes:
-        """The model file: the header (`bandit.model_file`) and VW's binary model."""
+    def vw_model(self) -> bytes:
+        """VW's own binary model, without copyloop's header."""
         fd, path = tempfile.mkstemp(prefix="copyloop-vw-")
         os.close(fd)
         try:
             self._vw.save(path)
             with open(path, "rb") as fh:
-                vw_model = fh.read()
+                return fh.read()
         finally:
             os.unlink(path)
+
+    def save(self) -> bytes:
+        """The model file: the header (`bandit.model_file`) and VW's binary model."""
+        vw_model = self.vw_model()
         header = ModelHeader(
             vw_args=self.vw_args,
             features=FEATURES_VERSION,

@@ -1,11 +1,14 @@
 """Benchmark of the uplift report over a large synthetic ledger, on SQLite and PostgreSQL.
 
 Builds N decisions (+ their click/purchase events, ~7% of decisions get one) with
-`reports.synthetic.fill` in a fresh, migrated ledger, saves an untrained model
-snapshot (so the counterfactual panel scores its greedy policy too), then times
-`uplift_report` (JSON) and its HTML rendering, next to two baselines measured on the same
-database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full aggregate
-`SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
+`reports.synthetic.fill` in a fresh, migrated ledger, closes their windows with the consumer's
+own closer (`close_expired_windows`, which keeps the report's rollups; all but the last
+`--open` decisions, which stay open: the report reads those directly), saves an untrained
+model snapshot (so the counterfactual panel scores its greedy policy too), then times
+`uplift_report` (JSON) read from the rollups, the same report by a full scan
+(`rollups=False`; the two must agree), and the HTML rendering, next to two baselines measured
+on the same database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full
+aggregate `SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
 
     .venv/bin/python bench/report.py --decisions 1000000 --backend sqlite,postgresql
     .venv/bin/python bench/report.py --decisions 100000 --keep /tmp/ledger.db   # reuse a file
@@ -52,7 +55,26 @@ def _timed(fn: Any, repeat: int) -> tuple[list[float], Any]:
     return times, out
 
 
-def run(url: str, n: int, repeat: int, fill_db: bool, ope_sample: int) -> dict[str, Any]:
+def close_windows(sessions: Any, settings: Any, truth: Any, n: int, still_open: int) -> int:
+    """Close every window but those of the last `still_open` decisions (by ts)."""
+    from consumer.join import close_expired_windows
+
+    with sessions() as s:
+        last = s.execute(
+            text("SELECT ts FROM decisions ORDER BY ts DESC LIMIT 1 OFFSET :k"),
+            {"k": max(still_open, 1) - 1},
+        ).scalar()
+    now = (last if still_open else truth.end + 1.0) + settings.reward_window_s
+    now += settings.close_grace_s
+    closed = 0
+    while batch := close_expired_windows(sessions, settings, now, limit=20_000):
+        closed += len(batch)
+    return closed
+
+
+def run(
+    url: str, n: int, repeat: int, fill_db: bool, ope_sample: int, still_open: int
+) -> dict[str, Any]:
     if fill_db:
         upgrade(url)
     engine = make_engine(url)
@@ -62,8 +84,11 @@ def run(url: str, n: int, repeat: int, fill_db: bool, ope_sample: int) -> dict[s
     try:
         if fill_db:
             t = time.perf_counter()
-            fill(engine, n, n_products=128, seed=1)
+            truth = fill(engine, n, n_products=128, seed=1)
             out["fill_s"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            out["closed"] = close_windows(sessions, settings, truth, n, still_open)
+            out["close_s"] = round(time.perf_counter() - t, 1)
             from bandit import Policy
 
             policy = Policy(settings.vw_args)
@@ -90,9 +115,21 @@ def run(url: str, n: int, repeat: int, fill_db: bool, ope_sample: int) -> dict[s
         )
         html_t, html = _timed(lambda: to_html(report), 1)
         no_ope_t, _ = _timed(lambda: uplift_report(sessions, settings, ope_sample=0), 1)
+        full_t, full = _timed(
+            lambda: uplift_report(sessions, settings, ope_sample=ope_sample, rollups=False), 1
+        )
+        assert report["rollups"]["used"], report["rollups"]
         assert (
             report["arms"]["bandit"]["impressions"] + report["arms"]["control"]["impressions"] == n
         )
+        for arm in ("bandit", "control"):  # floats may differ in their last bits, counts never
+            fast, slow = report["arms"][arm], full["arms"][arm]
+            assert [fast[k] for k in ("impressions", "clicks", "purchases")] == [
+                slow[k] for k in ("impressions", "clicks", "purchases")
+            ]
+            assert abs(fast["revenue"] - slow["revenue"]) <= 1e-6 * max(1.0, slow["revenue"])
+        with engine.connect() as c:
+            rollup_rows = c.execute(text("SELECT COUNT(*) FROM report_rollups")).scalar()
         count_s, agg_s, report_s = min(count_t), min(agg_t), statistics.median(report_t)
         out.update(
             {
@@ -102,6 +139,9 @@ def run(url: str, n: int, repeat: int, fill_db: bool, ope_sample: int) -> dict[s
                 "report_s": round(report_s, 2),
                 "report_runs_s": [round(x, 2) for x in report_t],
                 "report_without_ope_s": round(no_ope_t[0], 2),
+                "full_scan_s": round(full_t[0], 2),
+                "open_decisions": n - out.get("closed", n),
+                "rollup_rows": rollup_rows,
                 "html_render_s": round(html_t[0], 3),
                 "html_bytes": len(html),
                 "ope_sample": ope_sample,
@@ -120,6 +160,9 @@ def main() -> None:
     ap.add_argument("--backend", default="sqlite,postgresql")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ope-sample", type=int, default=10_000)
+    ap.add_argument(
+        "--open", type=int, default=10_000, help="Decisions (the most recent) left open."
+    )
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--keep", help="SQLite file to build once and reuse (not deleted)")
     ap.add_argument("--json", help="also write the results here")
@@ -136,12 +179,15 @@ def main() -> None:
                         args.repeat,
                         not path.exists(),
                         args.ope_sample,
+                        args.open,
                     )
                 )
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     url = f"sqlite:///{tmp}/ledger.db"
-                    results.append(run(url, args.decisions, args.repeat, True, args.ope_sample))
+                    results.append(
+                        run(url, args.decisions, args.repeat, True, args.ope_sample, args.open)
+                    )
         elif backend == "postgresql":
             name = f"copyloop_bench_{uuid.uuid4().hex[:8]}"
             admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
@@ -149,7 +195,9 @@ def main() -> None:
                 c.exec_driver_sql(f'CREATE DATABASE "{name}"')
             url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
             try:
-                results.append(run(url, args.decisions, args.repeat, True, args.ope_sample))
+                results.append(
+                    run(url, args.decisions, args.repeat, True, args.ope_sample, args.open)
+                )
             finally:
                 with admin.connect() as c:
                     c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -51,17 +51,32 @@ def insert_rows(
     """Insert `rows` (dicts holding every column named in the first one); with `skip_existing`
     (the key column), rows whose key is there already change nothing (ON CONFLICT DO NOTHING).
     Returns how many rows were inserted."""
+    if skip_existing is None:
+        _insert(s, table, rows, None)
+        return len(rows)
+    return len(_insert(s, table, rows, skip_existing))
+
+
+def insert_new(s: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: str) -> list[Any]:
+    """`insert_rows` with `skip_existing=key`, returning the keys actually inserted (what a
+    replayed batch must not count again)."""
+    return _insert(s, table, rows, key)
+
+
+def _insert(
+    s: Session, table: Table, rows: Sequence[Mapping[str, Any]], skip_existing: str | None
+) -> list[Any]:
     if not rows:
-        return 0
+        return []
     if not _is_postgresql(s):
         insert = sqlite.insert(table)
         if skip_existing is None:
             s.connection().execute(insert, list(rows))
-            return len(rows)
+            return []
         stmt = insert.on_conflict_do_nothing(index_elements=[skip_existing]).returning(
             table.c[skip_existing]
         )
-        return len(s.connection().execute(stmt, list(rows)).all())
+        return list(s.connection().execute(stmt, list(rows)).scalars())
     names = list(rows[0])
     params: dict[str, list[Any]] = {}
     arrays, selects = [], []
@@ -81,9 +96,9 @@ def insert_rows(
     )
     if skip_existing is None:
         s.connection().exec_driver_sql(sql, params)
-        return len(rows)
+        return []
     sql += f' ON CONFLICT ("{skip_existing}") DO NOTHING RETURNING "{skip_existing}"'
-    return len(s.connection().exec_driver_sql(sql, params).all())
+    return list(s.connection().exec_driver_sql(sql, params).scalars())
 
 
 def mark_closed(s: Session, decision_ids: Sequence[str], closed_at: float) -> int:
@@ -112,4 +127,4 @@ def mark_closed(s: Session, decision_ids: Sequence[str], closed_at: float) -> in
     return marked
 
 
-__all__ = ["insert_rows", "mark_closed"]
+__all__ = ["insert_new", "insert_rows", "mark_closed"]

@@ -31,11 +31,13 @@ from sqlalchemy import Table, and_, case, exists, false, func, or_, select, upda
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.bulk import insert_rows, mark_closed
+from consumer.bulk import insert_new, insert_rows, mark_closed
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
 from consumer.records import ActivationRecord, DecisionRecord, EventRecord
 from core.ledger.tables import Activation, Decision, Event, Reward
 from core.settings import Settings
+from reports import rollups
+from reports.rollups import Outcome
 
 #: Ids per IN list: far below SQLite's 32,766 bound parameters.
 _CHUNK = 500
@@ -131,7 +133,10 @@ def ingest(
             # path adds bookkeeping per row and merges RETURNING rows one by one (4x the cost
             # per message, measured on 2,000-message batches).
             new_decisions = insert_rows(s, _DECISIONS, decision_rows, skip_existing="decision_id")
-            new_events = insert_rows(s, _EVENTS, event_rows, skip_existing="event_id")
+            inserted = set(insert_new(s, _EVENTS, event_rows, "event_id"))
+            new_events = len(inserted)
+            # An in-span event of an already closed decision moves the report's rollups.
+            rollups.add_late_events(s, [e for e in event_rows if e["event_id"] in inserted])
             if activation_rows:
                 new_activations = insert_rows(
                     s, _ACTIVATIONS, activation_rows, skip_existing="decision_id"
@@ -207,6 +212,9 @@ def close_expired_windows(
                 raise LeaseLost(
                     f"the reward chain is at seq {last_seq}, this learner at {expected_last_seq}"
                 )
+            # Before counting events: an ingest that could add one to these decisions either
+            # commits first (counted here) or waits and sees them closed (`add_late_events`).
+            rollups.state(s, lock="update")
             due = s.execute(
                 select(
                     Decision.decision_id,
@@ -216,6 +224,8 @@ def close_expired_windows(
                     Decision.actions,
                     Decision.probability,
                     Decision.activated,
+                    Decision.policy,
+                    Decision.ts,
                 )
                 .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
                 .order_by(Decision.ts, Decision.decision_id)
@@ -255,6 +265,11 @@ def close_expired_windows(
             insert_rows(s, _REWARDS, [_reward_row(c, closed_at) for c in closed])
             if mark_closed(s, ids, closed_at) != len(ids):
                 raise LeaseLost("another closer closed some of these decisions first")
+            # The report's rollups take these decisions in the same transaction: exactly once.
+            # Never-activated decisions are no impressions: they stay out of the rollups too.
+            outcomes = [_outcome(r, c) for r, c in zip(learned, closed, strict=True)]
+            contexts = [(r.decision_id, r.context) for r in learned]
+            rollups.add_closed(s, settings, outcomes, contexts)
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed
@@ -408,6 +423,21 @@ def _reward_row(c: ClosedDecision, closed_at: float) -> dict[str, Any]:
         "revenue": c.revenue,
         "closed_at": closed_at,
     }
+
+
+def _outcome(row: Any, c: ClosedDecision) -> Outcome:
+    """A closing decision as the report counts it (`clicked`: any click in span, and so on)."""
+    return Outcome(
+        c.decision_id,
+        c.product_id,
+        c.variant_id,
+        row.policy,
+        row.ts,
+        c.probability,
+        int(c.clicks > 0),
+        int(c.purchases > 0),
+        c.revenue,
+    )
 
 
 def _first_of_each(records: Sequence[T], key: str) -> list[T]:

@@ -14,6 +14,12 @@ or `import`), the save fails with `LeaseLost` and the learner continues from tha
 instead of writing its own model over it (`ElectedLearner` also looks for one every round).
 After a snapshot, at most once a minute, old versions are pruned (`model_versions.prune`).
 
+Shadow explorers (`COPYLOOP_SHADOW_EXPLORERS`) learn beside the live model: they share its
+regression, so each decision's update is theirs too, and just before it the learner records what
+each would have served (`Policy.learn(shadows=…)`, the live holdout mixed in) in
+`shadow_scores`, for the report's `ope.shadow`. Written before the next snapshot and idempotent
+on `decision_id`, so a replay rewrites nothing.
+
 `ElectedLearner` drives a `Learner` in whichever process holds the `learner` lease (one per
 consumer group), with its own cadence, backoff and clean shutdown. Both are Kafka-free: the
 time windows are closed against comes in as a `clock` (the loop's ingestion watermark).
@@ -32,9 +38,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from bandit import Arm, LoggedDecision, ModelLoadError, Policy, ProductFeatures
+from bandit import Arm, FairTrial, LoggedDecision, ModelLoadError, Policy, ProductFeatures
+from bandit.explore import Explorer, parse_explorer
 from bandit.vw_format import arm_lines
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
 from consumer.join import (
@@ -45,7 +53,7 @@ from consumer.join import (
     closed_since,
 )
 from core.ledger import leases, model_versions, snapshots
-from core.ledger.tables import Product, Variant
+from core.ledger.tables import Product, ShadowScore, Variant
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,7 @@ class Learner:
         self._arms: dict[str, Arm] = {}
         self._lines: dict[str, str] = {}  # each arm's VW line, rendered once (immutable)
         self._categories: dict[str, str] = {}
+        self._shadows = shadow_explorers(settings.shadow_explorers)
 
     @property
     def policy(self) -> Policy:
@@ -92,14 +101,18 @@ class Learner:
         """Load the newest snapshot and replay every reward after it. Returns how many.
 
         Without a usable snapshot — none yet, one trained with other arguments than the
-        settings', or one that no longer loads — a new model is trained on the newest
-        `bandit_warm_start_max` closed decisions (a warm start from the logs: all of them on a
-        young ledger, none on an empty one) and saved at once, so the API serves it and a
-        restart does not train it again. `between_pages` runs after each page of the replay
+        settings', one whose file is gone, or one that no longer loads — a new model is trained
+        on the newest `bandit_warm_start_max` closed decisions (a warm start from the logs: all
+        of them on a young ledger, none on an empty one) and saved at once, so the API serves it
+        and a restart does not train it again. `between_pages` runs after each page of the replay
         (the loop renews its lease there)."""
         settings = self._settings
         with ledger_errors():
-            snap = snapshots.load_latest(self._sessions)
+            try:
+                snap = snapshots.load_latest(self._sessions)
+            except OSError as exc:  # its file is gone or unreadable: as good as none
+                log.warning("newest snapshot cannot be read (%s): warm start", exc)
+                snap = None
         policy: Policy | None = None
         start = 0
         if snap is not None and snap.vw_args == settings.vw_args:
@@ -110,6 +123,7 @@ class Learner:
                     model=snap.model,
                     version=snap.version,
                     importance_cap=settings.bandit_importance_cap,
+                    fair_trial=_fair_trial(settings),
                 )
                 start = snap.last_seq
             except ModelLoadError as exc:
@@ -125,7 +139,10 @@ class Learner:
         self._continues = 0 if snap is None else snap.version  # what a fresh model replaces
         if policy is None:
             policy = Policy(
-                settings.vw_args, seed=settings.seed, importance_cap=settings.bandit_importance_cap
+                settings.vw_args,
+                seed=settings.seed,
+                importance_cap=settings.bandit_importance_cap,
+                fair_trial=_fair_trial(settings),
             )
             start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
@@ -177,6 +194,7 @@ class Learner:
         """Teach VW `closed`, which must continue the chain (`seq` = last_seq + 1, + 2, …)."""
         policy = self.policy
         self._load_features(closed)
+        scores: list[dict[str, object]] = []
         for c in closed:
             if c.seq != self.last_seq + 1:
                 raise LeaseLost(f"reward seq {c.seq} does not follow {self.last_seq}")
@@ -190,10 +208,24 @@ class Learner:
                 )
             else:
                 rendered = [self._lines[a] for a in c.actions]
-                policy.learn(logged, c.reward, rendered_arms=rendered)
+                pmfs = policy.learn(
+                    logged, c.reward, rendered_arms=rendered, shadows=self._shadow_explorers
+                )
+                if pmfs:
+                    scores.append(
+                        {
+                            "decision_id": c.decision_id,
+                            "pmfs": {
+                                spec: with_holdout(pmf, self._settings.holdout)
+                                for spec, pmf in zip(self._shadows, pmfs, strict=True)
+                            },
+                        }
+                    )
                 self.learned += 1
             self.last_seq = c.seq
             self._unsaved += 1
+        if scores:
+            self._write_scores(scores)
 
     def maybe_snapshot(self, *, force: bool = False) -> int | None:
         """Save a snapshot when something was learned since the last one and `snapshot_every_s`
@@ -239,6 +271,17 @@ class Learner:
             self._policy = None
 
     # -- internals ---------------------------------------------------------------------------
+    @property
+    def _shadow_explorers(self) -> list[Explorer]:
+        return list(self._shadows.values())
+
+    def _write_scores(self, scores: list[dict[str, object]]) -> None:
+        """The shadows' distributions, one row per decision (a replay's rows already exist)."""
+        with ledger_errors(), self._sessions.begin() as s:
+            dialect = s.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            s.execute(insert(ShadowScore).values(scores).on_conflict_do_nothing())
+
     def _save(self, policy: Policy, last_seq: int) -> int:
         # The version this model continues: its own, or (a fresh model) the one it replaces.
         expected = policy.version or self._continues
@@ -289,6 +332,39 @@ class Learner:
             chosen=c.chosen,
             probability=c.probability,
         )
+
+
+def shadow_explorers(specs: Sequence[str]) -> dict[str, Explorer]:
+    """Each shadow explorer's arguments → the explorer (ValueError for one copyloop lacks).
+
+    >>> shadow_explorers(["--epsilon 0.1"])
+    {'--epsilon 0.1': EpsilonGreedy(epsilon=0.1)}
+    """
+    out: dict[str, Explorer] = {}
+    for spec in specs:
+        explorer = parse_explorer(spec)
+        if explorer is None:
+            raise ValueError(f"shadow explorer {spec!r} is not one of copyloop's explorers")
+        out[spec] = explorer
+    return out
+
+
+def with_holdout(pmf: Sequence[float], holdout: float) -> list[float]:
+    """The live mixture around an explorer's pmf: the control (action 0) gets the holdout.
+
+    >>> with_holdout([0.5, 0.5], 0.1)
+    [0.55, 0.45]
+    """
+    out = [(1.0 - holdout) * p for p in pmf]
+    out[0] += holdout
+    return out
+
+
+def _fair_trial(settings: Settings) -> FairTrial | None:
+    """The settings' trial for new copy, as the API serves it (the shadows' pmfs apply it)."""
+    if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
+        return None
+    return FairTrial(settings.bandit_new_arm_exposure, settings.bandit_new_arm_floor)
 
 
 #: Seconds between two prunings of old model versions (each loads the newest one to check it).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -190,6 +191,52 @@ def db_upgrade() -> None:
     settings = _settings()
     upgrade(settings.database_url)
     typer.echo(f"database at head: {settings.database_url}")
+
+
+@db_app.command("rollups")
+def db_rollups(
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Recompute the report's rollups from the ledger under the current "
+            "COPYLOOP_REWARD_WINDOW_S / COPYLOOP_CLOCK_SKEW_S (after changing either, or on a "
+            "ledger that closed decisions before the rollups existed).",
+        ),
+    ] = False,
+) -> None:
+    """The report's rollups: print their state (status, the window they were built with, how
+    many closed decisions they hold); with --rebuild, recompute them first."""
+    from sqlalchemy import func, select
+
+    from core.ledger import make_engine, make_sessionmaker
+    from core.ledger.tables import ReportRollup
+    from reports import rollups
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        if rebuild:
+            t = time.perf_counter()
+            held = rollups.rebuild(sessions, settings)
+            typer.echo(f"rebuilt: {held} closed decisions in {time.perf_counter() - t:.1f}s")
+        with sessions() as s:
+            st = rollups.state(s)
+            rows, held = s.execute(
+                select(func.count(), func.coalesce(func.sum(ReportRollup.n), 0))
+            ).one()
+            why = rollups.usable(st, settings)
+    finally:
+        engine.dispose()
+    status = "missing" if st is None else st.status
+    window = (
+        ""
+        if st is None or st.reward_window_s is None
+        else (f" (reward_window_s={st.reward_window_s:g}, clock_skew_s={st.clock_skew_s:g})")
+    )
+    typer.echo(f"rollups: {status}{window}, {rows} rows, {held} closed decisions")
+    typer.echo("the report reads them" if why is None else f"the report scans: {why}")
 
 
 @catalog_app.command("import")
@@ -469,6 +516,12 @@ def report(
             "watch continuously).",
         ),
     ] = ReportCi.fixed,
+    full_scan: Annotated[
+        bool,
+        typer.Option(
+            "--full-scan", help="Sum every decision instead of reading the rollups (same numbers)."
+        ),
+    ] = False,
 ) -> None:
     """The uplift report."""
     from core.ledger import make_engine, make_sessionmaker
@@ -487,6 +540,7 @@ def report(
             product_id,
             ope_sample=ope_sample,
             ci=ci.value,
+            rollups=not full_scan,
         )
     finally:
         engine.dispose()

@@ -2,6 +2,11 @@
 them): a decision, a storefront event, and an activation. Events are validated here once, with
 messages that name the field; the API maps a failure to 422, the consumer to the DLQ.
 
+What the API accepts and what the consumer stores are the same rules, defined once here: ids
+(`Id`: 1 to 128 characters, no control characters, which the ledger cannot key or PostgreSQL
+cannot store), and the page-view context (`Context`: flat scalars, bounded, no NUL). So an
+event the API answered 202 is never dead-lettered by the consumer for its content.
+
 An activation (`POST /v1/decisions/{id}/activate`: the storefront saw the copy) travels on
 `{prefix}.events`, keyed by its decision id like the decision's events, as
 `{"type": "activation", "decision_id": …, "ts": <epoch ms>}`. The same topic on purpose: the
@@ -13,10 +18,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 EVENT_TYPES = ("click", "add_to_cart", "purchase")
 #: `type` of an activation message on `{prefix}.events` (never an event type).
@@ -58,7 +73,93 @@ def parse_ts(value: object) -> float:
     return seconds
 
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+ID_MAX = 128
+MAX_CONTEXT_KEYS = 64
+MAX_CONTEXT_KEY_CHARS = 64
+MAX_CONTEXT_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The same rule as a JSON-schema pattern, for OpenAPI (ECMA regex syntax).
+PRINTABLE_PATTERN = r"^[^\u0000-\u001F\u007F]+$"
+
+
+def is_clean_id(value: object) -> bool:
+    """What `Id` accepts, as a cheap check for the consumer's fast path.
+
+    >>> is_clean_id("e-1"), is_clean_id("e\\x00"), is_clean_id(""), is_clean_id("x" * 129)
+    (True, False, False, False)
+    """
+    return (
+        type(value) is str
+        and 0 < len(value) <= ID_MAX
+        and value == value.strip()
+        and not _CONTROL.search(value)
+    )
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (NUL, tab, newline…)")
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=ID_MAX, json_schema_extra={"pattern": PRINTABLE_PATTERN}),
+    AfterValidator(_printable),
+]
+
+ContextKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_CONTEXT_KEY_CHARS,
+        json_schema_extra={"pattern": PRINTABLE_PATTERN},
+    ),
+    AfterValidator(_printable),
+]
+
+
+def _context_scalar(value: Any) -> Any:
+    """A context value must be a scalar VW can turn into one feature; one clear message if not."""
+    if isinstance(value, str):
+        if len(value) > MAX_CONTEXT_CHARS:
+            raise ValueError(f"must be at most {MAX_CONTEXT_CHARS} characters, got {len(value)}")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError(
+        f"must be a string, a finite number, a boolean or null, got {type(value).__name__}"
+    )
+
+
+ContextValue = Annotated[
+    Any,
+    AfterValidator(_context_scalar),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_CONTEXT_CHARS, "pattern": "^[^\\u0000]*$"},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+Context = Annotated[
+    dict[ContextKey, ContextValue],
+    Field(
+        max_length=MAX_CONTEXT_KEYS,
+        description="Page-view features (device, segment, locale, hour, referrer, any key): "
+        "flat, scalar values; each becomes a shared VW feature.",
+        examples=[{"device": "mobile", "segment": "returning", "locale": "en-GB"}],
+    ),
+]
+CONTEXT: TypeAdapter[dict[str, Any]] = TypeAdapter(Context)
 
 
 class EventIn(BaseModel):
@@ -98,7 +199,7 @@ class Decision(BaseModel):
     policy: Literal["bandit", "control", "fallback"]
     probability: float = Field(gt=0, le=1)
     model_version: int
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: Context = Field(default_factory=dict)
     actions: list[str]
     pmf: list[float]
     ts: float

@@ -225,6 +225,12 @@ class Settings(BaseSettings):
         "was sent to Kafka is sent again (then after twice as long, …); duplicates are harmless.",
     )
     catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the API reads (413 beyond): a full batch of 1,000 "
+        "events takes ~200 kB, of 1,000 products a few MB.",
+    )
 
     # storefront: publishable keys, decision tokens, rate limits
     token_secret: str | None = Field(
@@ -295,7 +301,10 @@ class Settings(BaseSettings):
     @field_validator("shadow_explorers", mode="before")
     @classmethod
     def _split_explorers(cls, value: object) -> object:
+        # `;`-separated, or JSON (what `runner.settings_env` hands a child process).
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [t.strip() for t in value.split(";") if t.strip()]
         return value
 

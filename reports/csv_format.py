@@ -2,7 +2,8 @@
 
 Sections: `arm`, `uplift`, `uplift_cuped`, `intervals`, `cuped`, `srm`, `product`,
 `product_uplift`, `variant`, `generator_version`, `context:<key>`, `timeseries:<arm>`,
-`timeseries:lift`, `ope:<policy>`, `apprentice`. Columns a section does not use are empty; new
+`timeseries:lift`, `ope:<policy>`, `ope.shadow:<explorer>`, `apprentice`, `feature`,
+`feature_namespace`, `feature_group:<group>`. Columns a section does not use are empty; new
 columns are appended at the end so readers that pick columns by name or position keep working.
 
 Each section is written by one function in `WRITERS` (report dict → rows), in order: a new
@@ -185,6 +186,65 @@ def ope(report: dict[str, Any]) -> Iterator[Row]:
                 }
 
 
+def shadow(report: dict[str, Any]) -> Iterator[Row]:
+    """`ope.shadow:<explorer>` (and `ope.shadow:live`): each estimate with its interval."""
+    block = report.get("ope", {}).get("shadow")
+    if not block:
+        return
+    if not block.get("available"):
+        yield {"section": "ope.shadow", "key": "", "note": block.get("note", "")}
+        return
+    targets = [("live", block["live"])] + [(e["explorer"], e) for e in block["explorers"]]
+    for name, target in targets:
+        note = target.get("warning") or ""
+        for metric, per in target["estimates"].items():
+            for estimator, e in per.items():
+                yield {
+                    "section": f"ope.shadow:{name}",
+                    "key": f"{metric}/{estimator}",
+                    "value": e["value"],
+                    "ci_low": e["ci_low"],
+                    "ci_high": e["ci_high"],
+                    "ess": e["ess"],
+                    "impressions": e["n"],
+                    "note": note,
+                }
+
+
+def features(report: dict[str, Any]) -> Iterator[Row]:
+    """`feature` (key namespace/feature, value = importance), `feature_namespace`, and
+    `feature_group:<g>` (key metric/estimator: the value without the group; `all` for none)."""
+    block = report.get("features")
+    if not block:
+        return
+    for w in block.get("features", []):
+        yield {
+            "section": "feature",
+            "key": f"{w['namespace']}/{w['feature']}",
+            "value": w["importance"],
+            "absolute": w["weight"],
+        }
+    for ns in block.get("namespaces", []):
+        yield {"section": "feature_namespace", "key": ns["namespace"], "value": ns["importance"]}
+    targets = [("all", block.get("all_features"))]
+    targets += [(g["group"], g.get("ope_without")) for g in block.get("groups", [])]
+    for name, target in targets:
+        if target is None:
+            continue
+        for metric, per in target["estimates"].items():
+            for estimator, e in per.items():
+                yield {
+                    "section": f"feature_group:{name}",
+                    "key": f"{metric}/{estimator}",
+                    "value": e["value"],
+                    "ci_low": e["ci_low"],
+                    "ci_high": e["ci_high"],
+                    "ess": e["ess"],
+                    "impressions": e["n"],
+                    "note": target.get("warning") or "",
+                }
+
+
 def apprentice(report: dict[str, Any]) -> Iterator[Row]:
     """`apprentice`: per metric, live mode's DR estimate and the uplift of switching to it."""
     block = report.get("apprentice")
@@ -226,7 +286,9 @@ WRITERS: list[Callable[[dict[str, Any]], Iterator[Row]]] = [
     contexts,
     timeseries,
     ope,
+    shadow,
     apprentice,
+    features,
 ]
 
 

@@ -29,7 +29,9 @@ SECTIONS = [
     "analyst",
     "timeseries",
     "ope",
+    "shadow",
     "apprentice",
+    "features",
     "products",
     "variants",
     "generator_versions",
@@ -53,6 +55,7 @@ def _num(x: float | None, places: int = 4) -> str:
 
 _ENV.filters["pct"] = _pct
 _ENV.filters["num"] = _num
+_ENV.filters["named_explorer"] = lambda e: (e["explorer"], e)  # a shadow row: (name, row)
 
 
 def bar_chart(

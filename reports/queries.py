@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.ledger.tables import Decision, Event, Product, Reward, Variant
+from core.ledger.tables import Decision, Event, Product, Reward, ShadowScore, Variant
 from core.settings import Settings
 
 _TEMP = MetaData()
@@ -130,6 +130,14 @@ class ReportReader:
         self.settings = settings
         self.f = f
         self.sqlite = conn.dialect.name == "sqlite"
+
+    def fill_outcomes(self, f: Filters) -> None:
+        """Fill `report_outcomes` with the outcomes of `f`'s decisions (the full scan: the
+        report's own filters; with rollups: only the counterfactual panel's recent sample)."""
+        fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(self.settings, f))
+        self.conn.execute(fill)
+        if not self.sqlite:  # a fresh temporary table has no statistics: plans would guess
+            self.conn.exec_driver_sql("ANALYZE " + OUTCOMES.name)
 
     def _outcome_sums(self, o: Any) -> list[Any]:
         """Σ clicked, Σ purchased, Σ revenue, Σ revenue² over `report_outcomes` rows."""
@@ -388,6 +396,49 @@ class ReportReader:
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
 
+    def shadow_logged(self, limit: int) -> Sequence[Any]:
+        """The `limit` most recent randomized decisions that the shadow explorers scored
+        (`shadow_scores`), with the columns of `recent_logged` (less seq, ts and policy) and
+        `pmfs`, each shadow's distribution over the action set."""
+        o = OUTCOMES
+        recent = (
+            select(
+                Decision.decision_id,
+                Decision.product_id,
+                Decision.variant_id,
+                Decision.actions,
+                Decision.pmf,
+                Decision.probability,
+                Decision.context,
+                Decision.ts,
+                ShadowScore.pmfs,
+            )
+            .join(ShadowScore, ShadowScore.decision_id == Decision.decision_id)
+            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
+            .order_by(Decision.ts.desc(), Decision.decision_id)
+            .limit(limit)
+            .subquery("shadowed")
+        )
+        r = recent.c
+        return self.conn.execute(
+            select(
+                r.decision_id,
+                r.product_id,
+                r.variant_id,
+                r.actions,
+                r.pmf,
+                r.probability,
+                r.context,
+                func.coalesce(o.c.clicked, 0).label("clicked"),
+                func.coalesce(o.c.purchased, 0).label("purchased"),
+                func.coalesce(o.c.revenue, 0.0).label("revenue"),
+                r.pmfs,
+            )
+            .select_from(recent)
+            .outerjoin(o, o.c.decision_id == r.decision_id)
+            .order_by(r.ts.desc(), r.decision_id)
+        ).all()
+
     def variant_meta(self, variant_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
         """variant_id → (style, source, generator_version) for the ids that exist."""
         out: dict[str, tuple[str, str, str]] = {}
@@ -406,7 +457,9 @@ class ReportReader:
 def report_reader(
     sessions: sessionmaker[Session], settings: Settings, f: Filters
 ) -> Iterator[ReportReader]:
-    """A `ReportReader` on one connection in one read transaction, `report_outcomes` filled."""
+    """A `ReportReader` on one connection in one snapshot (every query sees the same ledger, so
+    rollups and the decisions they do not hold add up exactly), `report_outcomes` created
+    empty: the caller fills it (`ReportReader.fill_outcomes`)."""
     with sessions() as s:
         conn = s.connection()
         sqlite = conn.dialect.name == "sqlite"
@@ -415,6 +468,8 @@ def report_reader(
             # lock). A report only reads: trade it for a deferred (snapshot) read transaction.
             conn.exec_driver_sql("COMMIT")
             conn.exec_driver_sql("BEGIN")
+        else:  # READ COMMITTED would give each statement its own snapshot
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         drop = "DROP TABLE IF EXISTS " + ("temp." if sqlite else "pg_temp.") + OUTCOMES.name
         conn.exec_driver_sql(drop)
         OUTCOMES.create(conn)
@@ -422,10 +477,6 @@ def report_reader(
             if not sqlite:
                 # Grouped scans over a million rows sort or hash far more than the default 4MB.
                 conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-            fill = OUTCOMES.insert().from_select(list(OUTCOMES.c.keys()), outcomes(settings, f))
-            conn.execute(fill)
-            if not sqlite:  # a fresh temporary table has no statistics: plans would guess
-                conn.exec_driver_sql("ANALYZE " + OUTCOMES.name)
             yield ReportReader(conn, settings, f)
         finally:
             s.rollback()  # the table was created inside the transaction: this drops it

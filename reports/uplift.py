@@ -14,7 +14,9 @@ Only activated decisions are impressions. `uplift.<metric>` compares the `bandit
 (`pre_period`). `ci` picks the interval kind of every lift in the report: `fixed` (read once) or
 `sequential` (always valid: safe to watch after every batch; `intervals`).
 
-`apprentice` estimates what switching from apprentice mode to live would earn (`apprentice`).
+`apprentice` estimates what switching from apprentice mode to live would earn (`apprentice`);
+`ope.shadow` each shadow explorer's value beside the live policy's (`shadow`); `features` the
+model's feature weights and each feature group's worth (`features`).
 Sections are built by small functions and added to the dict by name, so a new section is one
 more builder and one more key; `html.SECTIONS` and
 `csv_format.WRITERS` render them in order. Nothing in the dict is NaN (`finite`).
@@ -39,9 +41,13 @@ from reports.apprentice import apprentice_block
 from reports.csv_format import to_csv
 from reports.cuped import Cuped
 from reports.estimators import sample_ratio, uplift
+from reports.features import DEFAULT_FEATURE_SAMPLE, feature_report
 from reports.intervals import SEQUENTIAL_TARGET_N, critical, mixture_scale
 from reports.ope import counterfactual_panel, to_rows
 from reports.queries import Filters, ReportReader, report_reader
+from reports.rollup_reader import RollupReader
+from reports.rollups import HOUR, state, usable
+from reports.shadow import shadow_block
 from reports.sums import METRICS, Sums
 from reports.timeseries import pick_bucket, timeseries
 
@@ -98,6 +104,8 @@ def uplift_report(
     greedy: bool = True,
     ci: str = "fixed",
     sequential_target_n: float = SEQUENTIAL_TARGET_N,
+    feature_sample: int = DEFAULT_FEATURE_SAMPLE,
+    rollups: bool = True,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for the semantics).
 
@@ -105,21 +113,27 @@ def uplift_report(
     `context_sample` the decisions (the most recent) the per-context breakdown expands (0
     leaves it out); `greedy=False` skips scoring the panel's sample with a model snapshot;
     `ci` is `fixed` or `sequential` (ValueError otherwise); `sequential_target_n` is where the
-    sequential boundary is tightest, in randomized decisions.
+    sequential boundary is tightest, in randomized decisions; `feature_sample` bounds the closed
+    decisions the feature section reads (0 leaves it out); `rollups=False` scans every decision
+    instead of reading the rollups (the same numbers: tests compare the two).
     """
     lift = Lift(ci, sequential_target_n)  # ValueError for an unknown `ci`, before any query
     f = Filters(since, until, product_id)
     with report_reader(sessions, settings, f) as q:
-        cube_rows = q.cube()
         lo, hi = q.ts_range()
         bucket = pick_bucket(_span(f, lo, hi))
+        q, source = _reader(q, settings, bucket.seconds, rollups, ope_sample)
+        cube_rows = q.cube()
         origin = math.floor(lo / bucket.seconds) * bucket.seconds if lo is not None else 0.0
         ts_rows = q.timeseries(origin, bucket.seconds) if lo is not None else []
         meta = q.variant_meta([r[1] for r in cube_rows] + [r[2] for r in ts_rows])
-        cutoff = q.context_cutoff(context_sample) if context_sample > 0 else None
+        cutoff = None
+        if context_sample > 0 and not source["used"]:
+            cutoff = q.context_cutoff(context_sample)
         ctx_rows = q.contexts(cutoff) if context_sample > 0 else []
         raw = q.recent_logged(ope_sample) if ope_sample > 0 else []
         unseen = q.activation_counts()
+        shadowed = q.shadow_logged(ope_sample) if ope_sample > 0 else []
         cuped_inputs = _cuped_inputs(q, f, lo, hi, cube_rows)
 
     by_arm: dict[str, Sums] = defaultdict(Sums)
@@ -167,8 +181,17 @@ def uplift_report(
         "generator_versions": breakdowns.generator_versions(cube_rows, meta),
         "contexts": breakdowns.contexts(ctx_rows, lift),
         "contexts_scope": breakdowns.context_scope(cutoff, context_sample),
+        "rollups": source,
         "timeseries": timeseries(ts_rows, meta, origin, bucket, lift),
-        "ope": _ope(sessions, raw, randomized, ope_sample, greedy, meta),
+        "ope": {
+            **_ope(sessions, raw, randomized, ope_sample, greedy, meta),
+            "shadow": shadow_block(
+                shadowed,
+                settings.shadow_explorers,
+                ope_sample,
+                groups={v: m[0] for v, m in meta.items() if m[0]},
+            ),
+        },
         "apprentice": apprentice_block(
             raw,
             modes.history(sessions),
@@ -176,9 +199,34 @@ def uplift_report(
             settings.holdout,
             groups={v: m[0] for v, m in meta.items() if m[0]},
         ),
+        "features": (
+            feature_report(sessions, settings, f, feature_sample)
+            if feature_sample > 0
+            else {"features": [], "groups": [], "note": "left out (feature_sample = 0)"}
+        ),
     }
     clean: dict[str, Any] = finite(report)
     return clean
+
+
+def _reader(
+    q: ReportReader, settings: Settings, bucket_s: float, rollups: bool, ope_sample: int
+) -> tuple[ReportReader, dict[str, Any]]:
+    """The reader the report sums with, `report_outcomes` filled for it, and the report's
+    `rollups` section: whether the rollups were read, and why not."""
+    why = usable(state(q.conn), settings) if rollups else "full scan asked for"
+    if why is None and bucket_s < HOUR:
+        why = "a window of a day or less is read from the decisions (minute buckets)"
+    if why is not None:
+        q.fill_outcomes(q.f)
+        return q, {"used": False, "note": why}
+    r = RollupReader(q.conn, settings, q.f)
+    if ope_sample > 0:  # outcomes of the counterfactual panel's sample only
+        cutoff = r.recent_cutoff(ope_sample)
+        since = q.f.since if cutoff is None else max(cutoff, q.f.since or cutoff)
+        r.fill_outcomes(Filters(since, q.f.until, q.f.product_id))
+    note = "closed decisions of whole hours from the rollups; the rest read directly"
+    return r, {"used": True, "note": note}
 
 
 def _cuped_inputs(

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authorized
+from api.bodies import read_model
 from api.catalog_cache import CatalogCache, CatalogEntry
 from api.decision_log import Kind
 from api.deps import Resources
@@ -72,9 +73,19 @@ async def variant_for_page_view(
     return _decide(entry, product_id, context, resources, defer)
 
 
-@router.post("/v1/decisions", response_model=DecisionOut)
-async def decide(body: DecisionRequest, resources: ServingDep) -> Response:
+@router.post(
+    "/v1/decisions",
+    response_model=DecisionOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": DecisionRequest.model_json_schema()}},
+        }
+    },
+)
+async def decide(request: Request, resources: ServingDep) -> Response:
     """Serve one variant of `product_id` for the page view described by `context`."""
+    body = await read_model(request, DecisionRequest)  # after the key check, never before
     entry = await _entry(resources.catalog, body.product_id)
     return _decide(entry, body.product_id, body.context, resources, body.defer)
 

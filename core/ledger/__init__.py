@@ -18,6 +18,7 @@ from core.ledger.tables import (
     Product,
     Reward,
     ServingMode,
+    ShadowScore,
     Variant,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "Product",
     "Reward",
     "ServingMode",
+    "ShadowScore",
     "Variant",
     "is_sqlite",
     "make_engine",

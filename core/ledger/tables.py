@@ -190,6 +190,17 @@ class ModelSnapshot(Base):
     origin: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class ShadowScore(Base):
+    """What each shadow explorer (`COPYLOOP_SHADOW_EXPLORERS`) would have served for a decision:
+    `pmfs` maps the explorer's arguments to its distribution over the decision's action set,
+    holdout included, computed by the learner just before it learned the decision."""
+
+    __tablename__ = "shadow_scores"
+
+    decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pmfs: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ServingMode(Base):
     """The serving mode's history: the newest row is the mode every API process serves in
     (`live`, or `apprentice` with `explore`, the share of decisions that follow the bandit);
@@ -247,3 +258,62 @@ class GeneratorVersion(Base):
     gate_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     shipped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ReportRollup(Base):
+    """The uplift report's sufficient statistics of the closed decisions of one hour (`hour` =
+    ⌊ts / 3600⌋), product, variant and policy: counts, outcome sums (`clicks`/`purchases` count
+    decisions with at least one), Σrevenue², and the importance-weighted sums (w = 1 / logged
+    probability) the SNIPS rates read. Maintained by the window closer in its transaction
+    (`reports.rollups`); `copyloop db rollups --rebuild` recomputes it from the ledger."""
+
+    __tablename__ = "report_rollups"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    variant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    clicks: Mapped[int] = mapped_column(BigInteger)
+    purchases: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[float] = mapped_column(Float)
+    revenue_sq: Mapped[float] = mapped_column(Float)
+    sw: Mapped[float] = mapped_column(Float)
+    sw_click: Mapped[float] = mapped_column(Float)
+    sw_purchase: Mapped[float] = mapped_column(Float)
+    sw_revenue: Mapped[float] = mapped_column(Float)
+    sw2: Mapped[float] = mapped_column(Float)
+
+
+class ReportContextRollup(Base):
+    """Per hour, product, context key, context value (as the report renders it) and policy: the
+    closed decisions' counts and outcome sums, for the report's per-context breakdown."""
+
+    __tablename__ = "report_context_rollups"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    policy: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    clicks: Mapped[int] = mapped_column(BigInteger)
+    purchases: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[float] = mapped_column(Float)
+    revenue_sq: Mapped[float] = mapped_column(Float)
+
+
+class ReportRollupState(Base):
+    """One row (`id` 1) saying whether the rollups hold every closed decision: `status` is
+    `empty` (no decision closed yet), `valid` (built with this `reward_window_s` and
+    `clock_skew_s`) or `stale` (a ledger closed before the rollups existed, or a closer with other
+    settings: the report scans until `copyloop db rollups --rebuild`). Writers of the rollups
+    lock this row, so a rebuild, a closer and a late event never interleave."""
+
+    __tablename__ = "report_rollup_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reward_window_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clock_skew_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)

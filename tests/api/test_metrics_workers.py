@@ -55,7 +55,7 @@ def test_metrics_add_up_across_two_workers_and_revocation_reaches_both(
             text = httpx.get(f"{base}/metrics", timeout=10).text
             totals.add(_total(text, "copyloop_decisions_total"))
             pids.update(re.findall(r'^copyloop_model_version\{pid="(\d+)"\}', text, re.M))
-            assert _total(text, "copyloop_publish_queued_total") >= served
+            assert _total(text, "copyloop_publish_logged_total") >= served
         assert totals == {served}, "each scrape must count both workers' decisions"
         assert len(pids) == 2, f"live gauges should show both workers, got {pids}"
 

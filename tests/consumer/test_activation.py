@@ -123,6 +123,8 @@ def test_report_counts_impressions_and_not_activated_per_arm(
         replace(make_decision("b-plain", T0), policy="bandit"),
     ]
     events = [make_event(f"e-{d.decision_id}", d.decision_id, "click", T0 + 0.2) for d in decisions]
+    # Three days earlier, unclicked: a span of days, so the report reads the hourly rollups.
+    decisions.append(replace(make_decision("b-old", T0 - 3 * 86400), policy="bandit"))
     activations = [ActivationRecord("b-seen", T0 + 0.1), ActivationRecord("c-seen", T0 + 0.1)]
     ingest(sessions, decisions, events, activations, reward_window_s=WINDOW)
 
@@ -133,10 +135,20 @@ def test_report_counts_impressions_and_not_activated_per_arm(
     report = uplift_report(sessions, settings, ope_sample=0, context_sample=0, greedy=False)
 
     bandit, control = report["arms"]["bandit"], report["arms"]["control"]
-    assert (bandit["impressions"], bandit["clicks"], bandit["not_activated"]) == (2, 2, 2)
+    assert (bandit["impressions"], bandit["clicks"], bandit["not_activated"]) == (3, 2, 2)
     assert (control["impressions"], control["clicks"], control["not_activated"]) == (1, 1, 1)
     assert bandit["awaiting_activation"] == control["awaiting_activation"] == 0
-    assert sum(v["impressions"] for v in report["variants"]) == 3
+    assert sum(v["impressions"] for v in report["variants"]) == 4
+    assert report["rollups"]["used"], report["rollups"]
+    # The rollups (kept by the closer) and a full scan of the decisions agree.
+    scan = uplift_report(
+        sessions, settings, ope_sample=0, context_sample=0, greedy=False, rollups=False
+    )
+    assert scan["arms"] == report["arms"]
+    # A late click on a closed, never-activated decision moves nothing.
+    ingest(sessions, [], [make_event("late", "b-unseen-1", "click", T0 + 0.3)], [])
+    again = uplift_report(sessions, settings, ope_sample=0, context_sample=0, greedy=False)
+    assert again["arms"] == report["arms"]
 
 
 def test_activation_messages_decode_apart_from_events() -> None:

@@ -25,6 +25,7 @@ from core.broker import ensure_topics
 from core.ledger import Event, ModelSnapshot, Reward, snapshots
 from core.messages import Decision
 from core.settings import Settings
+from tests.reports.rollup_checks import assert_rollups_match_rebuild
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = LoopTuning(lease_ttl_s=3.0, close_interval_s=0.1)
@@ -369,3 +370,6 @@ def test_a_consumer_killed_mid_stream_loses_nothing_and_learns_nothing_twice(
     assert final.last_seq == 2 * n
     assert len(snaps) >= 3
     assert model_weights(final.model) == model_weights(from_scratch(final.vw_args))
+    # The report's rollups, kept by both consumers in their closing transactions, hold every
+    # decision once: equal to a rebuild from the ledger.
+    assert assert_rollups_match_rebuild(sessions, settings) == 2 * n

@@ -49,7 +49,7 @@ def test_a_valid_decision_decodes_with_its_partition():
         ({"ts": 1767323045123.0}, "ts: must be epoch seconds between 2000 and 2200, got 17673"),
         ({"probability": 0}, "probability: Input should be greater than 0"),
         ({"policy": "greedy"}, "policy: Input should be 'bandit', 'control' or 'fallback'"),
-        ({"decision_id": "a\x00b"}, "ids must not contain NUL characters"),
+        ({"decision_id": "a\x00b"}, "decision_id: must not contain control characters"),
     ],
 )
 def test_a_bad_decision_is_refused_with_a_reason(changes, reason):

@@ -133,3 +133,29 @@ def test_a_ledger_without_tables_is_named_with_the_command_that_makes_them(
         assert out.returncode == 1, out.stderr
         assert "the ledger has no tables yet (no such table: " in out.stderr
         assert "run `copyloop db upgrade`" in " ".join(out.stderr.split())
+
+
+def test_db_rollups_rebuild_and_report_full_scan(database_url: str, engine: Engine) -> None:
+    from sqlalchemy import update
+
+    from core.ledger.tables import Decision, ReportRollupState
+
+    truth = fill(engine, 1500, n_products=3, seed=5, span_s=3 * 86400.0)
+    with engine.begin() as c:  # a ledger that closed decisions before it had rollups
+        c.execute(update(Decision).where(Decision.ts < truth.start + 86400.0).values(closed_at=1.0))
+        c.execute(update(ReportRollupState).values(status="stale"))
+    out = run(database_url, "db", "rollups")
+    assert out.returncode == 0, out.stderr
+    assert "rollups: stale" in out.stdout and "copyloop db rollups --rebuild" in out.stdout
+    scanned = json.loads(run(database_url, "report", "--ope-sample", "0").stdout)
+    assert scanned["rollups"]["used"] is False
+    out = run(database_url, "db", "rollups", "--rebuild")
+    assert out.returncode == 0, out.stderr
+    held = int(out.stdout.split("rebuilt: ")[1].split()[0])
+    assert 0 < held < 1500
+    assert "rollups: valid (reward_window_s=1800, clock_skew_s=120), " in out.stdout
+    assert "the report reads them" in out.stdout
+    fast = json.loads(run(database_url, "report", "--ope-sample", "0").stdout)
+    full = json.loads(run(database_url, "report", "--ope-sample", "0", "--full-scan").stdout)
+    assert fast["rollups"]["used"] is True and full["rollups"]["used"] is False
+    assert fast["arms"] == full["arms"] == scanned["arms"]

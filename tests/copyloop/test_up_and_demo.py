@@ -30,7 +30,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     }
     env.pop("COPYLOOP_KAFKA_BOOTSTRAP", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "copyloop", "up", "--port", str(port), "--shop-port", str(shop_port)],
+        [sys.executable, "-m", "copyloop", "up", "--port", str(port)]
+        + ["--shop-port", str(shop_port)],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

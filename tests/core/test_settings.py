@@ -53,3 +53,15 @@ def test_settings_round_trip_through_child_environment(monkeypatch: pytest.Monke
     for key, value in settings_env(s).items():
         monkeypatch.setenv(key, value)
     assert load_settings() == s
+
+
+def test_shadow_explorers_split_on_semicolons_or_read_json() -> None:
+    from core.settings import load_settings
+
+    specs = ["--epsilon 0.1", "--squarecb --gamma_scale 2"]
+    assert (
+        load_settings(shadow_explorers="--epsilon 0.1; --squarecb --gamma_scale 2").shadow_explorers
+        == specs
+    )
+    assert load_settings(shadow_explorers='["--epsilon 0.1"]').shadow_explorers == specs[:1]
+    assert load_settings(shadow_explorers="[]").shadow_explorers == []

@@ -67,10 +67,18 @@ def _seed_catalog(database_url: str, workdir: Path, products: int) -> None:
 
 
 def run_layout(
-    layout: str, db: str, rounds: int, seed: int, outage_s: float, workdir: Path
+    layout: str,
+    db: str,
+    rounds: int,
+    seed: int,
+    outage_s: float,
+    workdir: Path,
+    kinds: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One layout's run: start, traffic, `rounds` faults, quiesce, compare."""
+    """One layout's run: start, traffic, `rounds` faults drawn from `kinds` (default: all of the
+    layout's), quiesce, compare."""
     rng = np.random.default_rng(seed)
+    kinds_wanted = kinds
     database = Database(db, workdir)
     url = database.create()
     window = max(8.0, outage_s + 8.0)  # an event delayed by one outage still lands in its window
@@ -99,7 +107,7 @@ def run_layout(
         t0 = time.monotonic()
         traffic.start()
         injector = Injector(stack, rng, outage_s, t0, _say)
-        kinds = list(KINDS[layout])
+        kinds = [k for k in KINDS[layout] if kinds_wanted is None or k in kinds_wanted]
         plan = [str(k) for k in rng.permutation(kinds)][:rounds]
         plan += [str(rng.choice(kinds)) for _ in range(rounds - len(plan))]
         crashes: list[str] = []
@@ -109,7 +117,7 @@ def run_layout(
         _watch(stack, 4.0, crashes, t0)
         traffic.stop()
         _say(f"[{time.monotonic() - t0:7.2f}s] traffic stopped: {record.summary()}")
-        quiet = quiesce(sessions, record, timeout_s=window + 90)
+        quiet = quiesce(sessions, record, window + 90, tick=lambda: _watch(stack, 0.0, crashes, t0))
         _watch(stack, 0.0, crashes, t0)
         dead_letters = None
         if "broker" in stack.parts:
@@ -168,16 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--outage-s", type=float, default=30.0, help="broker outage length")
     parser.add_argument("--layout", choices=("parts", "up", "both"), default="both")
+    parser.add_argument(
+        "--kinds",
+        help="comma-separated fault kinds to draw from (default: all): "
+        + ", ".join(k for ks in KINDS.values() for k in ks),
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     layouts = ["parts", "up"] if args.layout == "both" else [args.layout]
+    kinds = args.kinds.split(",") if args.kinds else None
+    if kinds:
+        known = {k for ks in KINDS.values() for k in ks}
+        if set(kinds) - known:
+            parser.error(f"unknown kinds {sorted(set(kinds) - known)}; known: {sorted(known)}")
+        layouts = [lay for lay in layouts if set(KINDS[lay]) & set(kinds)]
     results = []
     for layout in layouts:
         workdir = Path(tempfile.mkdtemp(prefix=f"copyloop-faults-{layout}-"))
         try:
             results.append(
-                run_layout(layout, args.db, args.rounds, args.seed, args.outage_s, workdir)
+                run_layout(layout, args.db, args.rounds, args.seed, args.outage_s, workdir, kinds)
             )
         finally:
             if args.keep:

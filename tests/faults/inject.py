@@ -6,7 +6,8 @@
   The embedded broker keeps its log in memory, so stopping rather than killing it is what keeps
   this fault about Kafka being away, not about Kafka losing its data (`kill_up` covers that);
 - `snapshot_corrupt` / `snapshot_missing`: the newest model snapshot file overwritten with
-  garbage or deleted, then the consumer and the API killed so that both must load a snapshot;
+  garbage or deleted, then the consumer killed and the API restarted (SIGTERM, so this fault
+  stays about snapshots, not about SIGKILL of the API) so that both must load a snapshot;
 - `poison`: malformed messages put on `{prefix}.events` (deep JSON, NUL, bad types, not JSON…);
   each must cost exactly one dead letter and nothing else.
 """
@@ -87,17 +88,16 @@ class Injector:
     def _pause(self) -> float:
         return float(self.rng.uniform(0.2, 2.0))
 
-    def _kill_restart(self, *names: str) -> str:
-        pids = []
-        for name in names:
-            part = self.stack.parts[name]
-            pids.append(f"{name} pid {part.proc.pid if part.proc else '?'}")
-            part.kill()
+    def _kill_restart(self, name: str) -> str:
+        part = self.stack.parts[name]
+        pid = part.proc.pid if part.proc else "?"
+        part.kill()
         pause = self._pause()
         time.sleep(pause)
-        for name in names:
-            self.stack.parts[name].start()
-        return f"SIGKILL {', '.join(pids)}; restarted after {pause:.1f}s"
+        for other in self.stack.parts.values():  # a part stopped on purpose restarts too
+            if not other.alive():
+                other.start()
+        return f"SIGKILL {name} pid {pid}; restarted after {pause:.1f}s"
 
     def _kill_api(self) -> str:
         return self._kill_restart("serve")
@@ -120,9 +120,14 @@ class Injector:
             broker.signal_group(signal.SIGCONT)
         return f"broker stopped (SIGSTOP) for {self.outage_s:.0f}s, then resumed"
 
-    def _newest_snapshot(self) -> Path | None:
-        files = sorted(Path(self.stack.settings.snapshot_dir or "").glob("model-*.vw"))
-        return files[-1] if files else None
+    def _newest_snapshot(self, wait_s: float = 30.0) -> Path | None:
+        """The newest snapshot file, waiting for one to appear (after a fault removed them)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            files = sorted(Path(self.stack.settings.snapshot_dir or "").glob("model-*.vw"))
+            if files or time.monotonic() > deadline:
+                return files[-1] if files else None
+            time.sleep(0.5)
 
     def _snapshot_corrupt(self) -> str:
         newest = self._newest_snapshot()
@@ -130,16 +135,19 @@ class Injector:
             return "no snapshot file yet: nothing corrupted"
         size = newest.stat().st_size
         newest.write_bytes(self.rng.bytes(max(size, 64)))
-        return f"{newest.name} overwritten with {size} random bytes; " + self._kill_restart(
-            "consume", "serve"
-        )
+        return f"{newest.name} overwritten with {size} random bytes; " + self._reload_both()
 
     def _snapshot_missing(self) -> str:
         newest = self._newest_snapshot()
         if newest is None:
             return "no snapshot file yet: nothing deleted"
         newest.unlink()
-        return f"{newest.name} deleted; " + self._kill_restart("consume", "serve")
+        return f"{newest.name} deleted; " + self._reload_both()
+
+    def _reload_both(self) -> str:
+        """Consumer SIGKILLed, API stopped gracefully: both start by loading a snapshot."""
+        self.stack.parts["serve"].stop()
+        return self._kill_restart("consume") + "; API restarted with SIGTERM"
 
     def _poison(self) -> str:
         tag = f"poison{len(self.injections)}"

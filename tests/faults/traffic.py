@@ -71,7 +71,7 @@ class Traffic:
         seed: int,
         threads: int = 2,
         rate_per_thread: float = 25.0,
-        duplicate_share: float = 0.05,
+        duplicate_share: float = 0.15,
     ) -> None:
         self.base_url = base_url
         self.bootstrap = bootstrap

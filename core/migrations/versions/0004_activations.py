@@ -1,14 +1,14 @@
 """activations: deferred decisions, the activations table, the ledger's shared secrets
 
 Revision ID: 0004_activations
-Revises: 0006_keys
+Revises: 0007_rollups
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_activations"
-down_revision = "0006_keys"
+down_revision = "0007_rollups"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,5 @@
-"""controls: where each model snapshot came from (learned, rollback, import), the serving mode
+"""controls: where each model snapshot came from (learned, rollback, import), the serving mode,
+shadow explorers' scores
 
 Revision ID: 0005_controls
 Revises: 0003
@@ -26,9 +27,15 @@ def upgrade() -> None:
         sa.Column("explore", sa.Float(), nullable=False),
         sa.Column("set_at", sa.Float(), nullable=False),
     )
+    op.create_table(
+        "shadow_scores",
+        sa.Column("decision_id", sa.String(128), primary_key=True),
+        sa.Column("pmfs", sa.JSON(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("shadow_scores")
     op.drop_table("serving_modes")
     with op.batch_alter_table("model_snapshots") as batch:
         batch.drop_column("origin")

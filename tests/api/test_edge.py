@@ -1,0 +1,132 @@
+"""Bad input at the edge: body size (413) and nesting (422 naming where) limits, ids the consumer
+would refuse refused by the API with the same reason, the key checked before the body is parsed,
+and OpenAPI that states the limits the server applies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from consumer.errors import BadMessage
+from consumer.records import decode_event
+from core.settings import Settings
+
+BODY_ROUTES = [
+    "/v1/decisions",
+    "/v1/events",
+    "/v1/products",
+    "/v1/products/lamp-1/variants",
+]
+
+
+@pytest.fixture
+def small_client(api_settings: Settings) -> Iterator[TestClient]:
+    """An app that reads at most 4 kB of body."""
+    with TestClient(create_app(api_settings.model_copy(update={"max_body_bytes": 4096}))) as c:
+        yield c
+
+
+def test_a_body_over_the_limit_is_413_declared_or_streamed(
+    small_client: TestClient, headers: dict[str, dict[str, str]]
+) -> None:
+    big = json.dumps({"event_id": "e", "decision_id": "d", "type": "click", "x": "y" * 10_000})
+    r = small_client.post("/v1/events", content=big, headers=headers["events"])
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large"
+    assert r.json()["error"]["details"]["max_bytes"] == 4096
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = small_client.post("/v1/events", content=chunks(), headers=headers["events"])
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large"
+    ok = {"event_id": "e1", "decision_id": "d1", "type": "click"}
+    assert small_client.post("/v1/events", json=ok, headers=headers["events"]).status_code == 202
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES)
+def test_deep_json_is_422_naming_where(
+    client: TestClient, headers: dict[str, dict[str, str]], product: Any, route: str
+) -> None:
+    for body, where in (
+        (b"[" * 2000 + b"]" * 2000, "body" + "[0]" * 32),  # beyond what orjson parses
+        (b'{"context": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}", "body.context.a" + "[0]" * 30),
+    ):
+        r = client.post(route, content=body, headers=headers["admin"])
+        assert r.status_code == 422, (route, r.text)
+        error = r.json()["error"]
+        assert error["details"][0]["field"] == where
+        assert "nested deeper than 32" in error["message"]
+
+
+BAD_IDS = [
+    ("e\x00vil", "must not contain control characters"),
+    ("tab\there", "must not contain control characters"),
+    ("x" * 129, "at most 128 characters"),
+    ("", "at least 1 character"),
+]
+
+
+@pytest.mark.parametrize(("event_id", "reason"), BAD_IDS)
+def test_ids_the_consumer_refuses_are_refused_over_http_alike(
+    client: TestClient, headers: dict[str, dict[str, str]], event_id: str, reason: str
+) -> None:
+    event = {"event_id": event_id, "decision_id": "d1", "type": "click"}
+    with pytest.raises(BadMessage) as refused:
+        decode_event(json.dumps(event).encode())
+    assert f"event_id: {reason}" in str(refused.value) or reason in str(refused.value)
+    r = client.post("/v1/events", json=event, headers=headers["events"])
+    assert r.status_code == 422
+    [bad] = r.json()["error"]["details"]
+    assert bad["index"] == 0 and "event_id" in bad["reason"] and reason in bad["reason"]
+    r = client.post(
+        "/v1/decisions",
+        json={"product_id": "lamp-1", "context": {"k": "v\x00"}},
+        headers=headers["serve"],
+    )
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["field"] == "body.context.k"
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES)
+def test_the_key_is_checked_before_the_body_is_parsed(
+    client: TestClient, headers: dict[str, dict[str, str]], route: str
+) -> None:
+    malformed = b'{"product_id": '
+    r = client.post(route, content=malformed)
+    assert r.status_code == 401, r.text
+    r = client.post(route, content=malformed, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401, r.text
+    r = client.post(route, content=malformed, headers=headers["analyst"])
+    assert r.status_code == 403, r.text
+    r = client.post(route, content=malformed, headers=headers["admin"])
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == "body"
+
+
+def test_openapi_states_the_limits_the_server_applies(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+
+    def body_schema(path: str) -> dict[str, Any]:
+        content = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return content["schema"]  # type: ignore[no-any-return]
+
+    decision = body_schema("/v1/decisions")
+    assert decision["required"] == ["product_id"]
+    pid = decision["properties"]["product_id"]
+    assert (pid["minLength"], pid["maxLength"]) == (1, 128) and "pattern" in pid
+    assert decision["properties"]["context"]["maxProperties"] == 64
+    event = body_schema("/v1/events")["anyOf"][0]
+    for name in ("event_id", "decision_id"):
+        field = event["properties"][name]
+        assert (field["minLength"], field["maxLength"]) == (1, 128)
+        assert field["pattern"] == "^[^\\u0000-\\u001F\\u007F]+$"
+    assert event["properties"]["value"]["anyOf"][0]["minimum"] == 0
+    assert "413" in spec["paths"]["/v1/events"]["post"]["responses"]
