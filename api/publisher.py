@@ -136,6 +136,9 @@ class Publisher:
             "delivery_timeout_ms": int(flush_timeout_s * 1000) - 1000,
             "max_in_flight_requests_per_connection": 1,
             "enable_idempotence": False,
+            # `ensure_topics` creates them (again after a broker restart) with equal partition
+            # counts; a broker default must never decide how decisions are partitioned.
+            "allow_auto_create_topics": False,
             **(producer_config or {}),
         }
         self._producer: KafkaProducer | None = None
