@@ -127,7 +127,7 @@ class RollupReader(ReportReader):
         hours, parts = split(self.f.since, self.f.until)
         r = ReportRollup
         out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 10)
-        sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
+        sums: tuple[Any, ...] = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
         sums += (r.sw, r.sw_click, r.sw_purchase, r.sw_revenue, r.sw2)
         keys = (r.product_id, r.variant_id, r.policy)
         for row in self._rollup(r, hours, keys, sums):
