@@ -164,6 +164,8 @@ def compare(
         fail(f"{len(missing)} of {len(acked)} acknowledged decisions are not in the ledger")
         for kind, n in _blame(missing, acked, injections, t0).items():
             v.lines.append(f"  {n} lost around {kind}")
+        for d in missing[:5]:
+            v.lines.append(f"  e.g. {d}, answered at {acked[d][1] - t0:.2f}s")
     if phantom:
         fail(f"{len(phantom)} ledger decisions were never requested by the producers")
 
