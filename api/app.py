@@ -4,8 +4,9 @@ Start-up builds, in order: the engine and sessions; the API-key cache; the catal
 first full load runs on its own thread; a request for a product not loaded yet reads it once);
 the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
 decision log and its publisher (whose thread creates the Kafka topics, so an unreachable Kafka
-never delays start-up). Shut-down stops them in reverse; the log keeps whatever the ledger does
-not hold yet, for the next process.
+never delays start-up); the storefront's token signer (its key from settings or the ledger) and
+rate limiters. Shut-down stops them in reverse; the log keeps whatever the ledger does not hold
+yet, for the next process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
+from api.cors import StorefrontCors
 from api.decision_log import DecisionLog
 from api.deps import Resources
 from api.keys import KeyCache
@@ -28,6 +30,8 @@ from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder, fair_trial
 from api.publisher import Publisher
 from api.routes import (
+    activations,
+    client_js,
     decisions,
     events,
     features,
@@ -37,10 +41,12 @@ from api.routes import (
     reports,
     variants,
 )
+from api.storefront import Storefront
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
 from core.settings import Settings
+from core.tokens import load_signer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,9 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    for module in (decisions, events, products, variants, reports, features, models, health):
+    app.add_middleware(StorefrontCors, origins=settings.cors_origins)
+    routers = (decisions, activations, events, products, variants, reports, features, models)
+    for module in (*routers, health, client_js):
         app.include_router(module.router)
     return app
 
@@ -101,6 +109,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         publisher=publisher,
         keys=KeyCache(sessions),
         metrics=metrics,
+        storefront=Storefront(load_signer(sessions, settings.token_secret), settings),
     )
     try:
         catalog.start()

@@ -1,7 +1,11 @@
 """Role checks of API keys: the dependencies that admit a route's roles.
 
 Keys are created, revoked and hashed in `core.keys`; the API's cache of their roles is
-`api.keys.KeyCache`.
+`api.keys.KeyCache`. A publishable `storefront` key may also come as `?key=` (a web page's
+`sendBeacon` cannot set headers, and a request without custom headers needs no CORS preflight);
+every other role must use the header. A storefront key is rate limited per key and client
+address here, before the route runs (429 with `Retry-After`). The caller's role and key hash
+are left on `request.state` for routes that check more (events: tokens, per-key limits).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Resources, ResourcesDep
-from api.errors import Forbidden, Unauthorized
+from api.errors import Forbidden, RateLimited, Unauthorized
 from core.keys import ROLES, hash_key
 
 _bearer_doc = "An API key: `Authorization: Bearer cl_…`"
@@ -30,10 +34,11 @@ def require(*roles: str) -> Callable[..., Awaitable[str]]:
     allowed = _allowed(roles)
 
     async def check(
+        request: Request,
         resources: ResourcesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> str:
-        return await _role(resources, credentials, allowed)
+        return await _role(request, resources, credentials, allowed)
 
     return check
 
@@ -53,29 +58,51 @@ class Authorized(HTTPBearer):
 
     async def __call__(self, request: Request) -> Resources:  # type: ignore[override]
         resources: Resources = request.state.resources
-        await _role(resources, await super().__call__(request), self.allowed)
+        await _role(request, resources, await super().__call__(request), self.allowed)
         return resources
 
 
 async def _role(
-    resources: Resources, credentials: HTTPAuthorizationCredentials | None, allowed: frozenset[str]
+    request: Request,
+    resources: Resources,
+    credentials: HTTPAuthorizationCredentials | None,
+    allowed: frozenset[str],
 ) -> str:
-    """The caller's role, or `Unauthorized` / `Forbidden`. Async: a cached key costs no thread
-    hop on the hot path."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    """The caller's role, or `Unauthorized` / `Forbidden` / `RateLimited`. Async: a cached key
+    costs no thread hop on the hot path."""
+    in_query = False
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        key = credentials.credentials
+    else:
+        key = request.query_params.get("key") or ""
+        in_query = bool(key)
+        if not key:
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     keys = resources.keys
-    key_hash = hash_key(credentials.credentials)
+    key_hash = hash_key(key)
     hit, role = keys.cached(key_hash)
     if not hit:
         role = await run_in_threadpool(keys.lookup, key_hash)
     if role is None:
         raise Unauthorized("unknown or revoked API key")
+    if in_query and role != "storefront":
+        raise Unauthorized(
+            "only a publishable storefront key may travel as `?key=`; send this one as "
+            "`Authorization: Bearer <key>`"
+        )
     if role not in allowed:
         raise Forbidden(
             f"a {role!r} key may not call this route; it needs one of {sorted(allowed)}",
             {"role": role, "allowed": sorted(allowed)},
         )
+    if role == "storefront":
+        client = request.client.host if request.client else ""
+        wait = resources.storefront.visitors.take((key_hash, client))
+        if wait:
+            raise RateLimited(
+                "too many requests from this storefront key and address; retry later", wait
+            )
+    request.state.role, request.state.key_hash = role, key_hash
     return role
 
 

@@ -19,6 +19,7 @@ from api.keys import KeyCache
 from api.metrics import Metrics
 from api.policy_holder import PolicyHolder
 from api.publisher import Publisher
+from api.storefront import Storefront
 from core.settings import Settings
 
 
@@ -34,6 +35,7 @@ class Resources:
     publisher: Publisher
     keys: KeyCache
     metrics: Metrics
+    storefront: Storefront
 
 
 async def get_resources(request: Request) -> Resources:

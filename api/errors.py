@@ -14,6 +14,7 @@ response.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,6 +39,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers: dict[str, str] | None = None
 
 
 class Unauthorized(ApiError):
@@ -46,6 +48,25 @@ class Unauthorized(ApiError):
 
 class Forbidden(ApiError):
     status_code, code = 403, "forbidden"
+
+
+class InvalidToken(ApiError):
+    """A storefront key without its decision's valid `token` (details name the items)."""
+
+    status_code, code = 403, "invalid_token"
+
+
+class RateLimited(ApiError):
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(message, {"retry_after_s": seconds})
+        self.headers = {"Retry-After": str(seconds)}
+
+
+class DecisionNotFound(ApiError):
+    status_code, code = 404, "decision_not_found"
 
 
 class ProductNotFound(ApiError):
@@ -121,7 +142,7 @@ def field_errors(errors: Any) -> list[dict[str, Any]]:
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else exc.headers
     return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
 

@@ -136,6 +136,9 @@ class Publisher:
             "delivery_timeout_ms": int(flush_timeout_s * 1000) - 1000,
             "max_in_flight_requests_per_connection": 1,
             "enable_idempotence": False,
+            # `ensure_topics` creates them (again after a broker restart) with equal partition
+            # counts; a broker default must never decide how decisions are partitioned.
+            "allow_auto_create_topics": False,
             **(producer_config or {}),
         }
         self._producer: KafkaProducer | None = None
@@ -152,6 +155,7 @@ class Publisher:
         self._next_check = 0.0
         self._lost_connection = False
         self._backlog = 0  # records tracked and not yet safe, as of the thread's last round
+        self._sending_since = 0.0  # when the send in progress started (0: none)
         self._counts = {"sent": 0, "resent": 0, "confirmed": 0, "abandoned": 0}
 
     # -- the request side ------------------------------------------------------------------------
@@ -178,8 +182,14 @@ class Publisher:
             backlog=self._backlog,
             unread_bytes=sum(max(0, s.size - s.read_pos) for s in segments),
             segments=len(segments),
-            connected=self._producer is not None,
+            connected=self._producer is not None and not self._stalled(),
         )
+
+    def _stalled(self) -> bool:
+        """A send has waited for the broker's acknowledgement longer than `probe_interval_s`
+        (kafka-python keeps retrying a vanished broker for up to its delivery timeout)."""
+        since = self._sending_since
+        return since > 0 and time.monotonic() - since > self.probe_interval_s
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Publisher:
@@ -316,7 +326,7 @@ class Publisher:
             return
         resend: list[tuple[Segment, _Entry]] = []
         for seg, entry in due:
-            held = decisions if entry.kind == Kind.DECISION else events
+            held = {Kind.DECISION: decisions, Kind.EVENT: events}.get(entry.kind, set())
             if entry.ident in held:
                 del self._entries[seg][entry.start]
                 self._counts["confirmed"] += 1
@@ -385,7 +395,7 @@ class Publisher:
             self._lost_connection = False
             for entries in self._entries.values():
                 for entry in entries.values():
-                    if entry.sent_at > 0:
+                    if entry.sent_at > 0 and entry.check_at != float("inf"):  # not queued
                         entry.sent_at, entry.check_at = -1.0, 0.0
             self._next_check = 0.0
 
@@ -408,12 +418,15 @@ class Publisher:
         if producer is None or not records:
             return 0
         futures = []
+        self._sending_since = time.monotonic()
         try:
             for r in records:
                 futures.append(producer.send(r.topic, key=r.key.encode(), value=r.value))
             producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:
             log.warning("sending to Kafka failed (%s); the log keeps the records", exc)
+        finally:
+            self._sending_since = 0.0
         delivered = 0
         for future in futures:
             if not (future.is_done and future.succeeded()):

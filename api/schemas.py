@@ -15,6 +15,11 @@ __all__ = ["CONTEXT", "Context", "Id"]
 class DecisionRequest(BaseModel):
     product_id: Id
     context: Context = Field(default_factory=dict)
+    defer: bool = Field(
+        False,
+        description="Start not activated: the decision counts (and is learned from) only if "
+        "`POST /v1/decisions/{id}/activate` arrives before its window ends.",
+    )
 
 
 class DecisionOut(BaseModel):
@@ -28,6 +33,16 @@ class DecisionOut(BaseModel):
     policy: Literal["bandit", "control", "fallback"]
     probability: float = Field(description="Probability of this variant under the policy.")
     model_version: int = Field(description="Model snapshot version; 0 under the fallback.")
+    activated: bool = Field(description="False for a deferred decision until it is activated.")
+    token: str = Field(
+        description="Signature of the decision id: a storefront key posts events about this "
+        "decision only with it."
+    )
+
+
+class ActivationOut(BaseModel):
+    decision_id: str
+    activated: bool = True
 
 
 class EventsAccepted(BaseModel):

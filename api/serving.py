@@ -47,8 +47,9 @@ def decision_message(
     choice: Choice,
     decision_id: str,
     ts: float,
+    activated: bool = True,
 ) -> Decision:
-    """The decision as published to `{prefix}.decisions`.
+    """The decision as published to `{prefix}.decisions` (`activated` false: deferred).
 
     Every field is already valid (ids from the catalog, the context validated by the route, the
     policy's choice), so the message skips validation; `Decision` still defines what is sent.
@@ -65,4 +66,5 @@ def decision_message(
         actions=list(entry.variant_ids),
         pmf=list(choice.pmf),
         ts=ts,
+        activated=activated,
     )

@@ -2,9 +2,12 @@
 
 Two verbs, each one database transaction:
 
-- `ingest(sessions, decisions, events)` stores a polled batch idempotently: a `decision_id` or an
-  `event_id` seen before changes nothing (first write wins), so a batch redelivered after a crash
-  is harmless. The loop commits Kafka offsets only after this returns.
+- `ingest(sessions, decisions, events, activations)` stores a polled batch idempotently: a
+  `decision_id` or an `event_id` seen before changes nothing (first write wins), so a batch
+  redelivered after a crash is harmless. The loop commits Kafka offsets only after this returns.
+  A deferred decision becomes `activated` in the same transaction once its activation (stored
+  once per decision, whichever of the two arrived first) is in the ledger with `ts` no later
+  than the decision's `ts + reward_window_s`, and only while the decision is open.
 - `close_expired_windows(sessions, settings, now)` closes every open decision whose attribution
   window ended before `now - close_grace_s`, computes its reward from the events whose `ts` lies
   in `[ts - clock_skew_s, ts + reward_window_s]` (an SQL aggregate, so arrival order never
@@ -12,7 +15,9 @@ Two verbs, each one database transaction:
 
 `seq` is the learning order: the model is the newest snapshot plus a replay of the rewards after
 its `last_seq` (`closed_since`). Events outside their decision's span, or that arrived after it
-closed, are kept and listed by `late_events`, never learned from.
+closed, are kept and listed by `late_events`, never learned from. A deferred decision that is
+not activated when its window closes is closed without a reward row: kept, reported as
+`not_activated`, never learned from.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, case, func, or_, select
+from sqlalchemy import Table, and_, case, exists, false, func, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumer.bulk import insert_new, insert_rows, mark_closed
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
-from consumer.records import DecisionRecord, EventRecord
-from core.ledger.tables import Decision, Event, Reward
+from consumer.records import ActivationRecord, DecisionRecord, EventRecord
+from core.ledger.tables import Activation, Decision, Event, Reward
 from core.settings import Settings
 from reports import rollups
 from reports.rollups import Outcome
@@ -42,6 +47,7 @@ DEFAULT_CLOSE_LIMIT = 2000
 _DECISIONS = cast(Table, Decision.__table__)
 _EVENTS = cast(Table, Event.__table__)
 _REWARDS = cast(Table, Reward.__table__)
+_ACTIVATIONS = cast(Table, Activation.__table__)
 
 T = TypeVar("T")
 
@@ -54,6 +60,8 @@ class IngestResult:
     decisions_duplicate: int
     events_new: int
     events_duplicate: int
+    activations_new: int = 0
+    activations_duplicate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +104,27 @@ def ingest(
     sessions: sessionmaker[Session],
     decisions: Sequence[DecisionRecord],
     events: Sequence[EventRecord],
+    activations: Sequence[ActivationRecord] = (),
     *,
     received_at: float | None = None,
+    reward_window_s: float | None = None,
 ) -> IngestResult:
-    """Store a batch in one transaction, idempotently (`INSERT … ON CONFLICT DO NOTHING`).
+    """Store a batch in one transaction, idempotently (`INSERT … ON CONFLICT DO NOTHING`), and
+    activate the batch's open deferred decisions whose activation came in time.
 
+    `reward_window_s` bounds an activation's lateness (`ts <= decision ts + reward_window_s`;
+    the loop passes the setting); None accepts any activation that reaches an open decision.
     Raises `LedgerUnavailable` (retry later) or `BadBatch` (the database refused some row: the
     caller ingests the records one by one to find it).
     """
     now = time.time() if received_at is None else received_at
     decision_rows = [_decision_row(d, now) for d in _first_of_each(decisions, "decision_id")]
     event_rows = [_event_row(e, now) for e in _first_of_each(events, "event_id")]
-    new_decisions = new_events = 0
+    activation_rows = [
+        {"decision_id": a.decision_id, "ts": a.ts, "received_at": now}
+        for a in _first_of_each(activations, "decision_id")
+    ]
+    new_decisions = new_events = new_activations = 0
     try:
         with ledger_errors(), sessions.begin() as s:
             # executemany: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues") and
@@ -120,6 +137,15 @@ def ingest(
             new_events = len(inserted)
             # An in-span event of an already closed decision moves the report's rollups.
             rollups.add_late_events(s, [e for e in event_rows if e["event_id"] in inserted])
+            if activation_rows:
+                new_activations = insert_rows(
+                    s, _ACTIVATIONS, activation_rows, skip_existing="decision_id"
+                )
+            # Either half of a pair may come first: look from both sides, in this transaction.
+            touched = [r["decision_id"] for r in decision_rows if r["deferred"]]
+            touched += [r["decision_id"] for r in activation_rows]
+            if touched:
+                _activate(s, touched, reward_window_s)
     except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
         raise BadBatch(f"the ledger refused the batch: {str(exc).splitlines()[0]}") from exc
     return IngestResult(
@@ -127,7 +153,35 @@ def ingest(
         decisions_duplicate=len(decisions) - new_decisions,
         events_new=new_events,
         events_duplicate=len(events) - new_events,
+        activations_new=new_activations,
+        activations_duplicate=len(activations) - new_activations,
     )
+
+
+def _activate(s: Session, decision_ids: Sequence[str], reward_window_s: float | None) -> int:
+    """Mark activated the open, not yet activated decisions among `decision_ids` that have an
+    activation in time; returns how many changed. Open only: a closed decision's fate (learned
+    or not) is final, so the report never disagrees with what was learned."""
+    in_time = [Activation.decision_id == Decision.decision_id]
+    if reward_window_s is not None:
+        in_time.append(Activation.ts <= Decision.ts + reward_window_s)
+    changed = 0
+    for chunk in _chunks(sorted(set(decision_ids)), _CHUNK):
+        changed += len(
+            s.execute(
+                update(Decision)
+                .where(
+                    Decision.decision_id.in_(chunk),
+                    Decision.activated == false(),
+                    Decision.closed_at.is_(None),
+                    exists().where(and_(*in_time)),
+                )
+                .values(activated=True)
+                .returning(Decision.decision_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        )
+    return changed
 
 
 def close_expired_windows(
@@ -139,7 +193,8 @@ def close_expired_windows(
     limit: int = DEFAULT_CLOSE_LIMIT,
 ) -> list[ClosedDecision]:
     """Close up to `limit` open decisions with `now > ts + reward_window_s + close_grace_s`,
-    oldest first (`ts`, then `decision_id`), in one transaction; return them in `seq` order.
+    oldest first (`ts`, then `decision_id`), in one transaction; return the activated ones,
+    rewarded, in `seq` order (a deferred decision never activated is closed without a reward).
 
     `now` is the time up to which the ledger is known to hold every event (the loop passes an
     ingestion watermark, never ahead of the wall clock). With `expected_last_seq`, the caller
@@ -168,19 +223,23 @@ def close_expired_windows(
                     Decision.context,
                     Decision.actions,
                     Decision.probability,
+                    Decision.activated,
                     Decision.policy,
                     Decision.ts,
                 )
                 .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
                 .order_by(Decision.ts, Decision.decision_id)
                 .limit(limit)
+                # PostgreSQL: an activation committed meanwhile waits, then finds them closed.
+                .with_for_update()
             ).all()
             if not due:
                 return []
             ids = [row.decision_id for row in due]
-            counts = _event_counts(s, ids, settings)
+            learned = [row for row in due if row.activated]
+            counts = _event_counts(s, [row.decision_id for row in learned], settings)
             closed = []
-            for seq, row in enumerate(due, start=last_seq + 1):
+            for seq, row in enumerate(learned, start=last_seq + 1):
                 clicks, carts, purchases, revenue = counts.get(row.decision_id, (0, 0, 0, 0.0))
                 reward = (
                     (weights["click"] if clicks else 0.0)
@@ -207,8 +266,10 @@ def close_expired_windows(
             if mark_closed(s, ids, closed_at) != len(ids):
                 raise LeaseLost("another closer closed some of these decisions first")
             # The report's rollups take these decisions in the same transaction: exactly once.
-            outcomes = [_outcome(r, c) for r, c in zip(due, closed, strict=True)]
-            rollups.add_closed(s, settings, outcomes, [(r.decision_id, r.context) for r in due])
+            # Never-activated decisions are no impressions: they stay out of the rollups too.
+            outcomes = [_outcome(r, c) for r, c in zip(learned, closed, strict=True)]
+            contexts = [(r.decision_id, r.context) for r in learned]
+            rollups.add_closed(s, settings, outcomes, contexts)
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed
@@ -335,6 +396,8 @@ def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:
         "received_at": received_at,
         "partition": d.partition,
         "closed_at": None,
+        "deferred": d.deferred,
+        "activated": not d.deferred,
     }
 
 

@@ -4,7 +4,8 @@
     python -m consumer.loop               # settings from the environment (COPYLOOP_*)
 
 Joiner (every group member; this thread): poll a batch from `{prefix}.decisions` and
-`{prefix}.events` → decode (bad messages become dead letters) → `ingest` in one transaction →
+`{prefix}.events` (events and activations) → decode (bad messages become dead letters) →
+`ingest` in one transaction →
 publish the dead letters → commit the batch's offsets. Offsets are committed only after the
 database commit and the dead-letter acknowledgement, so a crash anywhere redelivers the batch
 and the idempotent ingest makes that harmless. A retriable failure (ledger or DLQ down) seeks
@@ -40,7 +41,13 @@ from consumer.dlq import DeadLetter, DeadLetterQueue
 from consumer.errors import Backoff, BadBatch, BadMessage, ConsumerError
 from consumer.join import ingest
 from consumer.learner import ElectedLearner, StepReport
-from consumer.records import DecisionRecord, EventRecord, decode_decision, decode_event
+from consumer.records import (
+    ActivationRecord,
+    DecisionRecord,
+    EventRecord,
+    decode_decision,
+    decode_events_message,
+)
 from consumer.watermark import IngestWatermark
 from core.broker import ensure_topics
 from core.ledger import make_engine, make_sessionmaker
@@ -58,6 +65,10 @@ class LoopTuning:
     max_poll_interval_ms: int = 5000  # short: tansu and Kafka wait this long on a group join
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    # How stale the topic metadata may get. kafka-python's default (5 minutes) kept a consumer
+    # idle for minutes after the embedded broker restarted empty: the topics are created again
+    # (by the API or `up`) after the group rejoined with nothing to assign.
+    metadata_max_age_ms: int = 3000
     lease_ttl_s: float = 10.0  # a crashed learner is replaced after at most this long
     close_interval_s: float = 0.25  # how often the learner looks for windows to close
     close_limit: int = 2000  # decisions closed per transaction
@@ -70,6 +81,7 @@ class Progress:
 
     decisions: int = 0  # new decisions stored
     events: int = 0  # new events stored
+    activations: int = 0  # new activations stored
     duplicates: int = 0  # redelivered or repeated decisions and events, ignored
     dead_lettered: int = 0
     closed: int = 0  # windows closed by this process
@@ -129,6 +141,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             max_poll_interval_ms=tuning.max_poll_interval_ms,
             session_timeout_ms=tuning.session_timeout_ms,
             heartbeat_interval_ms=tuning.heartbeat_interval_ms,
+            metadata_max_age_ms=tuning.metadata_max_age_ms,
+            # Topics are created with the configured partition count (`ensure_topics`), never
+            # by the broker's defaults because a consumer asked for them too early.
+            allow_auto_create_topics=False,
         )
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
 
@@ -152,41 +168,55 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
     def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         decisions: list[tuple[Any, DecisionRecord]] = []
         events: list[tuple[Any, EventRecord]] = []
+        activations: list[tuple[Any, ActivationRecord]] = []
         letters: list[DeadLetter] = []
         for tp, records in batch.items():
             for r in records:
                 try:
                     if tp.topic == self._settings.decisions_topic:
                         decisions.append((r, decode_decision(r.value, tp.partition)))
+                        continue
+                    record = decode_events_message(r.value, r.timestamp)
+                    if isinstance(record, ActivationRecord):
+                        activations.append((r, record))
                     else:
-                        events.append((r, decode_event(r.value, r.timestamp)))
+                        events.append((r, record))
                 except BadMessage as exc:
                     letters.append(_letter(r, str(exc)))
                 except Exception as exc:  # whatever one message does, it is poison
                     letters.append(_letter(r, _unexpected(exc)))
         try:
-            result = ingest(self._sessions, [d for _, d in decisions], [e for _, e in events])
+            result = ingest(
+                self._sessions,
+                [d for _, d in decisions],
+                [e for _, e in events],
+                [a for _, a in activations],
+                reward_window_s=self._settings.reward_window_s,
+            )
             stored = {
                 "decisions": result.decisions_new,
                 "events": result.events_new,
-                "duplicates": result.decisions_duplicate + result.events_duplicate,
+                "activations": result.activations_new,
+                "duplicates": result.decisions_duplicate
+                + result.events_duplicate
+                + result.activations_duplicate,
             }
         except ConsumerError as exc:
             if not isinstance(exc, BadBatch):
                 self._retry_later(batch, exc)
                 return
             log.warning("%s; ingesting the batch message by message", exc)
-            stored = {"decisions": 0, "events": 0, "duplicates": 0}
+            stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
             try:
-                self._ingest_one_by_one(decisions, events, letters, stored)
+                self._ingest_one_by_one(decisions, events, activations, letters, stored)
             except ConsumerError as one_exc:
                 self._retry_later(batch, one_exc)
                 return
         except Exception:  # not the database's refusal, not its absence: find the culprit
             log.exception("ingesting a batch failed unexpectedly; ingesting message by message")
-            stored = {"decisions": 0, "events": 0, "duplicates": 0}
+            stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
             try:
-                self._ingest_one_by_one(decisions, events, letters, stored)
+                self._ingest_one_by_one(decisions, events, activations, letters, stored)
             except ConsumerError as one_exc:
                 self._retry_later(batch, one_exc)
                 return
@@ -203,14 +233,16 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         self,
         decisions: list[tuple[Any, DecisionRecord]],
         events: list[tuple[Any, EventRecord]],
+        activations: list[tuple[Any, ActivationRecord]],
         letters: list[DeadLetter],
         stored: dict[str, int],
     ) -> None:
         """Find the records the database refuses (a `BadBatch`, or an unexpected error that one
         record alone causes) and dead-letter them alone; an unavailable ledger propagates."""
+        window = self._settings.reward_window_s
         for r, d in decisions:
             try:
-                res = ingest(self._sessions, [d], [])
+                res = ingest(self._sessions, [d], [], reward_window_s=window)
                 stored["decisions"] += res.decisions_new
                 stored["duplicates"] += res.decisions_duplicate
             except BadBatch as exc:
@@ -224,6 +256,17 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 res = ingest(self._sessions, [], [e])
                 stored["events"] += res.events_new
                 stored["duplicates"] += res.events_duplicate
+            except BadBatch as exc:
+                letters.append(_letter(r, str(exc)))
+            except ConsumerError:
+                raise
+            except Exception as exc:  # this record alone: poison
+                letters.append(_letter(r, _unexpected(exc)))
+        for r, a in activations:
+            try:
+                res = ingest(self._sessions, [], [], [a], reward_window_s=window)
+                stored["activations"] += res.activations_new
+                stored["duplicates"] += res.activations_duplicate
             except BadBatch as exc:
                 letters.append(_letter(r, str(exc)))
             except ConsumerError:

@@ -87,13 +87,16 @@ def _parse_time(value: str | None, name: str) -> float | None:
 def up(
     host: Annotated[str | None, typer.Option(help="API host.")] = None,
     port: Annotated[int | None, typer.Option(help="API port.")] = None,
+    shop_port: Annotated[
+        int | None, typer.Option(help="Also serve the demo shop page (the snippet) on this port.")
+    ] = None,
 ) -> None:
     """Everything on embedded defaults: DB, broker unless Kafka is set, API, consumer, scheduler."""
     from copyloop.runner import run_until_signal
 
     _logging()
     overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
-    run_until_signal(_settings(**overrides))
+    run_until_signal(_settings(**overrides), shop_port=shop_port)
 
 
 @app.command()
@@ -103,11 +106,20 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", help="Last stdout line: summary JSON.")
     ] = False,
+    shop_port: Annotated[
+        int | None,
+        typer.Option(
+            help="After the simulation, keep running and serve the demo shop page (the "
+            "snippet against the live API) on this port until Ctrl-C."
+        ),
+    ] = None,
 ) -> None:
     """`up` plus a simulated storefront; ends with a bandit-vs-control table and the HTML report."""
     from copyloop.demo import run_demo
 
-    summary = run_demo(_settings(), impressions=impressions, seed=seed, quiet=as_json)
+    summary = run_demo(
+        _settings(), impressions=impressions, seed=seed, quiet=as_json, shop_port=shop_port
+    )
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
 
@@ -582,6 +594,7 @@ def export(
 class Role(StrEnum):
     serve = "serve"
     events = "events"
+    storefront = "storefront"
     analyst = "analyst"
     admin = "admin"
 

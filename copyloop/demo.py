@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -155,8 +156,14 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def run_demo(
-    settings: Settings, impressions: int, seed: int, quiet: bool = False
+    settings: Settings,
+    impressions: int,
+    seed: int,
+    quiet: bool = False,
+    shop_port: int | None = None,
 ) -> dict[str, Any]:
+    """Play `impressions` simulated page views and summarise them; with `shop_port`, then keep
+    the stack up and serve the demo shop (`copyloop.shop`) until Ctrl-C."""
     console = Console(stderr=quiet, quiet=False)
     settings = demo_settings(settings)
     started = time.time()
@@ -179,9 +186,30 @@ def run_demo(
         finally:
             producer.close()
         report = _settle(base, keys["analyst"], settings, sent, console, stack)
-    summary = _summarise(report, sent, settings, time.time() - started)
-    _print_table(console, report, summary)
+        summary = _summarise(report, sent, settings, time.time() - started)
+        _print_table(console, report, summary)
+        if shop_port is not None:
+            _serve_shop(settings, shop_port, console, stack)
     return summary
+
+
+def _serve_shop(settings: Settings, port: int, console: Console, stack: Stack) -> None:
+    """The demo shop against the live stack, until Ctrl-C or SIGTERM."""
+    from copyloop.shop import open_shop
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open_shop(settings, port) as shop:
+            console.print(
+                f"demo shop: {shop.url} (scroll, click, add to cart, buy); what copyloop "
+                f"recorded: {shop.url}report. Ctrl-C stops."
+            )
+            while not stop.wait(1.0):
+                stack.check()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _prepare(settings: Settings, console: Console) -> dict[str, str]:

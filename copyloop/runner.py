@@ -179,12 +179,22 @@ class Stack:
         self.stop()
 
 
-def run_until_signal(settings: Settings) -> None:
-    """Start everything and supervise it until Ctrl-C / SIGTERM."""
+def run_until_signal(settings: Settings, shop_port: int | None = None) -> None:
+    """Start everything and supervise it until Ctrl-C / SIGTERM; with `shop_port`, also the
+    demo shop page (`copyloop.shop`) on that port."""
+    from copyloop.shop import open_shop
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with Stack(settings) as stack:
         log.info("copyloop is up: API on http://%s:%d", settings.api_host, settings.api_port)
-        while not stop.wait(0.5):
-            stack.supervise()
+        shop = None if shop_port is None else open_shop(stack.settings, shop_port).start()
+        try:
+            if shop is not None:
+                log.info("demo shop on %s (its counts: %sreport)", shop.url, shop.url)
+            while not stop.wait(0.5):
+                stack.supervise()
+        finally:
+            if shop is not None:
+                shop.stop()

@@ -4,8 +4,9 @@ and the CLI (`copyloop keys …`) both stand on this.
 A key is `cl_` + `secrets.token_urlsafe(32)`; the ledger stores only its SHA-256 hex digest, so a
 leaked database does not leak usable keys. A key's public id (`copyloop keys list|revoke`) is the
 first `KEY_ID_CHARS` hex digits of that digest: it names the key without revealing it, and keys
-created before ids existed have one too. Roles: `serve`, `events`, `analyst`, `admin`; `admin`
-may call every route.
+created before ids existed have one too. Roles: `serve`, `events`, `storefront`
+(publishable: safe in a web page; decisions, activations, and events that carry their
+decision's token), `analyst`, `admin`; `admin` may call every route.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.ledger.tables import ApiKey
 
-ROLES = ("serve", "events", "analyst", "admin")
+ROLES = ("serve", "events", "storefront", "analyst", "admin")
 KEY_PREFIX = "cl_"
 KEY_ID_CHARS = 12
 

@@ -1,11 +1,17 @@
 """The messages on Kafka, shared by the API (which produces them) and the consumer (which reads
-them): a decision, and a storefront event. Events are validated here once, with messages that
-name the field; the API maps a failure to 422, the consumer to the DLQ.
+them): a decision, a storefront event, and an activation. Events are validated here once, with
+messages that name the field; the API maps a failure to 422, the consumer to the DLQ.
 
 What the API accepts and what the consumer stores are the same rules, defined once here: ids
 (`Id`: 1 to 128 characters, no control characters, which the ledger cannot key or PostgreSQL
 cannot store), and the page-view context (`Context`: flat scalars, bounded, no NUL). So an
 event the API answered 202 is never dead-lettered by the consumer for its content.
+
+An activation (`POST /v1/decisions/{id}/activate`: the storefront saw the copy) travels on
+`{prefix}.events`, keyed by its decision id like the decision's events, as
+`{"type": "activation", "decision_id": …, "ts": <epoch ms>}`. The same topic on purpose: the
+consumer's ingestion watermark, which keeps a window from closing while its events still wait
+in Kafka, then covers activations too, and an activation shares its decision's partition.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pydantic import (
 )
 
 EVENT_TYPES = ("click", "add_to_cart", "purchase")
+#: `type` of an activation message on `{prefix}.events` (never an event type).
+ACTIVATION = "activation"
 EventType = Literal["click", "add_to_cart", "purchase"]
 
 #: Epoch timestamps outside these bounds are refused: before 2000 or after 2200 is a unit error.
@@ -195,9 +203,32 @@ class Decision(BaseModel):
     actions: list[str]
     pmf: list[float]
     ts: float
+    activated: bool = Field(
+        True, description="False for a deferred decision: it counts once activated in time."
+    )
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude={"text"}).encode()
+
+
+class Activation(BaseModel):
+    """A deferred decision's copy was seen: `{prefix}.events`, key = decision_id."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    type: Literal["activation"]
+    decision_id: Id
+    ts: float = Field(description="ISO-8601 or epoch ms: when the storefront activated it.")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, value: object) -> float:
+        return parse_ts(value)
+
+    def to_bytes(self) -> bytes:
+        """The message value, `ts` in epoch milliseconds like the events'."""
+        body = {"type": ACTIVATION, "decision_id": self.decision_id, "ts": self.ts * 1000.0}
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def explain(exc: ValidationError) -> str:

@@ -232,6 +232,36 @@ class Settings(BaseSettings):
         "events takes ~200 kB, of 1,000 products a few MB.",
     )
 
+    # storefront: publishable keys, decision tokens, rate limits
+    token_secret: str | None = Field(
+        None,
+        description="Key that signs each decision's `token` (HMAC-SHA256 of the decision id). "
+        "Unset: a random one is created once and kept in the ledger (`ledger_secrets`), shared "
+        "by every API process on that ledger. Changing it invalidates the tokens already out.",
+    )
+    storefront_rate_per_s: float = Field(
+        20.0,
+        gt=0,
+        description="Requests per second a storefront key may make from one client address "
+        "(token bucket; over it: 429 with Retry-After).",
+    )
+    storefront_burst: float = Field(
+        60.0, ge=1, description="Requests a storefront key and address may make at once."
+    )
+    events_rate_per_s: float = Field(
+        20_000.0,
+        gt=0,
+        description="Events per second one `events` key may post over HTTP (token bucket).",
+    )
+    events_burst: float = Field(
+        40_000.0, ge=1000, description="Events one `events` key may post at once (≥ a batch)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins whose pages may call the storefront routes (comma-separated; "
+        "`*`: any). Keys travel in headers or `?key=`, never cookies.",
+    )
+
     # scheduler
     scheduler_interval_s: float = Field(30.0, gt=0, description="Seconds between scheduler ticks.")
 
@@ -299,7 +329,7 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("banned_terms", "finetune_options", mode="before")
+    @field_validator("banned_terms", "finetune_options", "cors_origins", mode="before")
     @classmethod
     def _split_lists(cls, value: object, info: ValidationInfo) -> object:
         # Environment variables are strings: accept JSON, or terms separated by commas (banned
@@ -307,7 +337,8 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             if value.lstrip().startswith("["):
                 return json.loads(value)
-            parts = value.split(",") if info.field_name == "banned_terms" else value.split()
+            spaced = info.field_name == "finetune_options"
+            parts = value.split() if spaced else value.split(",")
             return [t.strip() for t in parts if t.strip()]
         return value
 

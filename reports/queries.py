@@ -11,6 +11,10 @@ Everything runs on one connection in one read transaction (`ReportReader`): on S
 deferred one, so a long report never holds the write lock the consumer needs (WAL readers do
 not block writers); the temporary table lives in SQLite's `temp` schema / PostgreSQL's
 `pg_temp` and is dropped when the reader closes.
+
+Only activated decisions are impressions (`Filters.where`): a deferred decision counts once the
+storefront activated it in time; until then, and for ever once its window closed without one,
+it is left out of every count and listed apart (`ReportReader.activation_counts`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    false,
     func,
     select,
     true,
@@ -67,8 +72,10 @@ class Filters:
     until: float | None = None
     product_id: str | None = None
 
-    def where(self, table: Any = Decision) -> list[Any]:
-        where = []
+    def where(self, table: Any = Decision, *, impressions: bool = True) -> list[Any]:
+        """The window's conditions on `table`; on decisions, with `impressions`, only the
+        activated ones (the impressions)."""
+        where = [Decision.activated == true()] if impressions and table is Decision else []
         if self.since is not None:
             where.append(table.ts >= self.since)
         if self.until is not None:
@@ -223,6 +230,19 @@ class ReportReader:
             )
         }
         return [(p, n, *sums.get(p, (0, 0, 0.0, 0.0))) for p, n in counts]
+
+    def activation_counts(self) -> dict[str, tuple[int, int]]:
+        """Per policy, the window's deferred decisions not activated: `(not_activated,
+        awaiting)`, the first closed without an activation in time (never learned from), the
+        second still open (an activation may yet come)."""
+        window = self.f.where(impressions=False)
+        closed = case((Decision.closed_at.is_(None), 0), else_=1)
+        rows = self.conn.execute(
+            select(Decision.policy, func.sum(closed), func.count())
+            .where(*window, Decision.activated == false())
+            .group_by(Decision.policy)
+        ).all()
+        return {policy: (int(done or 0), int(n) - int(done or 0)) for policy, done, n in rows}
 
     def ts_range(self) -> tuple[float | None, float | None]:
         """Earliest and latest decision ts in the window (an index read)."""

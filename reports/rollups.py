@@ -20,6 +20,10 @@ serializes writers anyway).
 
 Writers: `add_closed` (the closer), `add_late_events` (ingest), `rebuild` (the CLI). Readers:
 `state`, `usable`.
+
+Only activated decisions are impressions: a deferred decision closed without an activation in
+time never enters the rollups, and its late events move nothing (`direct_outcomes` and the
+late-event lookup read activated decisions only).
 """
 
 from __future__ import annotations
@@ -208,7 +212,9 @@ def add_late_events(s: Session, new_events: Sequence[Mapping[str, Any]]) -> int:
     for chunk in _chunks(decision_ids):
         for row in conn.execute(
             select(*_DECISION_COLUMNS).where(
-                Decision.decision_id.in_(chunk), Decision.closed_at.is_not(None)
+                Decision.decision_id.in_(chunk),
+                Decision.closed_at.is_not(None),
+                Decision.activated == true(),
             )
         ):
             closed[row.decision_id] = row
@@ -376,8 +382,9 @@ def _outcome(row: Any, events: Iterable[Any]) -> Outcome:
 
 
 def direct_outcomes(conn: Connection, settings: Settings, where: Sequence[Any]) -> list[Outcome]:
-    """The outcome of every decision matching `where` (clauses on `Decision`), computed from the
-    events the way the report's full scan does (`queries.outcomes`)."""
+    """The outcome of every activated decision matching `where` (clauses on `Decision`),
+    computed from the events the way the report's full scan does (`queries.outcomes`)."""
+    where = [*where, Decision.activated == true()]
     decisions = conn.execute(select(*_DECISION_COLUMNS).where(*where)).all()
     if not decisions:
         return []

@@ -6,8 +6,11 @@ A decision's outcome counts the events whose `ts` falls in `[ts − clock_skew_s
 reward_window_s]` (CONTRACT.md), whether or not its window has closed yet, so the counts always
 equal what producers sent for the decisions in range. Per arm: `impressions`, `clicks` and
 `purchases` (decisions with at least one), `revenue` (sum of purchase values), `ctr`, `cvr`,
-`revenue_per_impression`. `uplift.<metric>` compares the `bandit` arm with `control`: the
-headline comes from the randomized holdout only, with its CUPED twin in `uplift.<metric>.cuped`
+`revenue_per_impression`, and `not_activated` (deferred decisions closed without an activation:
+never impressions, never learned from) beside `awaiting_activation` (deferred, still open).
+Only activated decisions are impressions. `uplift.<metric>` compares the `bandit` arm with
+`control`: the headline comes from the randomized holdout only, with its CUPED twin in
+`uplift.<metric>.cuped`
 (`pre_period`). `ci` picks the interval kind of every lift in the report: `fixed` (read once) or
 `sequential` (always valid: safe to watch after every batch; `intervals`).
 
@@ -129,6 +132,7 @@ def uplift_report(
             cutoff = q.context_cutoff(context_sample)
         ctx_rows = q.contexts(cutoff) if context_sample > 0 else []
         raw = q.recent_logged(ope_sample) if ope_sample > 0 else []
+        unseen = q.activation_counts()
         shadowed = q.shadow_logged(ope_sample) if ope_sample > 0 else []
         cuped_inputs = _cuped_inputs(q, f, lo, hi, cube_rows)
 
@@ -136,6 +140,8 @@ def uplift_report(
     for r in cube_rows:
         by_arm[r[2]] += Sums.of(r, 3)
     arms = {arm: by_arm[arm].metrics() for arm in ARMS}
+    for arm, counts in arms.items():
+        counts["not_activated"], counts["awaiting_activation"] = unseen.get(arm, (0, 0))
     randomized = sum(by_arm[a].n for a in RANDOMIZED)
     pp, analysis, pre = cuped_inputs
     headline = lift(by_arm)

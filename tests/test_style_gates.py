@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["core", "bandit", "reports", "generator", "consumer", "api", "copyloop"]
+PACKAGES = [
+    "copyloop_client",
+    "core",
+    "bandit",
+    "reports",
+    "generator",
+    "consumer",
+    "api",
+    "copyloop",
+]
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -9,6 +9,10 @@ The hot path is kept lean on purpose (each piece measured in BENCHMARKS.md): one
 (`ServingDep`: the key check, returning the app's resources) instead of one per resource, the
 arms' VW lines rendered once per catalog refresh, and the answer encoded once with orjson and
 returned as a `Response` (`response_model` still documents it).
+
+`defer=1` (query) or `"defer": true` (body) serves a decision that starts not activated (see
+`api.routes.activations`). The query string is the context, less two reserved names: `defer`,
+and `key` (a publishable storefront key, `api.auth`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNot
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
 from api.serving import choose, decision_message
 
-#: A `serve` (or `admin`) key; the app's resources.
-ServingDep = Annotated[Resources, Depends(Authorized("serve"))]
+#: A `serve` or `storefront` (or `admin`) key; the app's resources.
+ServingDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
+#: Query names that are not context.
+RESERVED = ("defer", "key")
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 router = APIRouter(
     tags=["decisions"],
@@ -49,14 +56,21 @@ async def variant_for_page_view(
     request: Request,
     resources: ServingDep,
 ) -> Response:
-    """Serve one variant; every query parameter is a context feature (`?device=mobile&…`)."""
+    """Serve one variant; every query parameter but `defer` and `key` is a context feature
+    (`?device=mobile&…`); `defer=1` starts it not activated."""
+    params = dict(request.query_params)
+    reserved = {name: params.pop(name, None) for name in RESERVED}
+    defer = _FLAGS.get((reserved["defer"] or "").lower())
+    if defer is None:
+        reason = f"must be 1/0/true/false, got {reserved['defer']!r}"
+        raise InvalidRequest("invalid `defer`", [{"field": "query.defer", "reason": reason}])
     try:
-        context = CONTEXT.validate_python(dict(request.query_params))
+        context = CONTEXT.validate_python(params)
     except ValidationError as exc:
         details = [{**d, "field": f"query.{d['field']}"} for d in field_errors(exc.errors())]
         raise InvalidRequest("invalid context in the query string", details) from None
     entry = await _entry(resources.catalog, product_id)
-    return _decide(entry, product_id, context, resources)
+    return _decide(entry, product_id, context, resources, defer)
 
 
 @router.post(
@@ -73,7 +87,7 @@ async def decide(request: Request, resources: ServingDep) -> Response:
     """Serve one variant of `product_id` for the page view described by `context`."""
     body = await read_model(request, DecisionRequest)  # after the key check, never before
     entry = await _entry(resources.catalog, body.product_id)
-    return _decide(entry, body.product_id, body.context, resources)
+    return _decide(entry, body.product_id, body.context, resources, body.defer)
 
 
 async def _entry(catalog: CatalogCache, product_id: str) -> CatalogEntry:
@@ -89,14 +103,20 @@ async def _entry(catalog: CatalogCache, product_id: str) -> CatalogEntry:
 
 
 def _decide(
-    entry: CatalogEntry, product_id: str, context: dict[str, Any], resources: Resources
+    entry: CatalogEntry,
+    product_id: str,
+    context: dict[str, Any],
+    resources: Resources,
+    defer: bool = False,
 ) -> Response:
     """Choose, log the decision (durable before the answer), count it, answer it
     (`DecisionOut`'s JSON)."""
     choice = choose(entry, context, resources.policies.policy)
     decision_id = uuid.uuid4().hex
     i = choice.index
-    message = decision_message(entry, product_id, context, choice, decision_id, time.time())
+    message = decision_message(
+        entry, product_id, context, choice, decision_id, time.time(), activated=not defer
+    )
     resources.publisher.publish(
         resources.settings.decisions_topic,
         decision_id,
@@ -104,6 +124,7 @@ def _decide(
         Kind.DECISION,
         decision_id,
     )
+    resources.storefront.served(decision_id)
     resources.metrics.decisions.labels(choice.policy).inc()
     answer: dict[str, Any] = {  # the fields of DecisionOut, in its order
         "decision_id": decision_id,
@@ -114,5 +135,7 @@ def _decide(
         "policy": choice.policy,
         "probability": choice.probability,
         "model_version": choice.model_version,
+        "activated": not defer,
+        "token": resources.storefront.signer.sign(decision_id),
     }
     return Response(orjson.dumps(answer), media_type="application/json")

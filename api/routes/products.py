@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import ValidationError
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -119,8 +119,8 @@ def read_product(
 
 
 def variant_stats(session: Session, product_id: str) -> dict[str, VariantStats]:
-    """Per variant of `product_id`: decisions, and decisions with ≥1 click / add-to-cart /
-    purchase, plus purchase revenue (all events joined, whatever their timing)."""
+    """Per variant of `product_id`: activated decisions (impressions), and those with ≥1 click /
+    add-to-cart / purchase, plus purchase revenue (all events joined, whatever their timing)."""
 
     def has(kind: str) -> Any:
         return func.max(case((Event.type == kind, 1), else_=0))
@@ -136,7 +136,7 @@ def variant_stats(session: Session, product_id: str) -> dict[str, VariantStats]:
             ).label("revenue"),
         )
         .join(Decision, Decision.decision_id == Event.decision_id)
-        .where(Decision.product_id == product_id)
+        .where(Decision.product_id == product_id, Decision.activated == true())
         .group_by(Event.decision_id)
         .subquery()
     )
@@ -150,7 +150,7 @@ def variant_stats(session: Session, product_id: str) -> dict[str, VariantStats]:
             func.coalesce(func.sum(per_decision.c.revenue), 0.0),
         )
         .outerjoin(per_decision, per_decision.c.decision_id == Decision.decision_id)
-        .where(Decision.product_id == product_id)
+        .where(Decision.product_id == product_id, Decision.activated == true())
         .group_by(Decision.variant_id)
     ).all()
     out = {}

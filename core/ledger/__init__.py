@@ -6,12 +6,14 @@ Tables are in `tables`, engines and sessions in `sessions`, shared reads and ide
 
 from core.ledger.sessions import is_sqlite, make_engine, make_sessionmaker
 from core.ledger.tables import (
+    Activation,
     ApiKey,
     Base,
     Decision,
     Event,
     GeneratorVersion,
     JobLease,
+    LedgerSecret,
     ModelSnapshot,
     Product,
     Reward,
@@ -21,12 +23,14 @@ from core.ledger.tables import (
 )
 
 __all__ = [
+    "Activation",
     "ApiKey",
     "Base",
     "Decision",
     "Event",
     "GeneratorVersion",
     "JobLease",
+    "LedgerSecret",
     "ModelSnapshot",
     "Product",
     "Reward",

@@ -20,6 +20,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,6 +71,11 @@ class Decision(Base):
     probability of each under the logging policy (holdout included), `probability` that of the
     chosen one. `closed_at` is set once, when the attribution window is closed and the reward
     row written.
+
+    `deferred` decisions start with `activated` false; the consumer sets it once an activation
+    with `ts <= decision ts + reward window` reaches the open decision. Only activated decisions
+    are impressions: reported, rewarded and learned from. A deferred decision closed while not
+    activated gets no reward row (it is reported as `not_activated`).
     """
 
     __tablename__ = "decisions"
@@ -86,14 +93,47 @@ class Decision(Base):
     received_at: Mapped[float] = mapped_column(Float)
     partition: Mapped[int] = mapped_column(Integer, default=0)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deferred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    activated: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     __table_args__ = (
         Index("ix_decisions_open", "closed_at", "ts"),
         Index("ix_decisions_ts", "ts"),
         Index("ix_decisions_product", "product_id", "ts"),
-        Index("ix_decisions_report", "product_id", "variant_id", "policy", "ts", "probability"),
-        Index("ix_decisions_ts_policy_variant", "ts", "policy", "variant_id"),
+        Index(
+            "ix_decisions_report",
+            "product_id",
+            "variant_id",
+            "policy",
+            "ts",
+            "probability",
+            "activated",
+        ),
+        Index("ix_decisions_ts_policy_variant", "ts", "policy", "variant_id", "activated"),
     )
+
+
+class Activation(Base):
+    """The first activation of a decision (`POST /v1/decisions/{id}/activate`): `ts` is when
+    the storefront activated it. Kept whether or not it came in time, or its decision was
+    deferred; replays change nothing (first write wins)."""
+
+    __tablename__ = "activations"
+
+    decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class LedgerSecret(Base):
+    """A secret every API process shares through the ledger, created once by the first one
+    (`core.tokens`: the key that signs decision tokens, unless settings name one)."""
+
+    __tablename__ = "ledger_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class Event(Base):
@@ -152,13 +192,14 @@ class ModelSnapshot(Base):
 
 class ShadowScore(Base):
     """What each shadow explorer (`COPYLOOP_SHADOW_EXPLORERS`) would have served for a decision:
-    `pmfs` maps the explorer's arguments to its distribution over the decision's action set,
-    holdout included, computed by the learner just before it learned the decision."""
+    `pmfs`, JSON text (written with orjson by the learner: the stdlib encoder behind a JSON
+    column cost a fifth of its time), maps the explorer's arguments to its distribution over the
+    decision's action set, holdout included, computed just before it learned the decision."""
 
     __tablename__ = "shadow_scores"
 
     decision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    pmfs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pmfs: Mapped[str] = mapped_column(Text)
 
 
 class ServingMode(Base):

@@ -27,6 +27,8 @@ DECISION_FIELDS = {
     "policy",
     "probability",
     "model_version",
+    "activated",
+    "token",
 }
 
 
@@ -58,6 +60,8 @@ def test_decision_json_shape_and_fallback_without_a_model(
     assert body["model_version"] == 0
     assert body["text"].startswith("A steel desk lamp")
     assert body["style"] == "original"
+    assert body["activated"] is True
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", body["token"])
 
 
 def test_unknown_product_is_404(client: TestClient, headers: dict[str, dict[str, str]]) -> None:

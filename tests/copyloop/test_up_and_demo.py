@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
-    port, broker_port = free_port(), free_port()
+    port, broker_port, shop_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "COPYLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
@@ -30,7 +30,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     }
     env.pop("COPYLOOP_KAFKA_BOOTSTRAP", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "copyloop", "up", "--port", str(port)],
+        [sys.executable, "-m", "copyloop", "up", "--port", str(port)]
+        + ["--shop-port", str(shop_port)],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -46,6 +47,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
                 pass
             time.sleep(0.3)
         assert health.get("model_version"), health  # the consumer saved a first model
+        # The demo shop: the snippet from this API, a publishable key, the catalog's copy.
+        page = httpx.get(f"http://127.0.0.1:{shop_port}/", timeout=5).text
+        assert f'src="http://127.0.0.1:{port}/v1/client.js"' in page
+        assert 'data-copyloop-key="cl_' in page
+        shown = httpx.get(f"http://127.0.0.1:{shop_port}/report", timeout=30).json()
+        assert shown["bandit"]["not_activated"] == 0
         children = psutil.Process(proc.pid).children(recursive=True)
         roles = " ".join(" ".join(c.cmdline()) for c in children)
         for part in ("tansu", "copyloop serve", "copyloop consume", "copyloop scheduler"):

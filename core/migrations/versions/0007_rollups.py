@@ -1,7 +1,7 @@
 """report rollups: per-hour sufficient statistics of closed decisions, kept by the window closer
 
 Revision ID: 0007_rollups
-Revises: 0003
+Revises: 0006_keys
 """
 
 import time

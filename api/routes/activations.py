@@ -1,0 +1,110 @@
+"""Activation of deferred decisions: the storefront saw the copy.
+
+`POST /v1/decisions/{decision_id}/activate` (serve or storefront key) answers 202 and publishes
+an activation to `{prefix}.events` (keyed by the decision id, `core.messages.Activation`); the
+consumer records it once and marks the decision activated if it came before the decision's
+window ended (`consumer.join`). Repeating it changes nothing, so clients may retry freely.
+
+The decision must be one this API issued: the request's `token` (`?token=` or a JSON body
+`{"token": …}`, any content type, so a page can send it without a CORS preflight) proves it
+at no cost; a wrong token is refused (403 `invalid_token`). Without a token, the decision must be
+one this process served recently or one the ledger holds; otherwise 404 `decision_not_found`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Authorized
+from api.deps import Resources
+from api.errors import AUTH_RESPONSES, DecisionNotFound, ErrorResponse, InvalidRequest, InvalidToken
+from api.schemas import ActivationOut
+from core.ledger.tables import Decision
+from core.messages import ACTIVATION, Activation
+
+#: A body bigger than this is not an activation.
+MAX_BODY = 4096
+
+router = APIRouter(tags=["decisions"])
+ActivatorDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
+
+
+@router.post(
+    "/v1/decisions/{decision_id}/activate",
+    status_code=202,
+    response_model=ActivationOut,
+    responses={
+        **AUTH_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown decision (`decision_not_found`)."},
+        429: {"model": ErrorResponse, "description": "Storefront key rate limited."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"token": {"type": "string", "maxLength": 128}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def activate(
+    decision_id: Annotated[str, Path(min_length=1, max_length=128)],
+    request: Request,
+    resources: ActivatorDep,
+) -> ActivationOut:
+    """Count a deferred decision as seen (idempotent; 202 whether or not it was deferred)."""
+    token = request.query_params.get("token")
+    if token is None:
+        token = _body_token(await request.body())
+    storefront = resources.storefront
+    if token is not None:
+        if not storefront.signer.verify(decision_id, token):
+            raise InvalidToken(
+                f"the token is not decision {decision_id!r}'s",
+                {"field": "token", "decision_id": decision_id},
+            )
+    elif not storefront.recently_served(decision_id) and not await run_in_threadpool(
+        _in_ledger, resources.sessions, decision_id
+    ):
+        raise DecisionNotFound(
+            f"no decision {decision_id!r} was served here", {"decision_id": decision_id}
+        )
+    message = Activation.model_construct(type=ACTIVATION, decision_id=decision_id, ts=time.time())
+    resources.publisher.publish(resources.settings.events_topic, decision_id, message.to_bytes())
+    return ActivationOut(decision_id=decision_id)
+
+
+def _body_token(body: bytes) -> str | None:
+    """`token` of an optional JSON object body; 422 naming the field when it is malformed."""
+    if not body.strip():
+        return None
+    if len(body) > MAX_BODY:
+        raise InvalidRequest(f"an activation body holds at most {MAX_BODY} bytes")
+    try:
+        parsed: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest('the body must be a JSON object like {"token": "…"}')
+    token = parsed.get("token")
+    if token is not None and not isinstance(token, str):
+        raise InvalidRequest("`token` must be a string", [{"field": "body.token"}])
+    return token
+
+
+def _in_ledger(sessions: sessionmaker[Session], decision_id: str) -> bool:
+    with sessions() as s:
+        found = s.scalar(select(Decision.decision_id).where(Decision.decision_id == decision_id))
+    return found is not None
