@@ -179,9 +179,12 @@ def compare(
     )
     lost_with_decision = sum(1 for e in lost_events if accepted[e][0] in missing)
     if lost_events:
+        with record.lock:
+            by_channel = Counter(record.channel.get(e, "?") for e in lost_events)
         fail(
             f"{len(lost_events)} of {len(accepted)} accepted events are not in the ledger "
-            f"({lost_with_decision} of them belong to lost decisions)"
+            f"({lost_with_decision} of them belong to lost decisions; accepted over "
+            f"{dict(by_channel)})"
         )
     if strange:
         fail(f"{len(strange)} ledger events were never sent by the producers")
