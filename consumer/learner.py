@@ -110,11 +110,13 @@ class Learner:
         and a restart does not train it again. `between_pages` runs after each page of the replay
         (the loop renews its lease there)."""
         settings = self._settings
+        unreadable = 0  # the newest version, when its file is gone or unreadable
         with ledger_errors():
             try:
                 snap = snapshots.load_latest(self._sessions)
-            except OSError as exc:  # its file is gone or unreadable: as good as none
-                log.warning("newest snapshot cannot be read (%s): warm start", exc)
+            except OSError as exc:  # as good as none, but the fresh model replaces it
+                unreadable = snapshots.latest_version(self._sessions) or 0
+                log.warning("snapshot %d cannot be read (%s): warm start", unreadable, exc)
                 snap = None
         policy: Policy | None = None
         start = 0
@@ -139,7 +141,7 @@ class Learner:
                 settings.vw_args,
             )
         fresh = policy is None
-        self._continues = 0 if snap is None else snap.version  # what a fresh model replaces
+        self._continues = unreadable if snap is None else snap.version  # what a fresh one replaces
         if policy is None:
             policy = Policy(
                 settings.vw_args,
