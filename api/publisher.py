@@ -8,11 +8,11 @@ A background thread reads the log and sends each record with kafka-python (`acks
 batches of up to `batch_size` gathered every `linger_ms`: a produce round costs the thread (and
 the serving process's GIL) about a millisecond whatever its size (BENCHMARKS.md).
 
-A record leaves the log only once it is safe. A decision or an event is safe when the ledger
-holds its row (`core.ledger.presence.held_ids`, asked by primary key a few hundred ids at a
-time), not merely when the broker acknowledged it: the embedded broker keeps its log in memory
-and a restart loses what the consumer had not read yet. A record still missing from the ledger
-`resend_after_s` after it was sent is sent again (and again after twice as long, …): the
+A record leaves the log only once it is safe. A decision, an event or an activation is safe when
+the ledger holds its row (`core.ledger.presence.held_ids`, asked by primary key a few hundred
+ids at a time), not merely when the broker acknowledged it: the embedded broker keeps its log in
+memory and a restart loses what the consumer had not read yet. A record still missing from the
+ledger `resend_after_s` after it was sent is sent again (and again after twice as long, …): the
 consumer's writes are idempotent on `decision_id` / `event_id`, so a repeat changes nothing. A
 lost connection to Kafka makes every unconfirmed record due for that check as soon as the
 producer is back. Other kinds of records are safe once the broker acknowledged them. A segment
@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,10 @@ from core.broker import BrokerError, ensure_topics
 
 log = logging.getLogger(__name__)
 
-#: `held(decision_ids, event_ids) -> (held decision ids, held event ids)`.
-HeldIds = Callable[[Sequence[str], Sequence[str]], tuple[set[str], set[str]]]
+#: `held({table: ids}) -> {table: the ids the ledger holds}` (`core.ledger.presence`).
+HeldIds = Callable[[Mapping[str, Sequence[str]]], dict[str, set[str]]]
+#: The ledger table that holds a record of each kind (other kinds: the broker's ack suffices).
+TABLES = {Kind.DECISION: "decisions", Kind.EVENT: "events", Kind.ACTIVATION: "activations"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,9 @@ class Publisher:
             "delivery_timeout_ms": int(flush_timeout_s * 1000) - 1000,
             "max_in_flight_requests_per_connection": 1,
             "enable_idempotence": False,
+            # `ensure_topics` creates them (again after a broker restart) with equal partition
+            # counts; a broker default must never decide how decisions are partitioned.
+            "allow_auto_create_topics": False,
             **(producer_config or {}),
         }
         self._producer: KafkaProducer | None = None
@@ -152,6 +157,7 @@ class Publisher:
         self._next_check = 0.0
         self._lost_connection = False
         self._backlog = 0  # records tracked and not yet safe, as of the thread's last round
+        self._sending_since = 0.0  # when the send in progress started (0: none)
         self._counts = {"sent": 0, "resent": 0, "confirmed": 0, "abandoned": 0}
 
     # -- the request side ------------------------------------------------------------------------
@@ -178,8 +184,14 @@ class Publisher:
             backlog=self._backlog,
             unread_bytes=sum(max(0, s.size - s.read_pos) for s in segments),
             segments=len(segments),
-            connected=self._producer is not None,
+            connected=self._producer is not None and not self._stalled(),
         )
+
+    def _stalled(self) -> bool:
+        """A send has waited for the broker's acknowledgement longer than `probe_interval_s`
+        (kafka-python keeps retrying a vanished broker for up to its delivery timeout)."""
+        since = self._sending_since
+        return since > 0 and time.monotonic() - since > self.probe_interval_s
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Publisher:
@@ -306,18 +318,18 @@ class Publisher:
                         break
         if not due:
             return
+        wanted: dict[str, list[str]] = {table: [] for table in TABLES.values()}
+        for _, e in due:
+            if e.kind in TABLES:
+                wanted[TABLES[e.kind]].append(e.ident)
         try:
-            decisions, events = self._held(
-                [e.ident for _, e in due if e.kind == Kind.DECISION],
-                [e.ident for _, e in due if e.kind == Kind.EVENT],
-            )
+            found = self._held(wanted)
         except Exception as exc:  # the database is down: check again later
             log.warning("cannot ask the ledger what it holds (%s); keeping the log", exc)
             return
         resend: list[tuple[Segment, _Entry]] = []
         for seg, entry in due:
-            held = decisions if entry.kind == Kind.DECISION else events
-            if entry.ident in held:
+            if entry.ident in found.get(TABLES.get(entry.kind, ""), ()):
                 del self._entries[seg][entry.start]
                 self._counts["confirmed"] += 1
             elif now - entry.first_sent > self.give_up_after_s:
@@ -385,7 +397,7 @@ class Publisher:
             self._lost_connection = False
             for entries in self._entries.values():
                 for entry in entries.values():
-                    if entry.sent_at > 0:
+                    if entry.sent_at > 0 and entry.check_at != float("inf"):  # not queued
                         entry.sent_at, entry.check_at = -1.0, 0.0
             self._next_check = 0.0
 
@@ -408,12 +420,15 @@ class Publisher:
         if producer is None or not records:
             return 0
         futures = []
+        self._sending_since = time.monotonic()
         try:
             for r in records:
                 futures.append(producer.send(r.topic, key=r.key.encode(), value=r.value))
             producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:
             log.warning("sending to Kafka failed (%s); the log keeps the records", exc)
+        finally:
+            self._sending_since = 0.0
         delivered = 0
         for future in futures:
             if not (future.is_done and future.succeeded()):

@@ -4,22 +4,23 @@ serving from shared snapshots, PostgreSQL. Exact totals, and how the work spread
 For each consumer count N (`--consumers 1,2,3`):
 1. a fresh PostgreSQL database (created on the server of `--database-url`, dropped at the end),
    the sample catalog with rules variants, keys, and fresh topics with `--partitions` partitions
-   on one tansu broker (started here);
-2. N `copyloop consume` processes in one group (waits until the group has assigned every
-   partition, from each member's "assigned" log line), and 2 `copyloop serve` processes
-   (1 worker each) on two ports, both reading model snapshots from the same ledger and
-   snapshot directory;
-3. `--threads` storefront threads ask both APIs (alternately) for `--decisions` decisions; for
-   each answer an event producer sends a click (40 %) and a purchase (10 %) straight to Kafka;
-   the producers record every acknowledged decision and every event Kafka accepted;
-4. waits until the ledger holds them all and every window is closed and learned (windows are
-   `--window-s` long), then compares: decisions, events, rewards and the newest snapshot's
-   learned sequence must equal the producers' record exactly.
+   on one tansu broker (started here); 2 `copyloop serve` processes (1 worker each) on two
+   ports, both reading model snapshots from the same ledger and snapshot directory;
+2. phase A (consumer capacity): `--backlog` decisions (real products and variants) and a click
+   for half of them put on Kafka first, then N `copyloop consume` processes started at once
+   drain them: "drain msg/s" counts from their start (group join included) to the last row;
+3. phase B (the whole loop): `--threads` storefront threads ask both APIs (alternately) for
+   `--decisions` decisions; for each answer an event producer sends a click (40 %) and a
+   purchase (10 %) straight to Kafka;
+4. waits until the ledger holds everything and every window (`--window-s`) is closed and
+   learned, then compares: decisions, events, rewards (sequence 1…N) and the newest snapshot's
+   learned sequence must equal the producers' record exactly; and both APIs must serve the
+   newest snapshot.
 
-Work per consumer: the partitions it was assigned and the messages in them (ledger rows by the
-decision's partition; an event shares its decision's key and so its partition number), and its
-CPU seconds. Also printed: decisions/s the two APIs served, ingest time (first decision
-answered → all decisions and events in the ledger), and the model versions each API served.
+Work per consumer: the partitions of its final assignment and the messages in them (ledger rows
+by the decision's partition; an event shares its decision's key and so its partition number),
+and its CPU seconds (start-up included). The member holding the learner's lease also closes
+windows and learns, so it uses more CPU than the others.
 
     .venv/bin/python bench/scale.py                       # PostgreSQL on 127.0.0.1, 1,2,3 consumers
     .venv/bin/python bench/scale.py --decisions 6000 --consumers 1,3
@@ -34,7 +35,6 @@ import ast
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -303,17 +303,11 @@ def run_once(
         env.update(settings_env(settings))
         logs = workdir / prefix
         logs.mkdir(parents=True, exist_ok=True)
-        consumer_logs = []
-        for i in range(n_consumers):
-            log = logs / f"consume{i}.log"
-            consumer_logs.append(log)
-            with open(log, "wb") as out:
-                procs[f"consume{i}"] = subprocess.Popen(
-                    [sys.executable, "-m", "copyloop", "consume"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+        # Phase A: a backlog on Kafka before any consumer runs, then N consumers started at
+        # once drain it: group join included, as after a deploy or an outage.
+        t_produce = time.monotonic()
+        b_decisions, b_events = backlog(settings, sessions, args.backlog, args.seed)
+        produced_s = time.monotonic() - t_produce
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
             with open(logs / f"serve{i}.log", "wb") as out:
@@ -325,21 +319,19 @@ def run_once(
                 )
         for port in ports:
             wait_for_port("127.0.0.1", port, 120)
-        _wait_assignment(consumer_logs, args.partitions, 2, 120)
-        cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
-        # Phase A: a backlog put on Kafka while the consumers are paused (SIGSTOP, shorter than
-        # the group's session timeout), then drained by the group as fast as it goes.
-        consumers = [p for k, p in procs.items() if k.startswith("consume")]
-        for p in consumers:
-            os.kill(p.pid, signal.SIGSTOP)
-        t_produce = time.monotonic()
-        try:
-            b_decisions, b_events = backlog(settings, sessions, args.backlog, args.seed)
-        finally:
-            produced_s = time.monotonic() - t_produce
-            for p in consumers:
-                os.kill(p.pid, signal.SIGCONT)
+        consumer_logs = [logs / f"consume{i}.log" for i in range(n_consumers)]
         t_backlog = time.monotonic()
+        for i, log in enumerate(consumer_logs):
+            with open(log, "wb") as out:
+                procs[f"consume{i}"] = subprocess.Popen(
+                    [sys.executable, "-m", "copyloop", "consume"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        cpu0 = dict.fromkeys(procs, 0.0)  # CPU seconds include each process's start-up
+        _wait_assignment(consumer_logs, args.partitions, 2, 120)
+        settled_s = time.monotonic() - t_backlog
         drained_at = _wait(
             sessions,
             lambda st: st["decisions"] >= len(b_decisions) and st["events"] >= len(b_events),
@@ -390,10 +382,16 @@ def run_once(
             "decisions": len(b_decisions),
             "events": len(b_events),
             "produce_s": round(produced_s, 2),
+            "group_settled_s": round(settled_s, 2),
             "drain_s": round(drained_at - t_backlog, 2),
             "drain_msgs_per_s": round(n_backlog / (drained_at - t_backlog), 1),
         }
         return verdict
+    except Exception:
+        for log in sorted((workdir / prefix).glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         for p in procs.values():
             p.terminate()

@@ -35,9 +35,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
+import orjson
+from sqlalchemy import Table, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +59,7 @@ from core.ledger.tables import Product, ShadowScore, Variant
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+_SHADOW_SCORES = cast(Table, ShadowScore.__table__)
 
 
 class Learner:
@@ -107,11 +110,13 @@ class Learner:
         and a restart does not train it again. `between_pages` runs after each page of the replay
         (the loop renews its lease there)."""
         settings = self._settings
+        unreadable = 0  # the newest version, when its file is gone or unreadable
         with ledger_errors():
             try:
                 snap = snapshots.load_latest(self._sessions)
-            except OSError as exc:  # its file is gone or unreadable: as good as none
-                log.warning("newest snapshot cannot be read (%s): warm start", exc)
+            except OSError as exc:  # as good as none, but the fresh model replaces it
+                unreadable = snapshots.latest_version(self._sessions) or 0
+                log.warning("snapshot %d cannot be read (%s): warm start", unreadable, exc)
                 snap = None
         policy: Policy | None = None
         start = 0
@@ -136,7 +141,7 @@ class Learner:
                 settings.vw_args,
             )
         fresh = policy is None
-        self._continues = 0 if snap is None else snap.version  # what a fresh model replaces
+        self._continues = unreadable if snap is None else snap.version  # what a fresh one replaces
         if policy is None:
             policy = Policy(
                 settings.vw_args,
@@ -212,14 +217,12 @@ class Learner:
                     logged, c.reward, rendered_arms=rendered, shadows=self._shadow_explorers
                 )
                 if pmfs:
+                    mixed = {
+                        spec: with_holdout(pmf, self._settings.holdout)
+                        for spec, pmf in zip(self._shadows, pmfs, strict=True)
+                    }
                     scores.append(
-                        {
-                            "decision_id": c.decision_id,
-                            "pmfs": {
-                                spec: with_holdout(pmf, self._settings.holdout)
-                                for spec, pmf in zip(self._shadows, pmfs, strict=True)
-                            },
-                        }
+                        {"decision_id": c.decision_id, "pmfs": orjson.dumps(mixed).decode()}
                     )
                 self.learned += 1
             self.last_seq = c.seq
@@ -280,7 +283,9 @@ class Learner:
         with ledger_errors(), self._sessions.begin() as s:
             dialect = s.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            s.execute(insert(ShadowScore).values(scores).on_conflict_do_nothing())
+            # Core executemany: a multi-row VALUES clause compiled per batch cost more than
+            # the learning it records.
+            s.execute(insert(_SHADOW_SCORES).on_conflict_do_nothing(), scores)
 
     def _save(self, policy: Policy, last_seq: int) -> int:
         # The version this model continues: its own, or (a fresh model) the one it replaces.

@@ -65,6 +65,10 @@ class LoopTuning:
     max_poll_interval_ms: int = 5000  # short: tansu and Kafka wait this long on a group join
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    # How stale the topic metadata may get. kafka-python's default (5 minutes) kept a consumer
+    # idle for minutes after the embedded broker restarted empty: the topics are created again
+    # (by the API or `up`) after the group rejoined with nothing to assign.
+    metadata_max_age_ms: int = 3000
     lease_ttl_s: float = 10.0  # a crashed learner is replaced after at most this long
     close_interval_s: float = 0.25  # how often the learner looks for windows to close
     close_limit: int = 2000  # decisions closed per transaction
@@ -137,6 +141,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             max_poll_interval_ms=tuning.max_poll_interval_ms,
             session_timeout_ms=tuning.session_timeout_ms,
             heartbeat_interval_ms=tuning.heartbeat_interval_ms,
+            metadata_max_age_ms=tuning.metadata_max_age_ms,
+            # Topics are created with the configured partition count (`ensure_topics`), never
+            # by the broker's defaults because a consumer asked for them too early.
+            allow_auto_create_topics=False,
         )
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
 

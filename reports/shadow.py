@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from reports.ope import Padded, SupportRules, evaluate_target, to_rows
 
@@ -33,7 +34,7 @@ def shadow_block(
     (explorers scored earlier but no longer configured are reported too)."""
     rules = rules or SupportRules()
     rows, kept = to_rows(raw)
-    pmfs = [raw[i].pmfs or {} for i in kept]
+    pmfs = [orjson.loads(raw[i].pmfs) if raw[i].pmfs else {} for i in kept]
     names = list(dict.fromkeys([*explorers, *(k for p in pmfs for k in p)]))
     head: dict[str, Any] = {
         "configured": list(explorers),
@@ -73,7 +74,7 @@ def shadow_block(
         "available": True,
         "live": {"label": "live policy (as logged)", **live},
         "explorers": out,
-        "note": f"the {n} most recent decisions in the window scored by the shadow explorers; "
+        "note": f"The {n} most recent decisions in the window scored by the shadow explorers; "
         "each estimate uses the logged propensities (IPS, SNIPS, DR), the live policy's on the "
         "same decisions",
     }

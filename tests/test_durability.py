@@ -206,6 +206,11 @@ def test_sigkill_of_the_api_under_traffic_loses_no_answered_decision(
     base = f"http://{settings.api_host}:{settings.api_port}"
     try:
         with Traffic(base, keys, ids) as traffic:
+            traffic.wait_for(300)
+            # One worker alone: uvicorn starts another; either adopts the dead one's log.
+            worker = psutil.Process(api.pid).children()[0]
+            worker.kill()
+            traffic.wait_for(300)
             for _ in range(3):  # three kills of the whole API (supervisor and both workers)
                 traffic.wait_for(300)
                 _kill_group(api)
@@ -303,3 +308,42 @@ def test_sigkill_of_up_and_everything_it_started_loses_no_answered_decision(
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_up_restarts_a_killed_broker_and_loses_no_answered_decision(
+    database_url: str, tmp_path: Path
+) -> None:
+    keys, ids = _prepare(database_url)
+    port, broker_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COPYLOOP_")}
+    env.update(
+        COPYLOOP_DATABASE_URL=database_url,
+        COPYLOOP_EMBEDDED_BROKER_PORT=str(broker_port),
+        COPYLOOP_SPOOL_DIR=str(tmp_path / "log"),
+        COPYLOOP_LOG_RESEND_AFTER_S="3",
+        COPYLOOP_CATALOG_REFRESH_S="0.5",
+    )
+    up = _up(env, port, tmp_path)
+    try:
+        with Traffic(f"http://127.0.0.1:{port}", keys, ids) as traffic:
+            traffic.wait_for(400)
+            [tansu] = [
+                p for p in psutil.Process(up.pid).children(recursive=True) if "tansu" in p.name()
+            ]
+            tansu.kill()  # everything the broker held is gone with it
+            deadline = time.monotonic() + 30
+            while not [
+                p
+                for p in psutil.Process(up.pid).children(recursive=True)
+                if "tansu" in p.name() and p.pid != tansu.pid
+            ]:
+                assert time.monotonic() < deadline, "up did not start the broker again"
+                time.sleep(0.2)
+            traffic.wait_for(400)
+        assert traffic.failures == 0  # serving never waited on the broker
+        print(f"answered {len(traffic.decisions)} decisions, {len(traffic.events)} events")
+        _wait_for_ledger(database_url, traffic)
+        assert up.poll() is None
+    finally:
+        up.terminate()
+        up.wait(60)

@@ -1,11 +1,9 @@
 """Activation of deferred decisions: the storefront saw the copy.
 
-`POST /v1/decisions/{decision_id}/activate` (serve or storefront key) answers 202 once the
-activation is in the API's durable log, which ships it to `{prefix}.events` (keyed by the
-decision id, `core.messages.Activation`) and keeps it until the ledger's `activations` holds it
-(`core.ledger.presence`); the consumer records it once and marks the decision activated if it
-came before the decision's window ended (`consumer.join`). Repeating it changes nothing, so
-clients may retry freely.
+`POST /v1/decisions/{decision_id}/activate` (serve or storefront key) answers 202 and publishes
+an activation to `{prefix}.events` (keyed by the decision id, `core.messages.Activation`); the
+consumer records it once and marks the decision activated if it came before the decision's
+window ended (`consumer.join`). Repeating it changes nothing, so clients may retry freely.
 
 The decision must be one this API issued: the request's `token` (`?token=` or a JSON body
 `{"token": …}`, any content type, so a page can send it without a CORS preflight) proves it
@@ -29,7 +27,6 @@ from api.decision_log import Kind
 from api.deps import Resources
 from api.errors import AUTH_RESPONSES, DecisionNotFound, ErrorResponse, InvalidRequest, InvalidToken
 from api.schemas import ActivationOut
-from core.ledger.presence import ACTIVATION_IDENT
 from core.ledger.tables import Decision
 from core.messages import ACTIVATION, Activation
 
@@ -86,12 +83,12 @@ async def activate(
             f"no decision {decision_id!r} was served here", {"decision_id": decision_id}
         )
     message = Activation.model_construct(type=ACTIVATION, decision_id=decision_id, ts=time.time())
-    resources.publisher.publish(  # in the log until the ledger holds the activation
+    resources.publisher.publish(
         resources.settings.events_topic,
         decision_id,
         message.to_bytes(),
-        Kind.EVENT,
-        ACTIVATION_IDENT + decision_id,
+        Kind.ACTIVATION,  # kept in the log until the ledger holds the activation
+        decision_id,
     )
     return ActivationOut(decision_id=decision_id)
 

@@ -5,6 +5,7 @@ again while it does not), /healthz sees the broker go within seconds."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -110,7 +112,7 @@ def test_records_stay_until_the_ledger_holds_them_and_are_resent_meanwhile(
     publisher = Publisher(
         kafka_settings.bootstrap,
         DecisionLog(log_dir, segment_age_s=0.1),
-        lambda d, e: held_ids(sessions, d, e),
+        lambda wanted: held_ids(sessions, wanted),
         topics=[topic],
         resend_after_s=0.5,
         adopt_interval_s=0.1,
@@ -179,21 +181,46 @@ def test_a_live_writers_segment_is_not_adopted_and_a_torn_tail_is_skipped(
     other.close()
 
 
-def test_healthz_sees_the_broker_go_within_seconds(
-    make_settings: Callable[..., Settings], wait_until: Callable[..., None]
+def test_a_log_that_cannot_be_written_answers_503_and_nothing_else(
+    api_settings: Settings, product: Any, headers: dict[str, dict[str, str]]
 ) -> None:
+    with TestClient(create_app(api_settings)) as client:
+        shutil.rmtree(api_settings.spool_dir)  # no segment is open yet: the next one fails
+        body = {"product_id": product.product_id}
+        r = client.post("/v1/decisions", json=body, headers=headers["serve"])
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "log_unavailable"
+        assert r.headers["retry-after"] == "1"
+        ev = {"event_id": "e1", "decision_id": "d1", "type": "click"}
+        assert client.post("/v1/events", json=ev, headers=headers["events"]).status_code == 503
+        assert client.get("/healthz").json()["publisher"]["logged"] == 0
+
+
+@pytest.mark.parametrize("traffic", [False, True])
+def test_healthz_sees_the_broker_go_within_seconds(
+    make_settings: Callable[..., Settings],
+    wait_until: Callable[..., None],
+    product: Any,
+    headers: dict[str, dict[str, str]],
+    traffic: bool,
+) -> None:
+    """Idle, or with decisions flowing (sends then hang on the vanished broker)."""
     broker = EmbeddedBroker(free_port()).start()
     try:
         settings = make_settings(kafka_bootstrap=broker.bootstrap)
         with TestClient(create_app(settings)) as client:
-            wait_until(lambda: client.get("/healthz").json()["status"] == "ok", timeout_s=20)
+
+            def status() -> str:
+                if traffic:
+                    body = {"product_id": product.product_id}
+                    r = client.post("/v1/decisions", json=body, headers=headers["serve"])
+                    assert r.status_code == 200
+                return str(client.get("/healthz").json()["status"])
+
+            wait_until(lambda: status() == "ok", timeout_s=20)
             broker.stop()
             gone = time.monotonic()
-            wait_until(
-                lambda: client.get("/healthz").json()["status"] == "degraded",
-                timeout_s=5,
-                what="/healthz to say degraded",
-            )
+            wait_until(lambda: status() == "degraded", timeout_s=5, what="degraded")
             print(f"degraded {time.monotonic() - gone:.1f}s after the broker stopped")
     finally:
         broker.stop()

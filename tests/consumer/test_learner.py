@@ -263,3 +263,31 @@ def test_a_warm_start_learns_only_the_newest_closed_decisions(
     assert second.catch_up() == 50
     assert (second.last_seq, second.learned) == (200, 50)
     second.close()
+
+
+def test_a_snapshot_whose_file_is_gone_means_a_warm_start(
+    sessions, make_settings, seed_catalog, make_decision, make_event, tmp_path
+):
+    """The fault suite's `snapshot_missing`: the newest snapshot's row names a file that was
+    deleted. The learner must warm-start from the logs, not fail on every restart."""
+    catalog = seed_catalog(products=2, variants=3)
+    settings = make_settings(
+        reward_window_s=1.0,
+        close_grace_s=0.5,
+        snapshot_dir=str(tmp_path / "snapshots"),
+        bandit_warm_start_max=50,
+    )
+    first = Learner(sessions, settings)
+    first.catch_up()
+    produce(sessions, catalog, make_decision, make_event, 80)
+    while first.close_and_learn(T0 + 100):
+        pass
+    first.maybe_snapshot(force=True)
+    first.close()
+    for file in (tmp_path / "snapshots").glob("model-*.vw"):
+        file.unlink()
+    second = Learner(sessions, settings)
+    assert second.catch_up() == 50
+    assert second.last_seq == 80
+    assert snapshots.load_latest(sessions).last_seq == 80  # the warm start was saved at once
+    second.close()

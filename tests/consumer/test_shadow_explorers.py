@@ -4,6 +4,8 @@ from those records beside the live policy, in JSON, CSV and HTML."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -60,7 +62,7 @@ def test_shadows_are_scored_before_learning_and_estimated_in_the_report(
     learner.close()  # no snapshot since version 1: a restart replays all 900
 
     with sessions() as s:
-        scores = {r.decision_id: r.pmfs for r in s.scalars(select(ShadowScore))}
+        scores = {r.decision_id: json.loads(r.pmfs) for r in s.scalars(select(ShadowScore))}
     assert len(scores) == 900
     for pmfs in scores.values():
         assert set(pmfs) == set(settings.shadow_explorers)
@@ -75,7 +77,8 @@ def test_shadows_are_scored_before_learning_and_estimated_in_the_report(
     assert again.catch_up() == 900
     again.close()
     with sessions() as s:
-        assert {r.decision_id: r.pmfs for r in s.scalars(select(ShadowScore))} == scores
+        again_scores = {r.decision_id: json.loads(r.pmfs) for r in s.scalars(select(ShadowScore))}
+        assert again_scores == scores
 
     report = uplift_report(sessions, settings, ope_sample=2000, greedy=False)
 

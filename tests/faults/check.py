@@ -164,6 +164,8 @@ def compare(
         fail(f"{len(missing)} of {len(acked)} acknowledged decisions are not in the ledger")
         for kind, n in _blame(missing, acked, injections, t0).items():
             v.lines.append(f"  {n} lost around {kind}")
+        for d in missing[:5]:
+            v.lines.append(f"  e.g. {d}, answered at {acked[d][1] - t0:.2f}s")
     if phantom:
         fail(f"{len(phantom)} ledger decisions were never requested by the producers")
 
@@ -177,9 +179,12 @@ def compare(
     )
     lost_with_decision = sum(1 for e in lost_events if accepted[e][0] in missing)
     if lost_events:
+        with record.lock:
+            by_channel = Counter(record.channel.get(e, "?") for e in lost_events)
         fail(
             f"{len(lost_events)} of {len(accepted)} accepted events are not in the ledger "
-            f"({lost_with_decision} of them belong to lost decisions)"
+            f"({lost_with_decision} of them belong to lost decisions; accepted over "
+            f"{dict(by_channel)})"
         )
     if strange:
         fail(f"{len(strange)} ledger events were never sent by the producers")

@@ -1,11 +1,9 @@
 """A short run of the fault suite per database (a few rounds, a 3 s broker outage): what CI can
 afford of `python -m tests.faults`, which runs the long version.
 
-Two scenarios are marked xfail (not strict) because they fail on main for work another branch
-is landing, verified by running them: SIGKILL of the API (or of `up`) loses decisions that were
-acknowledged but still waited in the publisher's in-memory queue (the durable decision log fixes
-it), and a deeply nested JSON message crashes the consumer in a loop instead of costing one dead
-letter (poison handling fixes it). Remove the marks when those land.
+The SIGKILL scenarios are marked xfail (not strict): they lost acknowledged decisions on every
+run before the durable decision log landed, and once, intermittently, after it (see the reason);
+remove the mark once the cause is found.
 """
 
 from __future__ import annotations
@@ -23,16 +21,10 @@ DATABASES = ["sqlite"] + (["postgres"] if os.environ.get("COPYLOOP_TEST_DATABASE
 
 DURABILITY = pytest.mark.xfail(
     strict=False,
-    reason="on main an acknowledged decision waits in the publisher's memory queue (~50 ms) "
-    "before it is durable: SIGKILL of the API or of `up` loses it (seen on main: 3 of 81 "
-    "with 3 API kills, 2 of 27 with 3 `up` kills); the durable decision log (branch "
-    "`durable`) fixes it",
-)
-POISON = pytest.mark.xfail(
-    strict=False,
-    reason="on main a 2000-level JSON list raises RecursionError in the consumer, which exits "
-    "and restarts into the same message (seen: 0 of 10 dead letters, consumer crash loop); "
-    "poison handling (branch `durable`) fixes it",
+    reason="intermittent: before the decision log landed SIGKILL lost acknowledged decisions "
+    "every run (3 of 81 with 3 API kills, 2 of 27 with 3 `up` kills); with it merged, the first "
+    "run still lost 1 of 64 (API) and 2 of 75 (`up`), each at the first kill 1.8 s into "
+    "traffic, and every rerun since matched exactly; cause not found yet",
 )
 
 
@@ -68,7 +60,6 @@ def test_sigkill_of_up_loses_no_acknowledged_decision(db: str, tmp_path: Path) -
     _run("up", db, ["kill_up"], 3, tmp_path)
 
 
-@POISON
 @pytest.mark.parametrize("db", DATABASES)
 def test_poison_costs_one_dead_letter_each_and_nothing_else(db: str, tmp_path: Path) -> None:
     _run("parts", db, ["poison"], 1, tmp_path)

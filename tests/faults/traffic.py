@@ -39,6 +39,8 @@ class Record:
     #: event_id → (decision_id, type, value)
     accepted: dict[str, tuple[str, str, float | None]] = field(default_factory=dict)
     uncertain_events: set[str] = field(default_factory=set)
+    #: event_id → "http" or "kafka": how it was first accepted
+    channel: dict[str, str] = field(default_factory=dict)
     duplicates_sent: int = 0
     refused: int = 0  # connection refused, or answered but not 200/202
     errors: list[str] = field(default_factory=list)
@@ -72,6 +74,7 @@ class Traffic:
         threads: int = 2,
         rate_per_thread: float = 25.0,
         duplicate_share: float = 0.15,
+        kafka_events: bool = True,
     ) -> None:
         self.base_url = base_url
         self.bootstrap = bootstrap
@@ -83,6 +86,7 @@ class Traffic:
         self.seed = seed
         self.rate = rate_per_thread
         self.duplicate_share = duplicate_share
+        self.kafka_events = kafka_events
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"traffic-{i}", daemon=True)
@@ -163,10 +167,10 @@ class Traffic:
             events.append({"event_id": f"{decision_id}:p", "type": "purchase", "value": value})
         for event in events:
             event.update(decision_id=decision_id, ts=int(decided_at * 1000))
-            via_kafka = draws[2] < 0.5
+            via_kafka = self.kafka_events and draws[2] < 0.5
             sends = 2 if draws[3] < self.duplicate_share else 1
             for n in range(sends):
-                if via_kafka != (n == 1):  # a duplicate goes the other way
+                if self.kafka_events and via_kafka != (n == 1):  # a duplicate goes the other way
                     producer = self._kafka(producer, event)
                 else:
                     self._http(client, event)
@@ -186,7 +190,7 @@ class Traffic:
             self._uncertain(event)
             return
         if r.status_code == 202:
-            self._accepted(event)
+            self._accepted(event, "http")
         else:
             with self.record.lock:
                 self.record.refused += 1
@@ -210,12 +214,13 @@ class Traffic:
             if producer is not None:
                 producer.close(timeout=1)
             return None  # reconnect on the next event
-        self._accepted(event)
+        self._accepted(event, "kafka")
         return producer
 
-    def _accepted(self, event: dict[str, object]) -> None:
+    def _accepted(self, event: dict[str, object], channel: str) -> None:
         value = event.get("value")
         with self.record.lock:
+            self.record.channel.setdefault(str(event["event_id"]), channel)
             self.record.accepted[str(event["event_id"])] = (
                 str(event["decision_id"]),
                 str(event["type"]),

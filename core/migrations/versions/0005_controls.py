@@ -30,7 +30,7 @@ def upgrade() -> None:
     op.create_table(
         "shadow_scores",
         sa.Column("decision_id", sa.String(128), primary_key=True),
-        sa.Column("pmfs", sa.JSON(), nullable=False),
+        sa.Column("pmfs", sa.Text(), nullable=False),
     )
 
 

@@ -1,13 +1,13 @@
 """activations: deferred decisions, the activations table, the ledger's shared secrets
 
-Revision ID: 0004_activations
+Revision ID: 0008_activations
 Revises: 0007_rollups
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_activations"
+revision = "0008_activations"
 down_revision = "0007_rollups"
 branch_labels = None
 depends_on = None
