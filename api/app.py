@@ -95,7 +95,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     publisher = Publisher(
         settings.bootstrap,
         DecisionLog(settings.spool_dir, fsync=settings.log_fsync),
-        lambda decision_ids, event_ids: held_ids(sessions, decision_ids, event_ids),
+        lambda wanted: held_ids(sessions, wanted),
         topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
         partitions=settings.topic_partitions,
         resend_after_s=settings.log_resend_after_s,

@@ -56,6 +56,7 @@ class Kind(IntEnum):
     OTHER = 0  # confirmed by the broker's acknowledgement
     DECISION = 1  # confirmed once `decisions` holds `ident` (the decision id)
     EVENT = 2  # confirmed once `events` holds `ident` (the event id)
+    ACTIVATION = 3  # confirmed once `activations` holds `ident` (the decision id)
 
 
 class LogUnavailable(OSError):

@@ -8,11 +8,11 @@ A background thread reads the log and sends each record with kafka-python (`acks
 batches of up to `batch_size` gathered every `linger_ms`: a produce round costs the thread (and
 the serving process's GIL) about a millisecond whatever its size (BENCHMARKS.md).
 
-A record leaves the log only once it is safe. A decision or an event is safe when the ledger
-holds its row (`core.ledger.presence.held_ids`, asked by primary key a few hundred ids at a
-time), not merely when the broker acknowledged it: the embedded broker keeps its log in memory
-and a restart loses what the consumer had not read yet. A record still missing from the ledger
-`resend_after_s` after it was sent is sent again (and again after twice as long, …): the
+A record leaves the log only once it is safe. A decision, an event or an activation is safe when
+the ledger holds its row (`core.ledger.presence.held_ids`, asked by primary key a few hundred
+ids at a time), not merely when the broker acknowledged it: the embedded broker keeps its log in
+memory and a restart loses what the consumer had not read yet. A record still missing from the
+ledger `resend_after_s` after it was sent is sent again (and again after twice as long, …): the
 consumer's writes are idempotent on `decision_id` / `event_id`, so a repeat changes nothing. A
 lost connection to Kafka makes every unconfirmed record due for that check as soon as the
 producer is back. Other kinds of records are safe once the broker acknowledged them. A segment
@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,10 @@ from core.broker import BrokerError, ensure_topics
 
 log = logging.getLogger(__name__)
 
-#: `held(decision_ids, event_ids) -> (held decision ids, held event ids)`.
-HeldIds = Callable[[Sequence[str], Sequence[str]], tuple[set[str], set[str]]]
+#: `held({table: ids}) -> {table: the ids the ledger holds}` (`core.ledger.presence`).
+HeldIds = Callable[[Mapping[str, Sequence[str]]], dict[str, set[str]]]
+#: The ledger table that holds a record of each kind (other kinds: the broker's ack suffices).
+TABLES = {Kind.DECISION: "decisions", Kind.EVENT: "events", Kind.ACTIVATION: "activations"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,18 +318,18 @@ class Publisher:
                         break
         if not due:
             return
+        wanted: dict[str, list[str]] = {table: [] for table in TABLES.values()}
+        for _, e in due:
+            if e.kind in TABLES:
+                wanted[TABLES[e.kind]].append(e.ident)
         try:
-            decisions, events = self._held(
-                [e.ident for _, e in due if e.kind == Kind.DECISION],
-                [e.ident for _, e in due if e.kind == Kind.EVENT],
-            )
+            found = self._held(wanted)
         except Exception as exc:  # the database is down: check again later
             log.warning("cannot ask the ledger what it holds (%s); keeping the log", exc)
             return
         resend: list[tuple[Segment, _Entry]] = []
         for seg, entry in due:
-            held = {Kind.DECISION: decisions, Kind.EVENT: events}.get(entry.kind, set())
-            if entry.ident in held:
+            if entry.ident in found.get(TABLES.get(entry.kind, ""), ()):
                 del self._entries[seg][entry.start]
                 self._counts["confirmed"] += 1
             elif now - entry.first_sent > self.give_up_after_s:

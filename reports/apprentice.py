@@ -136,7 +136,7 @@ def apprentice_block(
         "ess": ess,
         "warning": support_warning(n, ess, unsupported, rules),
         "metrics": metrics,
-        "note": f"live mode estimated on {n} apprentice-mode decisions of the report's sample "
+        "note": f"Live mode estimated on {n} apprentice-mode decisions of the report's sample "
         f"({exploring} of them in the exploring share, served by the bandit); uplift = live − "
         "apprentice per decision (DR terms); its relative interval divides by apprentice mode's "
         "mean, whose own noise it ignores",

@@ -102,7 +102,7 @@ def feature_report(
             "decisions": len(usable),
             "trained_on": len(train),
             "evaluated_on": len(held),
-            "note": f"the newest {len(usable)} closed randomized decisions in the window (at "
+            "note": f"The newest {len(usable)} closed randomized decisions in the window (at "
             f"most {sample}); retrained models learn the older {len(train)} and are scored on "
             f"the newest {len(held)}",
         },
@@ -133,7 +133,7 @@ def feature_report(
         out["model_version"] = snap.version
         out.update(_weights(weights, top))
         out["features_note"] = (
-            f"model version {snap.version}: |weight| of each feature and interaction seen in "
+            f"Model version {snap.version}: |weight| of each feature and interaction seen in "
             f"the {len(seen)} distinct page views of the sample (VW --invert_hash), largest "
             f"{top} listed; namespace totals over all of them"
         )
@@ -193,7 +193,7 @@ def feature_report(
     out["all_features"] = baseline
     out["groups"] = groups
     out["groups_note"] = (
-        "each group left out (--ignore), a fresh model trained on the sample's older part with "
+        "Each group left out (--ignore), a fresh model trained on the sample's older part with "
         "the live arguments, scored on the newest part with its exploration pmf and the live "
         "holdout; snips_change = SNIPS without the group − SNIPS with all features"
     )

@@ -19,12 +19,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import func, select, true
 
 from core.ledger.tables import Decision, ReportContextRollup, ReportRollup, Variant
-from core.settings import Settings
-from reports.queries import Filters, ReportReader
-from reports.rollups import HOUR, Outcome, context_pairs_where, direct_outcomes, hour_of
+from reports.queries import Filters, ReportReader, outcomes
+from reports.rollups import HOUR, hour_of
 
 #: Hour ranges are [first, end) hour indexes; None is unbounded.
 Hours = tuple[int | None, int | None]
@@ -61,13 +60,9 @@ def split(a: float | None, b: float | None) -> tuple[Hours | None, list[list[Any
 
 
 class RollupReader(ReportReader):
-    """`ReportReader`'s sums from the rollups plus the decisions they do not hold; the
-    counterfactual panel's sample (`recent_logged`) is read as in the full scan."""
-
-    def __init__(self, conn: Connection, settings: Settings, f: Filters) -> None:
-        super().__init__(conn, settings, f)
-        self._window: tuple[Hours | None, list[Outcome], dict[str, list[tuple[str, str]]]] | None
-        self._window = None
+    """`ReportReader`'s sums from the rollups plus the decisions they do not hold, both summed
+    by the database; the counterfactual panel's sample (`recent_logged`) is read as in the
+    full scan."""
 
     def _product(self, table: Any) -> list[Any]:
         return [] if self.f.product_id is None else [table.product_id == self.f.product_id]
@@ -78,60 +73,83 @@ class RollupReader(ReportReader):
         """Σ `sums` per `keys` over `table`'s rows of `hours` (and the report's product)."""
         if hours is None:
             return []
+        stmt = select(*keys, *(func.sum(c) for c in sums))
+        return [
+            tuple(r) for r in self.conn.execute(self._in_hours(stmt, table, hours).group_by(*keys))
+        ]
+
+    def _in_hours(self, stmt: Any, table: Any, hours: Hours) -> Any:
         first, end = hours
         where = self._product(table)
         where += [table.hour >= first] if first is not None else []
         where += [table.hour < end] if end is not None else []
-        stmt = select(*keys, *(func.sum(c) for c in sums)).where(*where).group_by(*keys)
-        return [tuple(r) for r in self.conn.execute(stmt)]
+        return stmt.where(*where)
 
     def _direct(
-        self, a: float | None, b: float | None, contexts: bool = False
-    ) -> tuple[Hours | None, list[Outcome], dict[str, list[tuple[str, str]]]]:
-        """`[a, b)`'s whole hours, the outcomes of its other decisions (with their context pairs
-        when `contexts`) under the report's product filter."""
-        hours, parts = split(a, b)
-        product = self._product(Decision)
-        rows: list[Outcome] = []
-        pairs: dict[str, list[tuple[str, str]]] = {}
-        for where in parts:
-            rows += direct_outcomes(self.conn, self.settings, [*where, *product])
-            if contexts:
-                pairs.update(context_pairs_where(self.conn, [*where, *product]))
-        return hours, rows, pairs
-
-    def _window_parts(self) -> tuple[Hours | None, list[Outcome], dict[str, list[tuple[str, str]]]]:
-        if self._window is None:
-            self._window = self._direct(self.f.since, self.f.until, contexts=True)
-        return self._window
+        self,
+        parts: Sequence[Sequence[Any]],
+        keys: Callable[[Any], Sequence[Any]],
+        *,
+        weights: bool = False,
+        contexts: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """Per `keys(kv)` over the decisions matching any of `parts` (and the report's product):
+        the keys, n, clicks, purchases, revenue, revenue², and with `weights` Σw, Σw·click,
+        Σw·purchase, Σw·revenue, Σw² (w = 1 / logged probability). Outcomes as the full scan
+        counts them; with `contexts`, one row per decision and key of its context object (`kv`,
+        the database's JSON expansion, as in `ReportReader.contexts`)."""
+        kv = None
+        if contexts:
+            each = func.json_each if self.sqlite else func.json_each_text
+            kv = each(Decision.context).table_valued("key", "value").alias("kv")
+        out: list[tuple[Any, ...]] = []
+        for part in parts:
+            where = [*part, *self._product(Decision)]
+            o = outcomes(self.settings, Filters()).where(*where).subquery("direct_outcomes")
+            c = func.coalesce(o.c.clicked, 0)
+            p = func.coalesce(o.c.purchased, 0)
+            r = func.coalesce(o.c.revenue, 0.0)
+            sums = [func.count(), func.sum(c), func.sum(p), func.sum(r), func.sum(r * r)]
+            if weights:
+                w = 1.0 / Decision.probability
+                sums += [func.sum(w), func.sum(w * c), func.sum(w * p), func.sum(w * r)]
+                sums += [func.sum(w * w)]
+            group = list(keys(kv))
+            stmt = select(*group, *sums).select_from(Decision)
+            stmt = stmt.outerjoin(o, o.c.decision_id == Decision.decision_id)
+            if kv is not None:
+                is_object = (func.json_type if self.sqlite else func.json_typeof)(Decision.context)
+                stmt = stmt.join(kv, true()).where(is_object == "object")
+            out += [tuple(row) for row in self.conn.execute(stmt.where(*where).group_by(*group))]
+        return out
 
     def cube(self) -> list[tuple[Any, ...]]:
-        hours, direct, _ = self._window_parts()
+        hours, parts = split(self.f.since, self.f.until)
         r = ReportRollup
-        out: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0] * 10)
-        rows = self._rollup(
-            r,
-            hours,
-            (r.product_id, r.variant_id, r.policy),
-            (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
-            + (r.sw, r.sw_click, r.sw_purchase, r.sw_revenue, r.sw2),
-        )
-        for key, *sums in ((tuple(x[:3]), *x[3:]) for x in rows):
-            _add(out[key], sums)
-        for o in direct:
-            _add(out[(o.product_id, o.variant_id, o.policy)], o.sums())
+        out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 10)
+        sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
+        sums += (r.sw, r.sw_click, r.sw_purchase, r.sw_revenue, r.sw2)
+        keys = (r.product_id, r.variant_id, r.policy)
+        for row in self._rollup(r, hours, keys, sums):
+            _add(out[row[:3]], row[3:])
+        d = Decision
+        for row in self._direct(
+            parts, lambda _: (d.product_id, d.variant_id, d.policy), weights=True
+        ):
+            _add(out[row[:3]], row[3:])
         return [(*k, *_typed(v)) for k, v in out.items()]
 
     def timeseries(self, origin: float, bucket_s: float) -> list[tuple[Any, ...]]:
         """As the full scan's, for buckets of whole hours (`bucket_s` a multiple of 3600)."""
-        hours, direct, _ = self._window_parts()
-        out: dict[tuple[int, str, str], list[float]] = defaultdict(lambda: [0.0] * 5)
+        hours, parts = split(self.f.since, self.f.until)
+        out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 5)
         for hour, policy, variant_id, *sums in self._hourly_by_style(hours):
             _add(out[(int((hour * HOUR - origin) // bucket_s), policy, variant_id)], sums)
-        for o in direct:
-            # The full scan's bucket expression: ⌊(ts − origin) / bucket_s⌋ in floating point.
-            k = int((o.ts - origin) / bucket_s // 1)
-            _add(out[(k, o.policy, o.variant_id)], o.sums()[:5])
+        bucket = self._bucket(Decision.ts, origin, bucket_s)  # the full scan's expression
+        for k, policy, variant_id, *sums in self._direct(
+            parts, lambda _: (bucket, Decision.policy, Decision.variant_id)
+        ):
+            _add(out[(int(k), policy, variant_id)], sums)
         return [(*k, *_typed(v)) for k, v in out.items()]
 
     def _hourly_by_style(self, hours: Hours | None) -> list[tuple[Any, ...]]:
@@ -143,36 +161,27 @@ class RollupReader(ReportReader):
         if hours is None:
             return []
         r, v = ReportRollup, Variant
-        where = self._product(r)
-        where += [r.hour >= hours[0]] if hours[0] is not None else []
-        where += [r.hour < hours[1]] if hours[1] is not None else []
         sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
         stmt = (
             select(r.hour, r.policy, func.min(r.variant_id), *(func.sum(c) for c in sums))
             .select_from(r)
             .outerjoin(v, v.variant_id == r.variant_id)
-            .where(*where)
-            .group_by(r.hour, r.policy, v.style)
         )
+        stmt = self._in_hours(stmt, r, hours).group_by(r.hour, r.policy, v.style)
         return [tuple(row) for row in self.conn.execute(stmt)]
 
     def contexts(self, cutoff: float | None) -> list[tuple[Any, ...]]:
         """Every decision of the window (`cutoff` is ignored: the rollups make it complete)."""
-        hours, direct, pairs = self._window_parts()
+        hours, parts = split(self.f.since, self.f.until)
         c = ReportContextRollup
-        out: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0] * 5)
-        rows = self._rollup(
-            c,
-            hours,
-            (c.key, c.value, c.policy),
-            (c.n, c.clicks, c.purchases, c.revenue, c.revenue_sq),
-        )
-        for key, value, policy, *sums in rows:
-            _add(out[(key, value, policy)], sums)
-        for o in direct:
-            part = o.sums()[:5]
-            for key, value in pairs.get(o.decision_id, ()):
-                _add(out[(key, value, o.policy)], part)
+        out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 5)
+        sums = (c.n, c.clicks, c.purchases, c.revenue, c.revenue_sq)
+        for key, value, policy, *rest in self._rollup(c, hours, (c.key, c.value, c.policy), sums):
+            _add(out[(key, value, policy)], rest)
+        for key, value, policy, *rest in self._direct(
+            parts, lambda kv: (kv.c.key, kv.c.value, Decision.policy), contexts=True
+        ):
+            _add(out[(str(key), str(value), policy)], rest)  # rendered as the full scan does
         return [(*k, *_typed(v)) for k, v in out.items()]
 
     def product_sums(
@@ -180,30 +189,24 @@ class RollupReader(ReportReader):
     ) -> list[tuple[Any, ...]]:
         a = _bound(max, self.f.since, lo)
         b = _bound(min, self.f.until, hi)
-        hours, direct, _ = self._direct(a, b)
-        return self._by(hours, direct, lambda o: (o.product_id, o.policy), 2)
+        return self._by_product(a, b, with_policy=True)
 
     def pre_period_sums(self, start: float, end: float) -> list[tuple[Any, ...]]:
-        hours, direct, _ = self._direct(start, end)
-        return self._by(hours, direct, lambda o: (o.product_id,), 1)
+        return self._by_product(start, end, with_policy=False)
 
-    def _by(
-        self,
-        hours: Hours | None,
-        direct: Sequence[Outcome],
-        key: Callable[[Outcome], tuple[str, ...]],
-        width: int,
+    def _by_product(
+        self, a: float | None, b: float | None, *, with_policy: bool
     ) -> list[tuple[Any, ...]]:
-        """Per product (and policy when `width` is 2): n, clicks, purchases, revenue, revenue²."""
-        r = ReportRollup
-        keys = (r.product_id, r.policy)[:width]
-        out: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0] * 5)
-        for row in self._rollup(
-            r, hours, keys, (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
-        ):
-            _add(out[tuple(row[:width])], row[width:])
-        for o in direct:
-            _add(out[key(o)], o.sums()[:5])
+        """Per product (and policy) over `[a, b)`: n, clicks, purchases, revenue, revenue²."""
+        hours, parts = split(a, b)
+        r, d = ReportRollup, Decision
+        width = 2 if with_policy else 1
+        out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 5)
+        sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
+        for row in self._rollup(r, hours, (r.product_id, r.policy)[:width], sums):
+            _add(out[row[:width]], row[width:])
+        for row in self._direct(parts, lambda _: (d.product_id, d.policy)[:width]):
+            _add(out[row[:width]], row[width:])
         return [(*k, *_typed(v)) for k, v in out.items()]
 
     def recent_cutoff(self, limit: int) -> float | None:

@@ -74,7 +74,7 @@ def shadow_block(
         "available": True,
         "live": {"label": "live policy (as logged)", **live},
         "explorers": out,
-        "note": f"the {n} most recent decisions in the window scored by the shadow explorers; "
+        "note": f"The {n} most recent decisions in the window scored by the shadow explorers; "
         "each estimate uses the logged propensities (IPS, SNIPS, DR), the live policy's on the "
         "same decisions",
     }

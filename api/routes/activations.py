@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authorized
+from api.decision_log import Kind
 from api.deps import Resources
 from api.errors import AUTH_RESPONSES, DecisionNotFound, ErrorResponse, InvalidRequest, InvalidToken
 from api.schemas import ActivationOut
@@ -82,7 +83,13 @@ async def activate(
             f"no decision {decision_id!r} was served here", {"decision_id": decision_id}
         )
     message = Activation.model_construct(type=ACTIVATION, decision_id=decision_id, ts=time.time())
-    resources.publisher.publish(resources.settings.events_topic, decision_id, message.to_bytes())
+    resources.publisher.publish(
+        resources.settings.events_topic,
+        decision_id,
+        message.to_bytes(),
+        Kind.ACTIVATION,  # kept in the log until the ledger holds the activation
+        decision_id,
+    )
     return ActivationOut(decision_id=decision_id)
 
 

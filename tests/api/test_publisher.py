@@ -112,7 +112,7 @@ def test_records_stay_until_the_ledger_holds_them_and_are_resent_meanwhile(
     publisher = Publisher(
         kafka_settings.bootstrap,
         DecisionLog(log_dir, segment_age_s=0.1),
-        lambda d, e: held_ids(sessions, d, e),
+        lambda wanted: held_ids(sessions, wanted),
         topics=[topic],
         resend_after_s=0.5,
         adopt_interval_s=0.1,

@@ -20,26 +20,30 @@ _WEIGHTS = ("sw", "sw_click", "sw_purchase", "sw_revenue", "sw2")
 
 
 def upgrade() -> None:
+    # Key order = the report's grouping; on SQLite stored in that order (no rowid), so its
+    # sums stream instead of sorting.
     op.create_table(
         "report_rollups",
-        sa.Column("hour", sa.BigInteger(), nullable=False),
         sa.Column("product_id", sa.String(length=128), nullable=False),
         sa.Column("variant_id", sa.String(length=64), nullable=False),
         sa.Column("policy", sa.String(length=16), nullable=False),
+        sa.Column("hour", sa.BigInteger(), nullable=False),
         *(sa.Column(c, sa.BigInteger(), nullable=False) for c in _SUMS),
         *(sa.Column(c, sa.Float(), nullable=False) for c in _FLOATS + _WEIGHTS),
-        sa.PrimaryKeyConstraint("hour", "product_id", "variant_id", "policy"),
+        sa.PrimaryKeyConstraint("product_id", "variant_id", "policy", "hour"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "report_context_rollups",
-        sa.Column("hour", sa.BigInteger(), nullable=False),
-        sa.Column("product_id", sa.String(length=128), nullable=False),
         sa.Column("key", sa.Text(), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
         sa.Column("policy", sa.String(length=16), nullable=False),
+        sa.Column("product_id", sa.String(length=128), nullable=False),
+        sa.Column("hour", sa.BigInteger(), nullable=False),
         *(sa.Column(c, sa.BigInteger(), nullable=False) for c in _SUMS),
         *(sa.Column(c, sa.Float(), nullable=False) for c in _FLOATS),
-        sa.PrimaryKeyConstraint("hour", "product_id", "key", "value", "policy"),
+        sa.PrimaryKeyConstraint("key", "value", "policy", "product_id", "hour"),
+        sqlite_with_rowid=False,
     )
     state = op.create_table(
         "report_rollup_state",
