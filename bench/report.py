@@ -6,7 +6,9 @@ own closer (`close_expired_windows`, which keeps the report's rollups; all but t
 `--open` decisions, which stay open: the report reads those directly), saves an untrained
 model snapshot (so the counterfactual panel scores its greedy policy too), then times
 `uplift_report` (JSON) read from the rollups, the same report by a full scan
-(`rollups=False`; the two must agree), and the HTML rendering, next to two baselines measured
+(`rollups=False`; the two must agree), both again without the sections that score fixed-size
+samples with VW (`ope_sample=0, feature_sample=0`: what the rollups serve), and the HTML
+rendering, next to two baselines measured
 on the same database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full
 aggregate `SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
 
@@ -118,6 +120,11 @@ def run(
         full_t, full = _timed(
             lambda: uplift_report(sessions, settings, ope_sample=ope_sample, rollups=False), 1
         )
+        # What the rollups serve: every section but the sampled ones (the counterfactual panel
+        # and the feature section score samples of fixed size with VW, whatever N).
+        core = {"ope_sample": 0, "feature_sample": 0}
+        core_t, _ = _timed(lambda: uplift_report(sessions, settings, **core), repeat)
+        core_full_t, _ = _timed(lambda: uplift_report(sessions, settings, rollups=False, **core), 1)
         assert report["rollups"]["used"], report["rollups"]
         assert (
             report["arms"]["bandit"]["impressions"] + report["arms"]["control"]["impressions"] == n
@@ -140,6 +147,8 @@ def run(
                 "report_runs_s": [round(x, 2) for x in report_t],
                 "report_without_ope_s": round(no_ope_t[0], 2),
                 "full_scan_s": round(full_t[0], 2),
+                "report_without_samples_s": round(statistics.median(core_t), 3),
+                "full_scan_without_samples_s": round(core_full_t[0], 2),
                 "open_decisions": n - out.get("closed", n),
                 "rollup_rows": rollup_rows,
                 "html_render_s": round(html_t[0], 3),

@@ -266,10 +266,11 @@ def close_expired_windows(
             if mark_closed(s, ids, closed_at) != len(ids):
                 raise LeaseLost("another closer closed some of these decisions first")
             # The report's rollups take these decisions in the same transaction: exactly once.
-            # Never-activated decisions are no impressions: they stay out of the rollups too.
+            # Never-activated decisions are no impressions: the rollups count them apart.
             outcomes = [_outcome(r, c) for r, c in zip(learned, closed, strict=True)]
             contexts = [(r.decision_id, r.context) for r in learned]
-            rollups.add_closed(s, settings, outcomes, contexts)
+            unseen = [(r.product_id, r.variant_id, r.policy, r.ts) for r in due if not r.activated]
+            rollups.add_closed(s, settings, outcomes, contexts, unseen)
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed

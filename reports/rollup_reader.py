@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, true
+from sqlalchemy import case, false, func, select, true
 
 from core.ledger.tables import Decision, ReportContextRollup, ReportRollup, Variant
 from reports.queries import Filters, ReportReader, outcomes
@@ -104,7 +104,7 @@ class RollupReader(ReportReader):
             kv = each(Decision.context).table_valued("key", "value").alias("kv")
         out: list[tuple[Any, ...]] = []
         for part in parts:
-            where = [*part, *self._product(Decision)]
+            where = [*part, *self._product(Decision), Decision.activated == true()]
             o = outcomes(self.settings, Filters()).where(*where).subquery("direct_outcomes")
             c = func.coalesce(o.c.clicked, 0)
             p = func.coalesce(o.c.purchased, 0)
@@ -127,7 +127,7 @@ class RollupReader(ReportReader):
         hours, parts = split(self.f.since, self.f.until)
         r = ReportRollup
         out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 10)
-        sums = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
+        sums: tuple[Any, ...] = (r.n, r.clicks, r.purchases, r.revenue, r.revenue_sq)
         sums += (r.sw, r.sw_click, r.sw_purchase, r.sw_revenue, r.sw2)
         keys = (r.product_id, r.variant_id, r.policy)
         for row in self._rollup(r, hours, keys, sums):
@@ -137,7 +137,7 @@ class RollupReader(ReportReader):
             parts, lambda _: (d.product_id, d.variant_id, d.policy), weights=True
         ):
             _add(out[row[:3]], row[3:])
-        return [(*k, *_typed(v)) for k, v in out.items()]
+        return _impressions(out)
 
     def timeseries(self, origin: float, bucket_s: float) -> list[tuple[Any, ...]]:
         """As the full scan's, for buckets of whole hours (`bucket_s` a multiple of 3600)."""
@@ -150,7 +150,7 @@ class RollupReader(ReportReader):
             parts, lambda _: (bucket, Decision.policy, Decision.variant_id)
         ):
             _add(out[(int(k), policy, variant_id)], sums)
-        return [(*k, *_typed(v)) for k, v in out.items()]
+        return _impressions(out)
 
     def _hourly_by_style(self, hours: Hours | None) -> list[tuple[Any, ...]]:
         """Per (hour, policy, variant style): hour, policy, one variant of that style, and the
@@ -182,7 +182,7 @@ class RollupReader(ReportReader):
             parts, lambda kv: (kv.c.key, kv.c.value, Decision.policy), contexts=True
         ):
             _add(out[(str(key), str(value), policy)], rest)  # rendered as the full scan does
-        return [(*k, *_typed(v)) for k, v in out.items()]
+        return _impressions(out)
 
     def product_sums(
         self, lo: float | None = None, hi: float | None = None
@@ -207,7 +207,25 @@ class RollupReader(ReportReader):
             _add(out[row[:width]], row[width:])
         for row in self._direct(parts, lambda _: (d.product_id, d.policy)[:width]):
             _add(out[row[:width]], row[width:])
-        return [(*k, *_typed(v)) for k, v in out.items()]
+        return _impressions(out)
+
+    def activation_counts(self) -> dict[str, tuple[int, int]]:
+        """As the full scan's: per policy, (not_activated, awaiting). The closed ones of whole
+        hours are in the rollups; the rest are among the decisions read directly."""
+        hours, parts = split(self.f.since, self.f.until)
+        r = ReportRollup
+        out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for policy, n in self._rollup(r, hours, (r.policy,), (r.not_activated,)):
+            out[policy][0] += int(n or 0)
+        d = Decision
+        for part in parts:
+            where = [*part, *self._product(d), d.activated == false()]
+            closed = case((d.closed_at.is_(None), 0), else_=1)
+            stmt = select(d.policy, func.sum(closed), func.count()).where(*where)
+            for policy, done, n in self.conn.execute(stmt.group_by(d.policy)):
+                out[policy][0] += int(done or 0)
+                out[policy][1] += int(n) - int(done or 0)
+        return {p: (v[0], v[1]) for p, v in out.items() if v[0] or v[1]}
 
     def recent_cutoff(self, limit: int) -> float | None:
         """The ts of the `limit`-th most recent randomized decision in the window (None when
@@ -219,6 +237,12 @@ class RollupReader(ReportReader):
             .offset(limit - 1)
             .limit(1)
         ).scalar()
+
+
+def _impressions(out: dict[tuple[Any, ...], list[float]]) -> list[tuple[Any, ...]]:
+    """The rows with at least one impression (a rollup cell may hold only decisions never
+    activated, which the full scan does not group), counts as ints."""
+    return [(*k, *_typed(v)) for k, v in out.items() if v[0]]
 
 
 def _add(acc: list[float], part: Sequence[Any]) -> None:

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, and_, case, func, select, true
+from sqlalchemy import BigInteger, Connection, Table, and_, case, false, func, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.ledger.tables import (
@@ -62,6 +62,7 @@ _SUMS = (
     "sw_purchase",
     "sw_revenue",
     "sw2",
+    "not_activated",
 )
 _CONTEXT_KEY = ("hour", "product_id", "key", "value", "policy")
 _CONTEXT_SUMS = _SUMS[:5]
@@ -95,12 +96,13 @@ class Outcome(NamedTuple):
     revenue: float
 
     def sums(self, sign: int = 1) -> tuple[float, ...]:
-        """The decision's contribution to each of `report_rollups`' sums, times `sign`."""
+        """The decision's contribution to each of `report_rollups`' sums, times `sign` (an
+        impression: `not_activated`, the last, is 0)."""
         w = 1.0 / self.probability
         c, p, r = self.clicked, self.purchased, self.revenue
         if sign == 1:
-            return (1, c, p, r, r * r, w, w * c, w * p, w * r, w * w)
-        return tuple(sign * x for x in (1, c, p, r, r * r, w, w * c, w * p, w * r, w * w))
+            return (1, c, p, r, r * r, w, w * c, w * p, w * r, w * w, 0)
+        return tuple(sign * x for x in (1, c, p, r, r * r, w, w * c, w * p, w * r, w * w, 0))
 
 
 class Cells:
@@ -128,6 +130,13 @@ class Cells:
                 self.contexts[ckey] = list(head)
             else:
                 self.contexts[ckey] = [a + b for a, b in zip(acc, head, strict=True)]
+
+    def add_not_activated(self, product_id: str, variant_id: str, policy: str, ts: float) -> None:
+        """A deferred decision closed without an activation in time: no impression, counted
+        in `not_activated` only (and never in the context rollups)."""
+        key = (int(ts // HOUR), product_id, variant_id, policy)
+        acc = self.main.setdefault(key, [0] * len(_SUMS))
+        acc[-1] += 1
 
 
 def state(conn: Connection | Session, *, lock: str | None = None) -> ReportRollupState | None:
@@ -163,11 +172,13 @@ def add_closed(
     settings: Settings,
     closed: Sequence[Outcome],
     contexts: Iterable[tuple[str, Any]],
+    not_activated: Sequence[tuple[str, str, str, float]] = (),
 ) -> bool:
     """Add decisions being closed in `s`'s transaction to the rollups (`contexts`: their
-    (decision_id, context) as read). Returns False (and adds nothing) when the rollups are not
-    being kept: stale, or built with another window (then they are marked stale, so the report
-    stops trusting them)."""
+    (decision_id, context) as read; `not_activated`: (product, variant, policy, ts) of the
+    deferred ones closed without an activation). Returns False (and adds nothing) when the
+    rollups are not being kept: stale, or built with another window (then they are marked
+    stale, so the report stops trusting them)."""
     st = state(s, lock="update")
     if st is None or st.status == "stale":
         return False
@@ -180,12 +191,14 @@ def add_closed(
         s.flush()
         return False
     s.flush()
-    if not closed:
+    if not closed and not not_activated:
         return True
     pairs = contexts_of(s.connection(), contexts)
     cells = Cells()
     for o in closed:
         cells.add(o, pairs.get(o.decision_id, ()))
+    for unseen in not_activated:
+        cells.add_not_activated(*unseen)
     write(s.connection(), cells)
     return True
 
@@ -276,6 +289,10 @@ def rebuild(sessions: sessionmaker[Session], settings: Settings, *, day_s: float
                 cells = Cells()
                 for o in rows:
                     cells.add(o, pairs.get(o.decision_id, ()))
+                for unseen in conn.execute(
+                    select(*_DECISION_COLUMNS[1:5]).where(*where, Decision.activated == false())
+                ):
+                    cells.add_not_activated(*unseen)
                 write(conn, cells)
                 total += len(rows)
                 start += day_s
@@ -297,8 +314,11 @@ def write(conn: Connection, cells: Cells) -> None:
         if not rows:
             continue
         columns = (*key, *names)
-        counts = 3  # n, clicks, purchases are integers
-        tuples = [(*k, *(int(x) for x in v[:counts]), *v[counts:]) for k, v in rows.items()]
+        ints = [isinstance(table.c[n].type, BigInteger) for n in names]  # the counts
+        tuples = [
+            (*k, *(int(x) if i else float(x) for i, x in zip(ints, v, strict=True)))
+            for k, v in rows.items()
+        ]
         target = f"{table.name} (" + ", ".join(f'"{c}"' for c in columns) + ")"
         conflict = (
             " ON CONFLICT ("

@@ -287,6 +287,8 @@ class ReportRollup(Base):
     sw_purchase: Mapped[float] = mapped_column(Float)
     sw_revenue: Mapped[float] = mapped_column(Float)
     sw2: Mapped[float] = mapped_column(Float)
+    #: Deferred decisions closed without an activation in time: no impressions (n excludes them).
+    not_activated: Mapped[int] = mapped_column(BigInteger)
 
 
 class ReportContextRollup(Base):

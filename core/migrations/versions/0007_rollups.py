@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("hour", sa.BigInteger(), nullable=False),
         *(sa.Column(c, sa.BigInteger(), nullable=False) for c in _SUMS),
         *(sa.Column(c, sa.Float(), nullable=False) for c in _FLOATS + _WEIGHTS),
+        sa.Column("not_activated", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("product_id", "variant_id", "policy", "hour"),
         sqlite_with_rowid=False,
     )
