@@ -45,7 +45,11 @@ def fair_trial(settings: Settings) -> FairTrial | None:
     """The settings' trial for new copy (None when switched off)."""
     if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
         return None
-    return FairTrial(settings.bandit_new_arm_exposure, settings.bandit_new_arm_floor)
+    return FairTrial(
+        settings.bandit_new_arm_exposure,
+        settings.bandit_new_arm_floor,
+        behind=settings.bandit_new_arm_behind,
+    )
 
 
 class PolicyHolder:

@@ -369,7 +369,11 @@ def _fair_trial(settings: Settings) -> FairTrial | None:
     """The settings' trial for new copy, as the API serves it (the shadows' pmfs apply it)."""
     if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
         return None
-    return FairTrial(settings.bandit_new_arm_exposure, settings.bandit_new_arm_floor)
+    return FairTrial(
+        settings.bandit_new_arm_exposure,
+        settings.bandit_new_arm_floor,
+        behind=settings.bandit_new_arm_behind,
+    )
 
 
 #: Seconds between two prunings of old model versions (each loads the newest one to check it).

@@ -522,6 +522,14 @@ def report(
             "--full-scan", help="Sum every decision instead of reading the rollups (same numbers)."
         ),
     ] = False,
+    feature_sample: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Newest closed decisions the feature-importance section reads (a model is "
+            "retrained per feature group; 0: no section).",
+        ),
+    ] = 2000,
 ) -> None:
     """The uplift report."""
     from core.ledger import make_engine, make_sessionmaker
@@ -541,6 +549,7 @@ def report(
             ope_sample=ope_sample,
             ci=ci.value,
             rollups=not full_scan,
+            feature_sample=feature_sample,
         )
     finally:
         engine.dispose()

@@ -118,7 +118,11 @@ def model_export(
         except OSError as exc:
             _fail(f"the model file of version {version or 'newest'} is unreadable: {exc}")
     if snap is None:
-        _bad("no model versions in the ledger" if version is None else f"no version {version}")
+        _bad(
+            "no model versions in the ledger"
+            if version is None
+            else f"no model version {version} in the ledger"
+        )
     try:
         data = with_version(snap.model, snap.version)
     except ModelFileError as exc:

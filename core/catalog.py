@@ -77,6 +77,8 @@ def _fail(kind: str, message: str) -> PydanticCustomError:
 
 
 def _check_scalar(key: str, value: object) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise _fail("nul", f"{key}: must not contain NUL characters")
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail("attribute_value", f"{key}: must be a finite number, got {value}")
     if not isinstance(value, str | int | float | bool):
@@ -117,6 +119,14 @@ class ProductIn(BaseModel):
             )
         return value
 
+    @field_validator("product_id", "title", "category", "description")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # PostgreSQL's text columns cannot hold NUL (a 500 there, silently kept by SQLite).
+        if "\x00" in value:
+            raise _fail("nul", "must not contain NUL characters")
+        return value
+
     @field_validator("title", "description")
     @classmethod
     def _not_empty(cls, value: str) -> str:
@@ -143,6 +153,8 @@ class ProductIn(BaseModel):
         for key, item in value.items():
             if not isinstance(key, str) or not key.strip():
                 raise _fail("attribute_key", "keys must be non-empty strings")
+            if "\x00" in key:
+                raise _fail("nul", "keys must not contain NUL characters")
             for scalar in item if isinstance(item, list) else [item]:
                 _check_scalar(key, scalar)
         return value

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         description="Least probability a variant on trial gets (all trials together at most "
         "half of a page view's).",
     )
+    bandit_new_arm_behind: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="A variant is on trial only while it is this far behind its siblings: served "
+        "fewer times than this share of their mean (copy that arrived late, not copy the "
+        "explorer rightly serves less; chosen with bench/learning.py).",
+    )
     bandit_own_effect_z: float = Field(
         3.0,
         ge=0,

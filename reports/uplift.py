@@ -41,7 +41,7 @@ from reports.apprentice import apprentice_block
 from reports.csv_format import to_csv
 from reports.cuped import Cuped
 from reports.estimators import sample_ratio, uplift
-from reports.features import DEFAULT_FEATURE_SAMPLE, feature_report
+from reports.features import feature_report
 from reports.intervals import SEQUENTIAL_TARGET_N, critical, mixture_scale
 from reports.ope import counterfactual_panel, to_rows
 from reports.queries import Filters, ReportReader, report_reader
@@ -104,7 +104,7 @@ def uplift_report(
     greedy: bool = True,
     ci: str = "fixed",
     sequential_target_n: float = SEQUENTIAL_TARGET_N,
-    feature_sample: int = DEFAULT_FEATURE_SAMPLE,
+    feature_sample: int = 0,
     rollups: bool = True,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (see the module docstring for the semantics).
@@ -114,7 +114,9 @@ def uplift_report(
     leaves it out); `greedy=False` skips scoring the panel's sample with a model snapshot;
     `ci` is `fixed` or `sequential` (ValueError otherwise); `sequential_target_n` is where the
     sequential boundary is tightest, in randomized decisions; `feature_sample` bounds the closed
-    decisions the feature section reads (0 leaves it out); `rollups=False` scans every decision
+    decisions the feature section reads (it retrains a model per feature group, seconds, so it
+    is left out, 0, unless asked for: the HTML page and `copyloop report` ask for 2,000);
+    `rollups=False` scans every decision
     instead of reading the rollups (the same numbers: tests compare the two).
     """
     lift = Lift(ci, sequential_target_n)  # ValueError for an unknown `ci`, before any query
@@ -202,7 +204,13 @@ def uplift_report(
         "features": (
             feature_report(sessions, settings, f, feature_sample)
             if feature_sample > 0
-            else {"features": [], "groups": [], "note": "left out (feature_sample = 0)"}
+            else {
+                "features": [],
+                "namespaces": [],
+                "groups": [],
+                "note": "Left out of this report (it retrains a model per feature group): ask "
+                "with feature_sample=N, or GET /v1/reports/features",
+            }
         ),
     }
     clean: dict[str, Any] = finite(report)

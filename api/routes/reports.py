@@ -17,6 +17,7 @@ from api.auth import require
 from api.deps import SessionsDep, SettingsDep
 from api.errors import AUTH_RESPONSES, InvalidRequest
 from reports import to_csv, uplift_report
+from reports.features import DEFAULT_FEATURE_SAMPLE
 from reports.html import to_html
 from reports.uplift import DEFAULT_OPE_SAMPLE
 
@@ -36,6 +37,16 @@ CiParam = Annotated[
     Query(
         description="Interval kind: `fixed` (95%, read once) or `sequential` (always-valid 95% "
         "confidence sequences: safe to watch continuously and stop on)."
+    ),
+]
+FeatureSampleParam = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=50_000,
+        description="Newest closed decisions the feature-importance section reads (it retrains "
+        "a model per feature group: seconds); 0 leaves it out (the default of the JSON/CSV "
+        "report, 2,000 on the HTML page).",
     ),
 ]
 OpeSampleParam = Annotated[
@@ -86,6 +97,7 @@ def _report(
     product_id: str | None,
     ope_sample: int = DEFAULT_OPE_SAMPLE,
     ci: str = "fixed",
+    feature_sample: int = 0,
 ) -> dict[str, Any]:
     return uplift_report(
         sessions,
@@ -95,6 +107,7 @@ def _report(
         product_id=product_id,
         ope_sample=ope_sample,
         ci=ci,
+        feature_sample=feature_sample,
     )
 
 
@@ -112,12 +125,13 @@ def uplift(
     format: Literal["json", "csv"] = "json",  # the contract names it so
     ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
     ci: CiParam = "fixed",
+    feature_sample: FeatureSampleParam = 0,
 ) -> Any:
     """Bandit vs control over decisions with `since <= ts < until` (optionally one product):
     arms, uplift (each metric with its CUPED twin), sample-ratio check, per-product/variant/
     context/generator-version rows, time series and the counterfactual panel; `ci` picks fixed
     or always-valid (sequential) intervals."""
-    report = _report(sessions, settings, since, until, product_id, ope_sample, ci)
+    report = _report(sessions, settings, since, until, product_id, ope_sample, ci, feature_sample)
     if format == "csv":
         return Response(
             to_csv(report),
@@ -136,7 +150,8 @@ def report_page(
     product_id: Annotated[str | None, Query(max_length=128)] = None,
     ope_sample: OpeSampleParam = DEFAULT_OPE_SAMPLE,
     ci: CiParam = "fixed",
+    feature_sample: FeatureSampleParam = DEFAULT_FEATURE_SAMPLE,
 ) -> HTMLResponse:
     """The report as an HTML page with charts."""
-    report = _report(sessions, settings, since, until, product_id, ope_sample, ci)
+    report = _report(sessions, settings, since, until, product_id, ope_sample, ci, feature_sample)
     return HTMLResponse(to_html(report))

@@ -44,7 +44,12 @@ ProductId = Annotated[str, Path(min_length=1, max_length=128)]
 class VariantIn(BaseModel):
     """One hand-written variant."""
 
-    text: str = Field(min_length=1, max_length=10_000, description="The copy, as shown.")
+    text: str = Field(
+        min_length=1,
+        max_length=10_000,
+        pattern=r"^[^\x00]+$",  # PostgreSQL's text columns cannot hold NUL
+        description="The copy, as shown.",
+    )
     style: str = Field(
         "manual",
         min_length=1,

@@ -1,6 +1,6 @@
 /* copyloop storefront snippet: served copy, seen-only impressions, click and cart beacons.
  *
- *   <script src="https://API/v1/client.js" data-copyloop-key="PUBLISHABLE_KEY" defer></script>
+ *   <script src="https://API/v1/client.js" data-copyloop-key="PUBLISHABLE_KEY" async></script>
  *   <p data-copyloop-product="PRODUCT_ID">The original copy (kept if copyloop is slow or down)</p>
  *   <button data-copyloop-add-to-cart="PRODUCT_ID">Add to cart</button>
  *

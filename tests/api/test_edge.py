@@ -130,3 +130,34 @@ def test_openapi_states_the_limits_the_server_applies(client: TestClient) -> Non
         assert field["pattern"] == "^[^\\u0000-\\u001F\\u007F]+$"
     assert event["properties"]["value"]["anyOf"][0]["minimum"] == 0
     assert "413" in spec["paths"]["/v1/events"]["post"]["responses"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"product_id": "p\x00", "title": "t", "description": "d"}, "product_id", "NUL"),
+        ({"product_id": "p1", "title": "t\x00", "description": "d"}, "title", "NUL"),
+        (
+            {"product_id": "p2", "title": "t", "description": "d", "attributes": {"a": ["b\x00"]}},
+            "attributes",
+            "a: must not contain NUL",
+        ),
+    ],
+)
+def test_strings_postgresql_cannot_store_are_422_not_500(
+    client: TestClient,
+    headers: dict[str, dict[str, str]],
+    product: Any,
+    body: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    r = client.post("/v1/products", json=body, headers=headers["admin"])
+    assert r.status_code == 422
+    [bad] = r.json()["error"]["details"]
+    assert bad["field"] == field and reason in bad["reason"]
+    text = {"text": "A steel lamp\x00 with 3 settings and a 2 m cord.", "style": "x"}
+    r = client.post(
+        f"/v1/products/{product.product_id}/variants", json=text, headers=headers["admin"]
+    )
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "text"

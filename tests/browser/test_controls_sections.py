@@ -93,7 +93,12 @@ def test_control_sections_show_the_json_numbers(served: tuple[str, str], browser
 
     base, key = served
     auth = {"Authorization": f"Bearer {key}"}
-    data = httpx.get(f"{base}/v1/reports/uplift", headers=auth, timeout=120).raise_for_status()
+    data = httpx.get(
+        f"{base}/v1/reports/uplift",
+        params={"feature_sample": 2000},  # what the HTML page reads by default
+        headers=auth,
+        timeout=120,
+    ).raise_for_status()
     report = data.json()
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": auth})

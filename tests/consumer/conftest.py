@@ -121,9 +121,7 @@ def readable_weights(model: bytes) -> str:
         vw.finish()
         lines = text.read_text().splitlines()
     counts = (
-        []
-        if header is None
-        else [f"learned {header.learned}", f"exposure {dict(header.exposure)}"]
+        [] if header is None else [f"learned {header.learned}", f"exposure {dict(header.exposure)}"]
     )
     return os.linesep.join([*counts, *(line for line in lines if not line.startswith("t "))])
 

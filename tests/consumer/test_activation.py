@@ -13,6 +13,7 @@ from consumer.errors import BadMessage
 from consumer.join import close_expired_windows, closed_since, ingest
 from consumer.records import ActivationRecord, decode_events_message
 from core.ledger import Activation, Decision, Reward
+from core.ledger.presence import held_ids
 from core.messages import Activation as ActivationMessage
 from reports.uplift import uplift_report
 
@@ -158,3 +159,10 @@ def test_activation_messages_decode_apart_from_events() -> None:
     assert decode_events_message(event).event_id == "e1"
     with pytest.raises(BadMessage, match="ts: "):
         decode_events_message(b'{"type": "activation", "decision_id": "d1", "ts": "soon"}')
+
+
+def test_the_api_log_learns_when_the_ledger_holds_an_activation(sessions) -> None:
+    """The API's durable log keeps an activation until `activations` has its decision."""
+    assert held_ids(sessions, {"activations": ["d1"]}) == {"activations": set()}
+    ingest(sessions, [], [], [ActivationRecord("d1", T0)])
+    assert held_ids(sessions, {"activations": ["d1", "d2"]}) == {"activations": {"d1"}}

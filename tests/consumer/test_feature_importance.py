@@ -89,6 +89,8 @@ def test_section_in_every_format_and_over_http(learned, sessions, settings):
 
     block = report["features"]
     assert block["sample"]["decisions"] == 600 and block["groups"]
+    plain = uplift_report(sessions, settings, ope_sample=0, greedy=False)["features"]
+    assert plain["groups"] == [] and plain["note"].startswith("Left out of this report")
     csv = to_csv(report)
     assert "\nfeature,U*T/device=" in csv and "\nfeature_group:U,ctr/snips" in csv
     page = to_html(report)

@@ -103,13 +103,16 @@ def test_rollback_is_the_newest_version_and_the_learner_continues_from_it(
     assert versions[5].source == "learned" and versions[5].current
 
 
-def test_rollback_of_an_unknown_version_exits_2(sessions, settings):
+def test_rollback_or_export_of_an_unknown_version_exits_2(sessions, settings):
     learner = Learner(sessions, settings)
     learner.catch_up()
     learner.close()
     out = cli(settings, "model", "rollback", "9")
     assert out.returncode == 2
     assert "no model version 9" in out.stderr
+    out = cli(settings, "model", "export", "--version", "9", str(settings.spool_dir) + "/m")
+    assert out.returncode == 2
+    assert "no model version 9 in the ledger" in out.stderr
 
 
 def test_list_json_names_every_version_newest_first(
