@@ -27,7 +27,7 @@ from api.decision_log import DecisionLog
 from api.deps import Resources
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
-from api.policy_holder import PolicyHolder, fair_trial
+from api.policy_holder import PolicyHolder
 from api.publisher import Publisher
 from api.routes import (
     activations,
@@ -42,6 +42,7 @@ from api.routes import (
     variants,
 )
 from api.storefront import Storefront
+from bandit import FairTrial
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
@@ -88,7 +89,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
         holdout=settings.holdout,
         seed=settings.seed,
         reload_s=settings.model_reload_s,
-        fair_trial=fair_trial(settings),
+        fair_trial=FairTrial.of(settings),
         own_effect_z=settings.bandit_own_effect_z,
         mode=Mode(settings.mode, settings.apprentice_explore),
     )

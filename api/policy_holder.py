@@ -26,7 +26,6 @@ from api.background import Periodic
 from bandit import FairTrial, ModelLoadError, Policy
 from core.ledger import modes
 from core.ledger.snapshots import latest_version, load_latest
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +38,6 @@ def policy_seed(seed: int, version: int) -> int:
     True
     """
     return int(np.random.SeedSequence([seed, version]).generate_state(1)[0])
-
-
-def fair_trial(settings: Settings) -> FairTrial | None:
-    """The settings' trial for new copy (None when switched off)."""
-    if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
-        return None
-    return FairTrial(
-        settings.bandit_new_arm_exposure,
-        settings.bandit_new_arm_floor,
-        behind=settings.bandit_new_arm_behind,
-    )
 
 
 class PolicyHolder:

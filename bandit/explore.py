@@ -27,6 +27,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: The flags copyloop's explorers take; any other explorer flag runs inside VW.
 OWN_FLAGS = frozenset({"--squarecb", "--gamma_scale", "--gamma_exponent", "--epsilon"})
@@ -108,6 +109,14 @@ class EpsilonGreedy:
 Explorer = InverseGap | EpsilonGreedy
 
 
+class TrialSettings(Protocol):
+    """The settings a `FairTrial` is made from (`core.settings.Settings` has them)."""
+
+    bandit_new_arm_exposure: int
+    bandit_new_arm_floor: float
+    bandit_new_arm_behind: float
+
+
 @dataclass(frozen=True, slots=True)
 class FairTrial:
     """A floor for new copy: a variant far behind its siblings (served fewer times, among the
@@ -141,6 +150,18 @@ class FairTrial:
             raise ValueError(f"max_total must be in [0, 1), got {self.max_total}")
         if not 0.0 < self.behind <= 1.0:
             raise ValueError(f"behind must be in (0, 1], got {self.behind}")
+
+    @classmethod
+    def of(cls, settings: TrialSettings) -> FairTrial | None:
+        """The settings' trial for new copy (None when switched off), the same in the API, the
+        learner and the simulator."""
+        if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
+            return None
+        return cls(
+            settings.bandit_new_arm_exposure,
+            settings.bandit_new_arm_floor,
+            behind=settings.bandit_new_arm_behind,
+        )
 
     def floors(self, exposures: Sequence[int]) -> list[float]:
         """Each arm's floor (0 for seasoned ones); together at most `max_total`.

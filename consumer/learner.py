@@ -128,7 +128,7 @@ class Learner:
                     model=snap.model,
                     version=snap.version,
                     importance_cap=settings.bandit_importance_cap,
-                    fair_trial=_fair_trial(settings),
+                    fair_trial=FairTrial.of(settings),
                 )
                 start = snap.last_seq
             except ModelLoadError as exc:
@@ -147,7 +147,7 @@ class Learner:
                 settings.vw_args,
                 seed=settings.seed,
                 importance_cap=settings.bandit_importance_cap,
-                fair_trial=_fair_trial(settings),
+                fair_trial=FairTrial.of(settings),
             )
             start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
@@ -363,17 +363,6 @@ def with_holdout(pmf: Sequence[float], holdout: float) -> list[float]:
     out = [(1.0 - holdout) * p for p in pmf]
     out[0] += holdout
     return out
-
-
-def _fair_trial(settings: Settings) -> FairTrial | None:
-    """The settings' trial for new copy, as the API serves it (the shadows' pmfs apply it)."""
-    if settings.bandit_new_arm_exposure == 0 or settings.bandit_new_arm_floor == 0.0:
-        return None
-    return FairTrial(
-        settings.bandit_new_arm_exposure,
-        settings.bandit_new_arm_floor,
-        behind=settings.bandit_new_arm_behind,
-    )
 
 
 #: Seconds between two prunings of old model versions (each loads the newest one to check it).

@@ -29,8 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.catalog_cache import CatalogCache
-from api.policy_holder import PolicyHolder, fair_trial
+from api.policy_holder import PolicyHolder
 from api.serving import choose, decision_message
+from bandit import FairTrial
 from consumer.join import ingest
 from consumer.learner import Learner
 from consumer.records import DecisionRecord, decode_decision, decode_event
@@ -133,7 +134,7 @@ class CopyloopServer:
             holdout=self.settings.holdout,
             seed=self.settings.seed,
             reload_s=self.settings.model_reload_s,
-            fair_trial=fair_trial(self.settings),
+            fair_trial=FairTrial.of(self.settings),
             own_effect_z=self.settings.bandit_own_effect_z,
         )
         self.holder.reload_once()
