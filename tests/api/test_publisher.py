@@ -130,7 +130,12 @@ def test_records_stay_until_the_ledger_holds_them_and_are_resent_meanwhile(
         assert list(log_dir.glob("*.log"))
         # The consumer's part, by hand: the ledger now holds them (duplicates stored once).
         ingest(sessions, [decode_decision(v) for _, _, v in twice], [])
-        wait_until(lambda: not list(log_dir.iterdir()), timeout_s=15, what="the log pruned")
+        # The backlog figure is refreshed at the end of the publisher's round, after the prune.
+        wait_until(
+            lambda: not list(log_dir.iterdir()) and publisher.stats().backlog == 0,
+            timeout_s=15,
+            what="the log pruned",
+        )
         stats = publisher.stats()
         assert (stats.backlog, stats.confirmed, stats.segments) == (0, 5, 0)
     finally:
