@@ -47,6 +47,9 @@ DEVICES = ("mobile", "desktop", "tablet")
 SEGMENTS = ("new", "returning", "loyal")
 TYPES = ("click", "click", "click", "add_to_cart", "purchase")
 
+#: Events per second (plus as many decisions) one consumer process should write (issue 12).
+EVENTS_GOAL = 20_000
+
 
 def decision_id(run: str, i: int) -> str:
     return f"{run}{i:024x}"
@@ -454,9 +457,9 @@ def main() -> None:
             ratio = ing["steady_msgs_per_s"] / results["raw"]["steady_msgs_per_s"]
             results["ratio_steady"] = round(ratio, 3)
             print(
-                f"ratio copyloop / raw kafka-python (steady msgs/s): {ratio:.2f}  "
-                f"[target >= 0.5]; events/s target >= 10000: "
-                f"{'met' if ing['steady_events_per_s'] >= 10000 else 'MISSED'}",
+                f"ratio copyloop / raw kafka-python (steady msgs/s): {ratio:.2f}; "
+                f"events/s goal >= {EVENTS_GOAL}: "
+                f"{'met' if ing['steady_events_per_s'] >= EVENTS_GOAL else 'missed'}",
                 flush=True,
             )
         if "profile" in ing:
