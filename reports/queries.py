@@ -354,20 +354,9 @@ class ReportReader:
         outcomes: decision_id, product_id, variant_id, actions, pmf, probability, context,
         clicked, purchased, revenue, seq (the reward's learning order; None while the window
         is open), ts and policy. Fallback decisions are not randomized and are left out."""
-        o = OUTCOMES
         # The limit first (a backward scan of the ts index), then the outcomes of those only.
         recent = (
-            select(
-                Decision.decision_id,
-                Decision.product_id,
-                Decision.variant_id,
-                Decision.actions,
-                Decision.pmf,
-                Decision.probability,
-                Decision.context,
-                Decision.ts,
-                Decision.policy,
-            )
+            select(*_LOGGED, Decision.ts, Decision.policy)
             .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
             .order_by(Decision.ts.desc(), Decision.decision_id)
             .limit(limit)
@@ -375,23 +364,9 @@ class ReportReader:
         )
         r = recent.c
         return self.conn.execute(
-            select(
-                r.decision_id,
-                r.product_id,
-                r.variant_id,
-                r.actions,
-                r.pmf,
-                r.probability,
-                r.context,
-                func.coalesce(o.c.clicked, 0).label("clicked"),
-                func.coalesce(o.c.purchased, 0).label("purchased"),
-                func.coalesce(o.c.revenue, 0.0).label("revenue"),
-                Reward.seq,
-                r.ts,
-                r.policy,
-            )
+            select(*_with_outcomes(r), Reward.seq, r.ts, r.policy)
             .select_from(recent)
-            .outerjoin(o, o.c.decision_id == r.decision_id)
+            .outerjoin(OUTCOMES, OUTCOMES.c.decision_id == r.decision_id)
             .outerjoin(Reward, Reward.decision_id == r.decision_id)
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
@@ -400,19 +375,8 @@ class ReportReader:
         """The `limit` most recent randomized decisions that the shadow explorers scored
         (`shadow_scores`), with the columns of `recent_logged` (less seq, ts and policy) and
         `pmfs`, each shadow's distribution over the action set."""
-        o = OUTCOMES
         recent = (
-            select(
-                Decision.decision_id,
-                Decision.product_id,
-                Decision.variant_id,
-                Decision.actions,
-                Decision.pmf,
-                Decision.probability,
-                Decision.context,
-                Decision.ts,
-                ShadowScore.pmfs,
-            )
+            select(*_LOGGED, Decision.ts, ShadowScore.pmfs)
             .join(ShadowScore, ShadowScore.decision_id == Decision.decision_id)
             .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
             .order_by(Decision.ts.desc(), Decision.decision_id)
@@ -421,21 +385,9 @@ class ReportReader:
         )
         r = recent.c
         return self.conn.execute(
-            select(
-                r.decision_id,
-                r.product_id,
-                r.variant_id,
-                r.actions,
-                r.pmf,
-                r.probability,
-                r.context,
-                func.coalesce(o.c.clicked, 0).label("clicked"),
-                func.coalesce(o.c.purchased, 0).label("purchased"),
-                func.coalesce(o.c.revenue, 0.0).label("revenue"),
-                r.pmfs,
-            )
+            select(*_with_outcomes(r), r.pmfs)
             .select_from(recent)
-            .outerjoin(o, o.c.decision_id == r.decision_id)
+            .outerjoin(OUTCOMES, OUTCOMES.c.decision_id == r.decision_id)
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
 
@@ -493,3 +445,27 @@ def product_categories(s: Session, product_ids: Sequence[str]) -> dict[str, str]
         )
         out.update({r[0]: r[1] for r in rows})
     return out
+
+
+#: What the off-policy sections read of a logged decision, before its outcomes.
+_LOGGED = (
+    Decision.decision_id,
+    Decision.product_id,
+    Decision.variant_id,
+    Decision.actions,
+    Decision.pmf,
+    Decision.probability,
+    Decision.context,
+)
+
+
+def _with_outcomes(r: Any) -> list[Any]:
+    """`_LOGGED`'s columns of the subquery `r`, then clicked, purchased and revenue (0 for a
+    decision without events)."""
+    o = OUTCOMES
+    return [
+        *(r[c.key] for c in _LOGGED),
+        func.coalesce(o.c.clicked, 0).label("clicked"),
+        func.coalesce(o.c.purchased, 0).label("purchased"),
+        func.coalesce(o.c.revenue, 0.0).label("revenue"),
+    ]
