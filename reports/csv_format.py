@@ -172,18 +172,7 @@ def ope(report: dict[str, Any]) -> Iterator[Row]:
             yield {"section": f"ope:{name}", "key": "", "note": pol.get("note", "")}
             continue
         note = "; ".join(x for x in (pol.get("warning"), pol.get("note")) if x)
-        for metric, per in pol["estimates"].items():
-            for estimator, e in per.items():
-                yield {
-                    "section": f"ope:{name}",
-                    "key": f"{metric}/{estimator}",
-                    "value": e["value"],
-                    "ci_low": e["ci_low"],
-                    "ci_high": e["ci_high"],
-                    "ess": e["ess"],
-                    "impressions": e["n"],
-                    "note": note,
-                }
+        yield from _estimates(f"ope:{name}", pol["estimates"], note)
 
 
 def shadow(report: dict[str, Any]) -> Iterator[Row]:
@@ -197,18 +186,23 @@ def shadow(report: dict[str, Any]) -> Iterator[Row]:
     targets = [("live", block["live"])] + [(e["explorer"], e) for e in block["explorers"]]
     for name, target in targets:
         note = target.get("warning") or ""
-        for metric, per in target["estimates"].items():
-            for estimator, e in per.items():
-                yield {
-                    "section": f"ope.shadow:{name}",
-                    "key": f"{metric}/{estimator}",
-                    "value": e["value"],
-                    "ci_low": e["ci_low"],
-                    "ci_high": e["ci_high"],
-                    "ess": e["ess"],
-                    "impressions": e["n"],
-                    "note": note,
-                }
+        yield from _estimates(f"ope.shadow:{name}", target["estimates"], note)
+
+
+def _estimates(section: str, estimates: dict[str, Any], note: str) -> Iterator[Row]:
+    """One row per metric and estimator of an off-policy block, with its interval."""
+    for metric, per in estimates.items():
+        for estimator, e in per.items():
+            yield {
+                "section": section,
+                "key": f"{metric}/{estimator}",
+                "value": e["value"],
+                "ci_low": e["ci_low"],
+                "ci_high": e["ci_high"],
+                "ess": e["ess"],
+                "impressions": e["n"],
+                "note": note,
+            }
 
 
 def features(report: dict[str, Any]) -> Iterator[Row]:
