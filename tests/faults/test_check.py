@@ -32,6 +32,7 @@ def test_the_log_owes_what_the_ledger_lacks_until_the_ledger_holds_it(
         actions=["v0", "v1"],
         pmf=[0.5, 0.5],
         ts=time.time(),
+        activated=True,
     )
     event = json.dumps({"event_id": "e1", "decision_id": d.decision_id, "type": "click"}).encode()
     spool = tmp_path / "spool"
