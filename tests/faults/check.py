@@ -1,5 +1,5 @@
-"""After a fault run: wait until copyloop is quiet, then compare the ledger with the producers'
-own record, exactly.
+"""After a fault run: wait until copyloop is quiet (its decision log owes the ledger nothing and
+the ledger stopped changing), then compare the ledger with the producers' own record, exactly.
 
 - decisions: every acknowledged decision is in the ledger; anything else there is a decision
   whose request got no answer (its `rid` is in the uncertain set);
