@@ -112,6 +112,16 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Invalid request; `details` names each field."},
 }
 
+#: `AUTH_RESPONSES` for a route whose own answer is not JSON: FastAPI documents a `model`'s
+#: response in the route's media type, so these state the errors' JSON schema themselves.
+AUTH_RESPONSES_NOT_JSON: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": response["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for status, response in AUTH_RESPONSES.items()
+}
+
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -43,8 +43,13 @@ class TokenSigner:
         return base64.urlsafe_b64encode(digest[:_TOKEN_BYTES]).rstrip(b"=").decode()
 
     def verify(self, decision_id: str, token: object) -> bool:
-        """Whether `token` is `decision_id`'s (constant time; any non-string is refused)."""
-        return isinstance(token, str) and hmac.compare_digest(self.sign(decision_id), token)
+        """Whether `token` is `decision_id`'s (constant time; anything but an ASCII string is
+        refused: `compare_digest` raises on non-ASCII text, and no token holds any)."""
+        return (
+            isinstance(token, str)
+            and token.isascii()
+            and hmac.compare_digest(self.sign(decision_id), token)
+        )
 
 
 def load_signer(sessions: sessionmaker[Session], configured: str | None) -> TokenSigner:

@@ -13,9 +13,8 @@ one this process served recently or one the ledger holds; otherwise 404 `decisio
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy import select
@@ -23,9 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authorized
+from api.bodies import read_json
 from api.decision_log import Kind
 from api.deps import Resources
-from api.errors import AUTH_RESPONSES, DecisionNotFound, ErrorResponse, InvalidRequest, InvalidToken
+from api.errors import (
+    AUTH_RESPONSES,
+    BodyTooLarge,
+    DecisionNotFound,
+    ErrorResponse,
+    InvalidRequest,
+    InvalidToken,
+)
 from api.schemas import ActivationOut
 from core.ledger.tables import Decision
 from core.messages import ACTIVATION, Activation
@@ -44,6 +51,7 @@ ActivatorDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
     responses={
         **AUTH_RESPONSES,
         404: {"model": ErrorResponse, "description": "Unknown decision (`decision_not_found`)."},
+        413: {"model": ErrorResponse, "description": f"A body over {MAX_BODY} bytes."},
         429: {"model": ErrorResponse, "description": "Storefront key rate limited."},
     },
     openapi_extra={
@@ -68,7 +76,7 @@ async def activate(
     """Count a deferred decision as seen (idempotent; 202 whether or not it was deferred)."""
     token = request.query_params.get("token")
     if token is None:
-        token = _body_token(await request.body())
+        token = await _body_token(request)
     storefront = resources.storefront
     if token is not None:
         if not storefront.signer.verify(decision_id, token):
@@ -93,16 +101,17 @@ async def activate(
     return ActivationOut(decision_id=decision_id)
 
 
-def _body_token(body: bytes) -> str | None:
-    """`token` of an optional JSON object body; 422 naming the field when it is malformed."""
+async def _body_token(request: Request) -> str | None:
+    """`token` of an optional JSON object body; 413 past `MAX_BODY`, 422 naming the field when
+    it is malformed."""
+    body = await request.body()
     if not body.strip():
         return None
     if len(body) > MAX_BODY:
-        raise InvalidRequest(f"an activation body holds at most {MAX_BODY} bytes")
-    try:
-        parsed: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+        raise BodyTooLarge(
+            f"an activation body holds at most {MAX_BODY} bytes", {"max_bytes": MAX_BODY}
+        )
+    parsed = await read_json(request)
     if not isinstance(parsed, dict):
         raise InvalidRequest('the body must be a JSON object like {"token": "…"}')
     token = parsed.get("token")

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from api.auth import require
 from api.deps import SessionsDep, SettingsDep
-from api.errors import AUTH_RESPONSES, InvalidRequest
+from api.errors import AUTH_RESPONSES, AUTH_RESPONSES_NOT_JSON, InvalidRequest
 from reports import to_csv, uplift_report
 from reports.features import DEFAULT_FEATURE_SAMPLE
 from reports.html import to_html
@@ -141,7 +141,7 @@ def uplift(
     return report
 
 
-@router.get("/reports", response_class=HTMLResponse)
+@router.get("/reports", response_class=HTMLResponse, responses=AUTH_RESPONSES_NOT_JSON)
 def report_page(
     sessions: SessionsDep,
     settings: SettingsDep,

@@ -57,6 +57,7 @@ def test_deep_json_is_422_naming_where(
 ) -> None:
     for body, where in (
         (b"[" * 2000 + b"]" * 2000, "body" + "[0]" * 32),  # beyond what orjson parses
+        (b'{"a":' * 3000 + b"1" + b"}" * 3000, "body" + ".a" * 32),
         (b'{"context": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}", "body.context.a" + "[0]" * 30),
     ):
         r = client.post(route, content=body, headers=headers["admin"])
@@ -161,3 +162,48 @@ def test_strings_postgresql_cannot_store_are_422_not_500(
         f"/v1/products/{product.product_id}/variants", json=text, headers=headers["admin"]
     )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "text"
+
+
+def test_an_activation_body_too_deep_or_too_big_is_4xx(
+    client: TestClient, headers: dict[str, dict[str, str]], product: Any
+) -> None:
+    d = client.get(f"/v1/products/{product.product_id}/variant?defer=1", headers=headers["serve"])
+    url = f"/v1/decisions/{d.json()['decision_id']}/activate"
+    deep = client.post(url, content=b"[" * 2000 + b"]" * 2000, headers=headers["serve"])
+    assert deep.status_code == 422, deep.text
+    assert deep.json()["error"]["details"][0]["field"] == "body" + "[0]" * 32
+    big = client.post(url, content=b'{"a":' * 3000 + b"1" + b"}" * 3000, headers=headers["serve"])
+    assert big.status_code == 413, big.text
+    assert big.json()["error"]["details"] == {"max_bytes": 4096}
+
+
+def test_a_token_with_non_ascii_characters_is_refused_not_a_server_error(
+    client: TestClient, headers: dict[str, dict[str, str]], product: Any
+) -> None:
+    """`hmac.compare_digest` raises on non-ASCII text; schemathesis found the 500."""
+    d = client.get(f"/v1/products/{product.product_id}/variant?defer=1", headers=headers["serve"])
+    decision_id = d.json()["decision_id"]
+    url = f"/v1/decisions/{decision_id}/activate"
+    event = {"event_id": "e1", "decision_id": decision_id, "type": "click", "token": "jeton-é"}
+    for r in (
+        client.post(url, json={"token": "é" * 22}, headers=headers["storefront"]),
+        client.post(url, params={"token": "jeton-é"}, headers=headers["storefront"]),
+        client.post("/v1/events", json=event, headers=headers["storefront"]),
+    ):
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "invalid_token"
+
+
+def test_an_html_route_documents_its_errors_as_the_json_they_are(
+    client: TestClient, headers: dict[str, dict[str, str]]
+) -> None:
+    responses = client.get("/openapi.json").json()["paths"]["/reports"]["get"]["responses"]
+    assert list(responses["200"]["content"]) == ["text/html"]
+    for status in ("401", "403", "422"):
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert list(responses[status]["content"]) == ["application/json"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+    r = client.get("/reports?until=null", headers=headers["analyst"])
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["details"][0]["field"] == "query.until"
