@@ -14,7 +14,12 @@ PORT=${PORT:-18765}
 examples=${1:-50}
 shift || true
 "$PYTHON" -c "import schemathesis" 2>/dev/null || "$PYTHON" -m pip install -q schemathesis
-st="$(dirname "$PYTHON")/schemathesis"
+st="$(cd "$(dirname "$PYTHON")" && pwd)/schemathesis"
+base="http://127.0.0.1:$PORT"
+if curl -fs "$base/healthz" >/dev/null 2>&1; then
+  echo "something already answers on port $PORT; set PORT" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 REPORT_DIR=${REPORT_DIR:-$work/reports}
@@ -31,23 +36,25 @@ for role in admin serve events storefront analyst; do
   keys[$role]=$(cl keys create --role "$role" --label schemathesis | tail -n 1)
 done
 
-cl serve >"$work/api.log" 2>&1 &
+"$PYTHON" -m copyloop serve >"$work/api.log" 2>&1 &
 api=$!
 trap 'kill "$api" 2>/dev/null; wait "$api" 2>/dev/null || true' EXIT
-base="http://127.0.0.1:$PORT"
-for _ in $(seq 100); do
+for _ in $(seq 150); do
   curl -fs "$base/healthz" >/dev/null && break
   sleep 0.2
 done
+curl -fs "$base/healthz" >/dev/null || { cat "$work/api.log" >&2; exit 1; }
 
 status=0
 for role in admin serve events storefront analyst none bad; do
   auth=()
   [ -n "${keys[$role]}" ] && auth=(-H "Authorization: Bearer ${keys[$role]}")
   echo "== role: $role"
-  "$st" run "$base/openapi.json" "${auth[@]}" --max-examples "$examples" --seed 1 \
+  # from $work: schemathesis keeps its replay files in ./.schemathesis
+  (cd "$work" && "$st" run "$base/openapi.json" "${auth[@]}" --max-examples "$examples" --seed 1 \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --workers 1 --no-color --generation-database none --report ndjson --report-ndjson-path "$REPORT_DIR/$role.ndjson" "$@" \
+    --workers 1 --no-color --generation-database none \
+    --report ndjson --report-ndjson-path "$REPORT_DIR/$role.ndjson" "$@") \
     || status=1
 done
 if grep -q '" 500 \|Traceback' "$work/api.log"; then

@@ -96,7 +96,7 @@ def test_ids_the_consumer_refuses_are_refused_over_http_alike(
     assert r.json()["error"]["details"][0]["field"] == "body.context.k"
 
 
-@pytest.mark.parametrize("route", BODY_ROUTES)
+@pytest.mark.parametrize("route", [*BODY_ROUTES, "/v1/decisions/d1/activate"])
 def test_the_key_is_checked_before_the_body_is_parsed(
     client: TestClient, headers: dict[str, dict[str, str]], route: str
 ) -> None:
