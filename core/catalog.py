@@ -43,6 +43,9 @@ MAX_PRODUCT_ID_CHARS = 128
 MAX_CATEGORY_CHARS = 128
 
 AttributeScalar = str | int | float | bool
+#: JSON-schema patterns (ECMA syntax) for OpenAPI: no NUL; no NUL and not blank once stripped.
+_NO_NUL = "^[^\\u0000]*$"
+_NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 AttributeValue = AttributeScalar | list[AttributeScalar]
 
 _CSV_FIXED = ("product_id", "title", "category", "description")
@@ -98,13 +101,23 @@ class ProductIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
-    product_id: str = Field(description="The storefront's own id, 1 to 128 characters.")
-    title: str
-    category: str = ""
-    description: str = Field(description="The original copy; it becomes the control variant.")
+    # `json_schema_extra` states in OpenAPI what the validators below accept.
+    product_id: str = Field(
+        description="The storefront's own id, 1 to 128 characters.",
+        json_schema_extra={"maxLength": MAX_PRODUCT_ID_CHARS, "pattern": _NOT_BLANK},
+    )
+    title: str = Field(json_schema_extra={"pattern": _NOT_BLANK})
+    category: str = Field(
+        "", json_schema_extra={"maxLength": MAX_CATEGORY_CHARS, "pattern": _NO_NUL}
+    )
+    description: str = Field(
+        description="The original copy; it becomes the control variant.",
+        json_schema_extra={"pattern": _NOT_BLANK},
+    )
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
         description="Facts about the product (brand, material, colour, sizes with units…).",
+        json_schema_extra={"propertyNames": {"pattern": _NOT_BLANK}},
     )
 
     @field_validator("product_id")

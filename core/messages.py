@@ -41,6 +41,20 @@ EventType = Literal["click", "add_to_cart", "purchase"]
 
 #: Epoch timestamps outside these bounds are refused: before 2000 or after 2200 is a unit error.
 _MIN_TS, _MAX_TS = 946684800.0, 7258118400.0
+#: What `parse_ts` accepts, as JSON schema for OpenAPI (the string pattern is a little narrower:
+#: ISO-8601 dates and times in 2001-2199, or epoch milliseconds in digits).
+TS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"^((200[1-9]|20[1-9][0-9]|21[0-9]{2})"
+            r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+            r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+            r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?|(9[5-9][0-9]{10}|[1-6][0-9]{12}))$",
+        },
+        {"type": "number", "minimum": _MIN_TS * 1000, "maximum": _MAX_TS * 1000},
+    ]
+}
 
 
 def parse_ts(value: object) -> float:
@@ -155,6 +169,7 @@ Context = Annotated[
     dict[ContextKey, ContextValue],
     Field(
         max_length=MAX_CONTEXT_KEYS,
+        json_schema_extra={"additionalProperties": False},  # a key must match the key pattern
         description="Page-view features (device, segment, locale, hour, referrer, any key): "
         "flat, scalar values; each becomes a shared VW feature.",
         examples=[{"device": "mobile", "segment": "returning", "locale": "en-GB"}],

@@ -27,7 +27,7 @@ from api.decision_log import Kind
 from api.deps import MetricsDep, PublisherDep, ResourcesDep, SettingsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, InvalidToken, RateLimited
 from api.schemas import EventsAccepted
-from core.messages import EventIn, explain
+from core.messages import TS_SCHEMA, EventIn, explain
 
 MAX_BATCH = 1000
 
@@ -37,8 +37,8 @@ router = APIRouter(tags=["events"], dependencies=[Depends(require("events", "sto
 def _event_schema() -> dict[str, Any]:
     schema = EventIn.model_json_schema()
     schema["properties"]["ts"] = {
-        "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}],
-        "description": "ISO-8601 or epoch milliseconds; default: receipt time.",
+        "anyOf": [*TS_SCHEMA["anyOf"], {"type": "null"}],
+        "description": "ISO-8601 or epoch milliseconds (2000 to 2200); default: receipt time.",
     }
     return schema
 

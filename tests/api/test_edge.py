@@ -5,6 +5,7 @@ and OpenAPI that states the limits the server applies."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,6 +132,43 @@ def test_openapi_states_the_limits_the_server_applies(client: TestClient) -> Non
         assert field["pattern"] == "^[^\\u0000-\\u001F\\u007F]+$"
     assert event["properties"]["value"]["anyOf"][0]["minimum"] == 0
     assert "413" in spec["paths"]["/v1/events"]["post"]["responses"]
+
+
+def test_openapi_refuses_what_the_server_refuses(
+    client: TestClient, headers: dict[str, dict[str, str]]
+) -> None:
+    """Bodies schemathesis generated as valid from the schema and the server refused (422):
+    context keys with control characters, `ts` out of range, blank product fields."""
+    spec = client.get("/openapi.json").json()["paths"]
+
+    def body_schema(path: str) -> dict[str, Any]:
+        schema = spec[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return schema.get("anyOf", [schema])[0]  # type: ignore[no-any-return]
+
+    context = body_schema("/v1/decisions")["properties"]["context"]
+    assert context["additionalProperties"] is False
+    [key_pattern] = context["patternProperties"]
+    assert re.search(key_pattern, "device") and not re.search(key_pattern, "de\x12vice")
+
+    text, number = body_schema("/v1/events")["properties"]["ts"]["anyOf"][:2]
+    assert (number["minimum"], number["maximum"]) == (946684800000, 7258118400000)
+    for i, (ts, valid) in enumerate(
+        [("2026-01-02T03:04:05Z", True), ("2026-01-02", True), ("1767323045000", True)]
+        + [("0", False), ("1999-12-31", False), ("2026-13-01", False), ("tomorrow", False)]
+    ):
+        assert bool(re.search(text["pattern"], ts)) is valid, ts
+        event = {"event_id": f"e{i}", "decision_id": "d1", "type": "click", "ts": ts}
+        r = client.post("/v1/events", json=event, headers=headers["events"])
+        assert r.status_code == (202 if valid else 422), (ts, r.text)
+
+    product = body_schema("/v1/products")["properties"]
+    for name in ("product_id", "title", "description"):
+        pattern = product[name]["pattern"]
+        assert re.search(pattern, "Desk lamp") and not re.search(pattern, " \t")
+        assert not re.search(pattern, "lamp\x00")
+        body = {"product_id": "p1", "title": "t", "description": "d", name: " \t"}
+        r = client.post("/v1/products", json=body, headers=headers["admin"])
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == name
 
 
 @pytest.mark.parametrize(
