@@ -6,19 +6,24 @@ column instead of one per row (SQLAlchemy's executemany, even pipelined, cost th
 of every 4.5 s it spent closing 30,000 windows: `bench/learn.py`). The arrays travel in binary
 (`%b`): psycopg's text format runs a regular expression over every element to quote it, 2.3 µs
 a row for four columns. JSON values are serialized with orjson and cast per row. On SQLite,
-where a statement costs no round trip, a plain insert is one `executemany` of tuples, and an
-insert that skips existing keys SQLAlchemy's multi-row INSERT … RETURNING.
+where a statement costs no round trip, an insert is one `executemany` of tuples (prepared once;
+SQLAlchemy's multi-row INSERT … RETURNING spent more on per-row parameter processing and JSON
+encoding than SQLite did on the rows), after one look-up of the keys already there when
+existing keys are to be skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, Table
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
+
+#: Keys per IN list on SQLite: far below its 32,766 bound parameters.
+_SQLITE_CHUNK = 500
 
 
 def _pg_type(column: Any) -> tuple[str, str]:
@@ -72,12 +77,10 @@ def _insert(
         if skip_existing is None:
             _sqlite_executemany(s, table, rows)
             return []
-        stmt = (
-            sqlite.insert(table)
-            .on_conflict_do_nothing(index_elements=[skip_existing])
-            .returning(table.c[skip_existing])
-        )
-        return list(s.connection().execute(stmt, list(rows)).scalars())
+        rows = _sqlite_new_rows(s, table, rows, skip_existing)
+        if rows:
+            _sqlite_executemany(s, table, rows)
+        return [r[skip_existing] for r in rows]
     names = list(rows[0])
     params: dict[str, list[Any]] = {}
     arrays, selects = [], []
@@ -102,27 +105,47 @@ def _insert(
     return list(s.connection().exec_driver_sql(sql, params).scalars())
 
 
+def _sqlite_new_rows(
+    s: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: str
+) -> list[Mapping[str, Any]]:
+    """The rows whose `key` is neither in `table` nor in an earlier row (first write wins).
+    SQLite's transactions take the write lock first (`core.ledger.sessions`), so no other
+    writer adds a key between this look-up and the insert that follows it."""
+    keys = list(dict.fromkeys(r[key] for r in rows))
+    seen: set[Any] = set()
+    conn = s.connection()
+    for start in range(0, len(keys), _SQLITE_CHUNK):
+        chunk = keys[start : start + _SQLITE_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        sql = f'SELECT "{key}" FROM "{table.name}" WHERE "{key}" IN ({marks})'
+        seen.update(k for (k,) in conn.exec_driver_sql(sql, tuple(chunk)))
+    new = []
+    for r in rows:
+        k = r[key]
+        if k not in seen:
+            seen.add(k)
+            new.append(r)
+    return new
+
+
 def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """A plain INSERT of `rows` as one `executemany` of tuples: SQLite prepares it once, and
     SQLAlchemy's per-row parameter processing (the larger cost: `bench/learn.py`) is skipped.
     JSON values are serialized with orjson, as on PostgreSQL."""
     names = list(rows[0])
-    json_columns = [isinstance(table.c[n].type, JSON) for n in names]
-    dumps = orjson.dumps
-    if any(json_columns):
-        tuples = [
-            tuple(
-                dumps(v).decode() if j and v is not None else v
-                for v, j in zip((r[n] for n in names), json_columns, strict=True)
-            )
-            for r in rows
-        ]
-    else:
-        tuples = [tuple(r[n] for n in names) for r in rows]
-    columns = ", ".join(f'"{n}"' for n in names)
+    get = itemgetter(*names)
+    tuples: list[Any] = [get(r) for r in rows] if len(names) > 1 else [(get(r),) for r in rows]
+    json_columns = [i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)]
+    if json_columns:  # column by column: zip does the transposing in C
+        columns = list(zip(*tuples, strict=True))
+        dumps = orjson.dumps
+        for i in json_columns:
+            columns[i] = tuple(None if v is None else dumps(v).decode() for v in columns[i])
+        tuples = list(zip(*columns, strict=True))
+    quoted = ", ".join(f'"{n}"' for n in names)
     marks = ", ".join("?" for _ in names)
     s.connection().exec_driver_sql(
-        f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})', tuples
+        f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', tuples
     )
 
 
