@@ -417,9 +417,10 @@ def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:
         "policy": d.policy,
         "probability": d.probability,
         "model_version": d.model_version,
-        "context": dict(d.context),
-        "actions": list(d.actions),
-        "pmf": list(d.pmf),
+        # Serialized as they are (orjson writes tuples as arrays): no copies per message.
+        "context": d.context if type(d.context) is dict else dict(d.context),
+        "actions": d.actions,
+        "pmf": d.pmf,
         "ts": d.ts,
         "received_at": received_at,
         "partition": d.partition,
