@@ -21,6 +21,7 @@ from consumer.errors import BadMessage
 from core.messages import (
     ACTIVATION,
     EVENT_TYPES,
+    ID_MAX,
     MAX_CONTEXT_CHARS,
     MAX_CONTEXT_KEY_CHARS,
     MAX_CONTEXT_KEYS,
@@ -29,6 +30,7 @@ from core.messages import (
     EventIn,
     explain,
     is_clean_id,
+    is_printable,
     parse_event,
     parse_ts,
 )
@@ -281,10 +283,13 @@ def _fast_decision(value: bytes) -> _FastDecision | None:
         return None
     if type(d) is not dict:
         return None
+    # JSON strings hold control characters only as escapes, so without a backslash (or a raw
+    # DEL) in the message, none of its strings has one: one scan in C instead of one per string.
+    plain = b"\\" not in value and b"\x7f" not in value
     try:
         probability, model_version = d["probability"], d["model_version"]
         actions, pmf, ts, policy = d["actions"], d["pmf"], d["ts"], d["policy"]
-        if not (is_clean_id(d["decision_id"]) and is_clean_id(d["product_id"])):
+        if not (_is_id(d["decision_id"], plain) and _is_id(d["product_id"], plain)):
             return None
         if type(d["variant_id"]) is not str:
             return None
@@ -305,22 +310,28 @@ def _fast_decision(value: bytes) -> _FastDecision | None:
         and type(d.get("activated", True)) is bool
         and type(d.get("text", "")) is str
         and type(d.get("style", "")) is str
-        and _clean_context(context)
+        and _clean_context(context, plain)
     ):
         return None
     return _FastDecision(d, context)
 
 
-def _clean_context(context: object) -> bool:
+def _is_id(value: object, plain: bool) -> bool:
+    """What `core.messages.Id` accepts unchanged; `plain`: no string of the message can hold a
+    control character."""
+    return type(value) is str and 0 < len(value) <= ID_MAX and (plain or is_printable(value))
+
+
+def _clean_context(context: object, plain: bool) -> bool:
     """Whether `core.messages.Context` accepts `context` unchanged (a strict subset of it)."""
     if type(context) is not dict or len(context) > MAX_CONTEXT_KEYS:
         return False
     for key, value in context.items():
-        if not (0 < len(key) <= MAX_CONTEXT_KEY_CHARS and is_clean_id(key)):
+        if not (0 < len(key) <= MAX_CONTEXT_KEY_CHARS and (plain or is_printable(key))):
             return False
         kind = type(value)
         if kind is str:
-            if len(value) > MAX_CONTEXT_CHARS or "\x00" in value:
+            if len(value) > MAX_CONTEXT_CHARS or (not plain and "\x00" in value):
                 return False
         elif not (value is None or kind is bool or kind is int or kind is float):
             return False  # orjson's floats are finite: JSON has no NaN or infinity

@@ -223,3 +223,22 @@ def test_a_decision_the_fast_path_refuses_gets_the_schemas_reason(
         decode_decision(decision_json(**changes))
 
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"decision_id": "d\x01"}, "decision_id: must not contain control characters"),
+        ({"product_id": "p\n1"}, "product_id: must not contain control characters"),
+        ({"context": {"dev\tice": "x"}}, "context.dev\tice.[key]: must not contain control"),
+        ({"context": {"device": "mo\x00bile"}}, "context.device: must not contain NUL"),
+    ],
+)
+def test_escaped_control_characters_take_the_schemas_path(changes, reason) -> None:
+    value = decision_json(**changes)
+    assert b"\\" in value  # JSON escapes them: the fast path's cue to look closer
+
+    with pytest.raises(BadMessage) as info:
+        decode_decision(value)
+
+    assert reason in str(info.value)
