@@ -15,11 +15,12 @@ cost) and draws from the inverse-gap-weighted distribution itself:
 with costs ŷ in reward units and γ = gamma_scale · n^gamma_exponent, n the decisions the model
 has learned (VW's own schedule). `--epsilon ε` is ε-greedy over the same regression.
 
-New copy gets a fair trial (`FairTrial`): a variant the model has seen served fewer than
-`exposure` times gets a floor of probability (`floor` when it was never served, shrinking as
-its exposure grows), taken proportionally from the others, so that its own results can tell it
-apart from its look-alikes; meanwhile the policy learns its own effect (`Policy.offset`).
-Every probability logged is the one sampled from, so off-policy estimates stay exact.
+New copy gets a fair trial (`FairTrial`): a variant that arrived after its siblings and that
+the model has seen served far fewer times than them gets a floor of probability (`floor` when it
+was never served, shrinking as its exposure grows), taken proportionally from the others, so
+that its own results can tell it apart from its look-alikes; meanwhile the policy learns its
+own effect (`Policy.offset`). Every probability logged is the one sampled from, so off-policy
+estimates stay exact.
 """
 
 from __future__ import annotations
@@ -119,22 +120,21 @@ class TrialSettings(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FairTrial:
-    """A floor for new copy: a variant far behind its siblings (served fewer times, among the
-    decisions the model learned, than `behind` × their mean, and fewer than `exposure`) gets
-    `floor` when never served, shrinking linearly to nothing as it catches up with
-    min(`behind` × siblings' mean, `exposure`) (by then its own results speak for it:
-    `Policy.offset`).
+    """A floor for new copy: a variant that arrived late (its siblings were offered in
+    decisions the model learned before it was) and is far behind them in exposure (served fewer
+    times than `behind` × their mean, and fewer than `exposure`) gets `floor` when never served,
+    shrinking linearly to nothing as it catches up with min(`behind` × siblings' mean,
+    `exposure`) (by then its own results speak for it: `Policy.offset`).
 
-    "Far behind" tells copy that arrived late from copy the explorer rightly serves less: a poor
-    variant on the page since its siblings were is served less, but seldom a seventh as often
-    while the product is young, and lifting it back to its siblings' exposure would spend a small
-    product's whole traffic on a uniform trial. Measured with bench/learning.py (5 seeds): on the
-    context × text scenario 0.83 of the oracle with the floor aimed at the siblings' mean, 0.90
-    without a floor, 0.87–0.88 with `behind` 0.25, 0.15 or 0.1; on new variants, 2×-better new
-    copy took 95 % of its product's traffic with `behind` 0.15 and 58 % without a floor. Variants
-    of a product that is young as a whole need no floor: the explorer already spreads over them.
-    So the extra exploration is at most about `exposure` decisions per variant, and only where
-    its siblings had many more."""
+    Arriving late tells new copy from copy the explorer rightly serves less: a poor variant on
+    the page since its siblings were has had every chance, and lifting it again would only
+    spend traffic on what is known to lose. Measured with bench/learning.py (5 seeds): on the
+    context × text scenario (every variant there from the start) 0.83 of the oracle with the
+    floor aimed at the siblings' mean and 0.87–0.88 with `behind` 0.25, 0.15 or 0.1 when the
+    floor did not ask when a variant arrived; on new variants, 2×-better new copy took 95 % of
+    its product's traffic with `behind` 0.15 and 58 % without a floor (BENCHMARKS.md). Variants
+    of a product that is young as a whole need no floor: the explorer already spreads over
+    them. So the extra exploration is at most about `exposure` decisions per late variant."""
 
     exposure: int = 60
     floor: float = 0.2
@@ -163,45 +163,51 @@ class FairTrial:
             behind=settings.bandit_new_arm_behind,
         )
 
-    def floors(self, exposures: Sequence[int]) -> list[float]:
-        """Each arm's floor (0 for seasoned ones); together at most `max_total`.
+    def floors(self, exposures: Sequence[int], offered: Sequence[int]) -> list[float]:
+        """Each arm's floor (0 for seasoned ones); together at most `max_total`. `exposures`:
+        how often the model learned each arm served; `offered`: in how many learned decisions
+        it could have been.
 
-        >>> FairTrial(100, 0.2).floors([0, 50, 400, 400])  # 50 is behind, not far behind
+        >>> FairTrial(100, 0.2).floors([0, 50, 400, 400], [0, 850, 850, 850])  # 50: not far behind
         [0.2, 0.0, 0.0, 0.0]
-        >>> FairTrial(100, 0.2).floors([30, 400, 400])  # far behind: a little lift
+        >>> FairTrial(100, 0.2).floors([30, 400, 400], [100, 830, 830])  # late, far behind: a lift
         [0.1, 0.0, 0.0]
-        >>> FairTrial(100, 0.2).floors([0, 30, 30])  # new beside siblings not yet seasoned
-        [0.2, 0.0, 0.0]
-        >>> FairTrial(100, 0.2).floors([10, 30, 50])  # a poor one the explorer serves less
+        >>> FairTrial(100, 0.2).floors([30, 400, 400], [830, 830, 830])  # there all along
         [0.0, 0.0, 0.0]
-        >>> FairTrial(100, 0.2).floors([0, 0, 0])  # a young product: the explorer spreads
+        >>> FairTrial(100, 0.2).floors([0, 30, 30], [0, 60, 60])  # siblings not yet seasoned
+        [0.2, 0.0, 0.0]
+        >>> FairTrial(100, 0.2).floors([0, 0, 0], [0, 0, 0])  # a young product
         [0.0, 0.0, 0.0]
         """
-        total_n = sum(exposures)
         k = len(exposures)
+        total_n, total_offered = sum(exposures), sum(offered)
         raw = []
-        for n in exposures:
+        for n, o in zip(exposures, offered, strict=True):
             mean = (total_n - n) / (k - 1) if k > 1 else 0.0
+            late = k > 1 and (total_offered - o) / (k - 1) - o >= 1.0
             target = min(float(self.exposure), self.behind * mean)
-            raw.append(self.floor * (1.0 - n / target) if n < target else 0.0)
+            raw.append(self.floor * (1.0 - n / target) if late and n < target else 0.0)
         total = sum(raw)
         if total > self.max_total:
             raw = [f * self.max_total / total for f in raw]
         return raw
 
-    def apply(self, pmf: Sequence[float], exposures: Sequence[int]) -> list[float]:
-        """`pmf` with each young arm lifted by its floor, the mass taken proportionally from
-        every arm: p'(a) = (1 − Σ f) · p(a) + f(a). Unchanged when every arm is young (the
+    def apply(
+        self, pmf: Sequence[float], exposures: Sequence[int], offered: Sequence[int]
+    ) -> list[float]:
+        """`pmf` with each new arm lifted by its floor, the mass taken proportionally from
+        every arm: p'(a) = (1 − Σ f) · p(a) + f(a). Unchanged when every arm is on trial (the
         explorer already spreads over them) or none is.
 
-        >>> [round(p, 3) for p in FairTrial(100, 0.2).apply([0.9, 0.05, 0.05], [500, 0, 50])]
+        >>> trial = FairTrial(100, 0.2)
+        >>> [round(p, 3) for p in trial.apply([0.9, 0.05, 0.05], [500, 0, 50], [600, 0, 600])]
         [0.72, 0.24, 0.04]
-        >>> FairTrial(100, 0.2).apply([0.9, 0.1], [500, 300])
+        >>> trial.apply([0.9, 0.1], [500, 300], [800, 800])
         [0.9, 0.1]
         """
         if self.floor == 0.0 or self.exposure == 0:
             return list(pmf)
-        floors = self.floors(exposures)
+        floors = self.floors(exposures, offered)
         total = sum(floors)
         if total == 0.0 or all(f > 0 for f in floors):
             return list(pmf)

@@ -11,8 +11,9 @@ it was exported from) and `namespaces` (what each feature namespace holds) in th
 The header carries what VW's own file does not: the arguments and feature definitions it was
 trained with (a model refuses to load where they differ, `ModelMismatchError`), how many
 decisions it has learned (the explorer's schedule reads it), how many times each variant was
-the served one among them (the fair trial for new copy reads it) and the sum, sum of squares
-and weight of that variant's (recent) residuals against the model (its own effect,
+the served one among them and how many of them offered it at all (the fair trial for new copy
+reads both: `offered` tells copy that arrived late from copy served rarely), and the sum, sum of
+squares and weight of that variant's (recent) residuals against the model (its own effect,
 `Policy.offset`). Bytes without the magic line are a bare VW model from before the header
 existed: they load with an empty header.
 """
@@ -55,6 +56,7 @@ class ModelHeader:
     residual: MappingProxyType[str, tuple[float, float, float]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    offered: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 0  # 0: not exported (the ledger row knows its version)
 
     def to_json(self) -> dict[str, Any]:
@@ -64,6 +66,7 @@ class ModelHeader:
             "learned": self.learned,
             "exposure": dict(self.exposure),
             "residual": {k: [round(x, 9) for x in v] for k, v in self.residual.items()},
+            "offered": dict(self.offered),
         }
         if self.version:
             out["version"] = self.version
@@ -103,6 +106,7 @@ def unpack(data: bytes) -> tuple[ModelHeader | None, bytes]:
                     for k, v in raw.get("residual", {}).items()
                 }
             ),
+            offered=MappingProxyType({str(k): int(v) for k, v in raw.get("offered", {}).items()}),
             version=int(raw.get("version", 0)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -139,6 +139,9 @@ class Policy:
             )
         self.learned = 0 if header is None else header.learned
         self.exposure: dict[str, int] = {} if header is None else dict(header.exposure)
+        # variant id → how many learned decisions offered it (served or not): new copy is copy
+        # offered in fewer decisions than its siblings (`FairTrial`)
+        self.offered: dict[str, int] = {} if header is None else dict(header.offered)
         # variant id → (Σ residual, Σ residual², Σ weight) of its learned decisions, each
         # older one weighted down so that about `RESIDUAL_HORIZON` of the newest count
         self.residual: dict[str, tuple[float, float, float]] = (
@@ -215,8 +218,14 @@ class Policy:
             ]
             pmf = self.explorer.pmf(costs, self.learned)
         if self.fair_trial is not None:
-            pmf = self.fair_trial.apply(pmf, [self.exposure.get(a.variant_id, 0) for a in arms])
+            pmf = self.fair_trial.apply(pmf, *self._counts(arms))
         return pmf
+
+    def _counts(self, arms: Sequence[Arm]) -> tuple[list[int], list[int]]:
+        """Each arm's exposure and how many learned decisions offered it (`FairTrial`)."""
+        exposure, offered = self.exposure, self.offered
+        ids = [a.variant_id for a in arms]
+        return [exposure.get(v, 0) for v in ids], [offered.get(v, 0) for v in ids]
 
     # -- learning --------------------------------------------------------------------------
     def learn(
@@ -251,15 +260,18 @@ class Policy:
                 float(c) - self.offset(a.variant_id)
                 for c, a in zip(predicted, logged.arms, strict=True)
             ]
-            exposures = [self.exposure.get(a.variant_id, 0) for a in logged.arms]
+            counts = self._counts(logged.arms)
             for explorer in shadows:
                 pmf = explorer.pmf(costs, self.learned)
                 if self.fair_trial is not None:
-                    pmf = self.fair_trial.apply(pmf, exposures)
+                    pmf = self.fair_trial.apply(pmf, *counts)
                 shadow_pmfs.append(pmf)
         self.learned += 1
         served = logged.arms[logged.chosen].variant_id
         self.exposure[served] = self.exposure.get(served, 0) + 1
+        offered = self.offered
+        for arm in logged.arms:
+            offered[arm.variant_id] = offered.get(arm.variant_id, 0) + 1
         if self.explorer is not None:  # predicted: each action's cost before the update
             residual = float(reward) + float(predicted[logged.chosen])
             total, squares, weight = self.residual.get(served, (0.0, 0.0, 0.0))
@@ -318,6 +330,7 @@ class Policy:
             learned=self.learned,
             exposure=MappingProxyType(dict(self.exposure)),
             residual=MappingProxyType(dict(self.residual)),
+            offered=MappingProxyType(dict(self.offered)),
         )
         return pack(header, vw_model)
 

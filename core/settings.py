@@ -95,9 +95,9 @@ class Settings(BaseSettings):
         0.15,
         gt=0,
         le=1,
-        description="A variant is on trial only while it is this far behind its siblings: served "
-        "fewer times than this share of their mean (copy that arrived late, not copy the "
-        "explorer rightly serves less; chosen with bench/learning.py).",
+        description="A variant that arrived after its siblings is on trial only while it is this "
+        "far behind them: served fewer times than this share of their mean (chosen with "
+        "bench/learning.py).",
     )
     bandit_own_effect_z: float = Field(
         3.0,

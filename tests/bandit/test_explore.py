@@ -47,17 +47,21 @@ def test_epsilon_greedy_is_a_distribution(c: list[float], eps: float) -> None:
 @given(
     st.lists(st.floats(0.001, 1), min_size=2, max_size=8),
     st.lists(st.integers(0, 300), min_size=8, max_size=8),
+    st.lists(st.integers(0, 300), min_size=8, max_size=8),
 )
 def test_the_fair_trial_keeps_a_distribution_and_lifts_young_arms(
-    raw: list[float], exposures: list[int]
+    raw: list[float], exposures: list[int], missed: list[int]
 ) -> None:
     total = sum(raw)
     pmf = [p / total for p in raw]
+    k = len(pmf)
+    offered = [n + m for n, m in zip(exposures[:k], missed[:k], strict=True)]
     trial = FairTrial(exposure=100, floor=0.1, max_total=0.5)
-    out = trial.apply(pmf, exposures[: len(pmf)])
+    out = trial.apply(pmf, exposures[:k], offered)
     assert math.isclose(sum(out), 1.0, abs_tol=1e-9)
-    floors = trial.floors(exposures[: len(pmf)])
+    floors = trial.floors(exposures[:k], offered)
     assert sum(floors) <= 0.5 + 1e-12
+    assert trial.floors(exposures[:k], [max(offered)] * k) == [0.0] * k  # none arrived late
     if 0 < sum(floors) and not all(f > 0 for f in floors):
         assert all(o >= f - 1e-12 for o, f in zip(out, floors, strict=True))
 
@@ -88,10 +92,11 @@ def test_the_settings_know_which_explorers_are_copyloops() -> None:
 def test_logged_probabilities_are_the_sampled_ones_with_the_trial() -> None:
     """With one young arm, the served frequencies match the logged pmf, floor included."""
     policy = Policy("--cb_adf --epsilon 0.1 -q UT", seed=3, fair_trial=FairTrial(50, 0.25))
-    for k in range(200):  # v0 and v1 are seasoned, v2 has never been served
+    for k in range(200):  # v0 and v1 are seasoned, v2 arrives after them
         chosen = k % 2
-        policy.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS, chosen, 0.5), float(chosen == 1))
+        policy.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS[:2], chosen, 0.5), float(chosen == 1))
     assert policy.exposure == {"v0": 100, "v1": 100}
+    assert policy.offered == {"v0": 200, "v1": 200}
     n = 20_000
     choices = [policy.choose(CONTEXT, PRODUCT, ARMS) for _ in range(n)]
     pmf = choices[0].pmf
@@ -103,6 +108,24 @@ def test_logged_probabilities_are_the_sampled_ones_with_the_trial() -> None:
     assert all(c.probability == pmf[c.index] for c in choices[:100])
 
 
+def test_only_copy_that_arrived_late_is_put_on_trial() -> None:
+    """A variant served rarely although it was on the page all along gets no floor (the
+    explorer had its reasons); the same counts for a variant that arrived late do."""
+    trial = FairTrial(60, 0.2)
+    policy = Policy("--cb_adf --epsilon 0.05 -q UT", seed=1, fair_trial=trial)
+    for k in range(400):  # v2 is offered throughout and served 4 times
+        chosen = 2 if k % 100 == 0 else k % 2
+        policy.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS, chosen, 0.5), float(chosen == 1))
+    assert policy.scores(CONTEXT, PRODUCT, ARMS)[2] < 0.05
+    late = Policy("--cb_adf --epsilon 0.05 -q UT", seed=1, fair_trial=trial)
+    for k in range(400):  # v2 arrives after 300 decisions and is served 4 times
+        arms = ARMS if k >= 300 else ARMS[:2]
+        chosen = 2 if k >= 300 and k % 25 == 0 else k % 2
+        late.learn(LoggedDecision(CONTEXT, PRODUCT, arms, chosen, 0.5), float(chosen == 1))
+    assert late.exposure["v2"] == 4
+    assert late.scores(CONTEXT, PRODUCT, ARMS)[2] > 0.1
+
+
 def test_the_model_file_carries_counts_and_refuses_other_features() -> None:
     policy = Policy("--cb_adf --squarecb -q UT")
     policy.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS, 1, 0.5), 1.0)
@@ -110,6 +133,7 @@ def test_the_model_file_carries_counts_and_refuses_other_features() -> None:
     assert data.startswith(MAGIC)
     again = Policy("--cb_adf --squarecb -q UT", model=data)
     assert (again.learned, again.exposure) == (1, {"v1": 1})
+    assert again.offered == {a.variant_id: 1 for a in ARMS}
     assert again.costs(CONTEXT, PRODUCT, ARMS) == policy.costs(CONTEXT, PRODUCT, ARMS)
     header, vw_model = unpack(data)
     assert header is not None
