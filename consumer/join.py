@@ -217,28 +217,25 @@ def close_expired_windows(
             rollups.state(s, lock="update")
             # Core rows through the connection: the ORM's result machinery cost the closer
             # more per decision than the SQL did (`bench/learn.py`).
-            due = (
-                s.connection()
-                .execute(
-                    select(
-                        Decision.decision_id,
-                        Decision.product_id,
-                        Decision.variant_id,
-                        Decision.context,
-                        Decision.actions,
-                        Decision.probability,
-                        Decision.activated,
-                        Decision.policy,
-                        Decision.ts,
-                    )
-                    .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
-                    .order_by(Decision.ts, Decision.decision_id)
-                    .limit(limit)
-                    # PostgreSQL: an activation committed meanwhile waits, then finds them closed.
-                    .with_for_update()
+            conn = s.connection()
+            due = conn.execute(
+                select(
+                    Decision.decision_id,
+                    Decision.product_id,
+                    Decision.variant_id,
+                    Decision.context,
+                    Decision.actions,
+                    Decision.probability,
+                    Decision.activated,
+                    Decision.policy,
+                    Decision.ts,
                 )
-                .all()
-            )
+                .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
+                .order_by(Decision.ts, Decision.decision_id)
+                .limit(limit)
+                # PostgreSQL: an activation committed meanwhile waits, then finds them closed.
+                .with_for_update()
+            ).all()
             if not due:
                 return []
             ids = [row.decision_id for row in due]
@@ -288,30 +285,27 @@ def closed_since(
     """The closed decisions with `seq > after_seq`, in `seq` order, at most `limit`: the replay
     that brings a snapshot up to date."""
     with ledger_errors(), sessions() as s:
-        rows = (
-            s.connection()
-            .execute(
-                select(
-                    Reward.seq,
-                    Decision.decision_id,
-                    Decision.product_id,
-                    Decision.variant_id,
-                    Decision.context,
-                    Decision.actions,
-                    Decision.probability,
-                    Reward.reward,
-                    Reward.clicks,
-                    Reward.add_to_carts,
-                    Reward.purchases,
-                    Reward.revenue,
-                )
-                .join(Decision, Decision.decision_id == Reward.decision_id)
-                .where(Reward.seq > after_seq)
-                .order_by(Reward.seq)
-                .limit(limit)
+        conn = s.connection()
+        rows = conn.execute(
+            select(
+                Reward.seq,
+                Decision.decision_id,
+                Decision.product_id,
+                Decision.variant_id,
+                Decision.context,
+                Decision.actions,
+                Decision.probability,
+                Reward.reward,
+                Reward.clicks,
+                Reward.add_to_carts,
+                Reward.purchases,
+                Reward.revenue,
             )
-            .all()
-        )
+            .join(Decision, Decision.decision_id == Reward.decision_id)
+            .where(Reward.seq > after_seq)
+            .order_by(Reward.seq)
+            .limit(limit)
+        ).all()
     return [
         ClosedDecision(
             seq=r.seq,
