@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # bandit
     holdout: float = Field(0.1, description="Share of decisions served the control variant.")
     bandit_explorer: str = Field(
-        "--squarecb --gamma_scale 0.5 --gamma_exponent 0.75",
+        "--squarecb --gamma_scale 0.7 --gamma_exponent 0.75",
         description="The explorer. copyloop's own, over VW's unweighted cost regression "
         "(`--cb_adf --cb_type dm`): `--squarecb [--gamma_scale G] [--gamma_exponent E]` or "
         "`--epsilon E`; any other VW explorer (`--bag 5`, `--cover 3`, `--softmax --lambda 10`…) "
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         "A=style, source, generator version, length class, T=text shape, V=variant id).",
     )
     bandit_extra_args: str = Field(
-        "--power_t 0 -l 0.03 --ignore A",
+        "--power_t 0 -l 0.05 --ignore A",
         description="More VW arguments, appended verbatim. The default, chosen with "
         "bench/learning.py: a small, constant learning rate, and the style, source and "
         "generator version (namespace A) left to the variant's own effect rather than shared as "

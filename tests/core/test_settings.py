@@ -43,7 +43,7 @@ def test_vw_args_from_parts() -> None:
     """copyloop's explorers ride on VW's cost regression (`--cb_adf`); VW's others on
     `--cb_explore_adf`."""
     s = load_settings(bandit_explorer="--squarecb", bandit_interactions="UA PA")
-    assert s.vw_args == "--cb_adf --squarecb -q UA -q PA --power_t 0 -l 0.03 --ignore A"
+    assert s.vw_args == "--cb_adf --squarecb -q UA -q PA --power_t 0 -l 0.05 --ignore A"
     s = load_settings(bandit_explorer="--bag 5", bandit_interactions="UA", bandit_extra_args="")
     assert s.vw_args == "--cb_explore_adf --bag 5 -q UA"
 
