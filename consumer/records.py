@@ -103,11 +103,15 @@ def decode_decision(value: bytes | None, partition: int = 0) -> DecisionRecord:
         problems.append("actions: must not be empty")
     elif msg.variant_id not in msg.actions:
         problems.append(f"variant_id: {msg.variant_id!r} is not in actions")
-    if any(not a or len(a) > _VARIANT_ID_MAX for a in msg.actions):
+    # min/max over map(): the loops run in C (every message is checked)
+    lengths = list(map(len, msg.actions))
+    if lengths and not 0 < min(lengths) <= max(lengths) <= _VARIANT_ID_MAX:
         problems.append(f"actions: every id must have 1 to {_VARIANT_ID_MAX} characters")
     if len(msg.pmf) != len(msg.actions):
         problems.append(f"pmf: has {len(msg.pmf)} entries for {len(msg.actions)} actions")
-    if any(not (math.isfinite(p) and 0.0 <= p <= 1.0) for p in msg.pmf):
+    if msg.pmf and not (
+        all(map(math.isfinite, msg.pmf)) and 0.0 <= min(msg.pmf) and max(msg.pmf) <= 1.0
+    ):
         problems.append("pmf: every probability must be in [0, 1]")
     if not (math.isfinite(msg.ts) and _MIN_TS <= msg.ts <= _MAX_TS):
         problems.append(f"ts: must be epoch seconds between 2000 and 2200, got {msg.ts!r}")
@@ -243,6 +247,7 @@ def _fast_event(value: bytes) -> _FastEvent | None:
 
 
 _POLICIES = frozenset(("bandit", "control", "fallback"))
+_STR, _NUMBERS = frozenset((str,)), frozenset((int, float))  # not bool: the schema's path
 
 
 class _FastDecision:
@@ -303,9 +308,9 @@ def _fast_decision(value: bytes) -> _FastDecision | None:
         and 0 < probability <= 1
         and type(model_version) is int
         and type(actions) is list
-        and all(type(a) is str for a in actions)
+        and set(map(type, actions)) <= _STR
         and type(pmf) is list
-        and all(_number(p) for p in pmf)
+        and set(map(type, pmf)) <= _NUMBERS
         and _number(ts)
         and type(d.get("activated", True)) is bool
         and type(d.get("text", "")) is str
