@@ -17,8 +17,10 @@ cache and survive SIGKILL of the process (they die only with the machine). The f
 Layout: every process writes its own segments `<dir>/<time_ns>-<pid>-<n>.log`, each locked with
 an exclusive `flock` for as long as the process holds it, so two live processes never ship the
 same segment, and a process adopts a segment only once its writer is gone (the lock dies with
-the process). A segment is rotated by size or age and removed only once the ledger holds every
-record in it (`api.publisher`). `<segment>.pos` remembers how far shipping and confirming got.
+the process). A segment is created and locked under a name that adopters ignore (`.new`), then
+renamed, so that no process ever sees a live writer's segment unlocked. A segment is rotated by
+size or age and removed only once the ledger holds every record in it (`api.publisher`).
+`<segment>.pos` remembers how far shipping and confirming got.
 
 A frame is `magic(2) crc32(4) length(4)` then the body `kind(1) len(topic)(2) len(key)(2)
 len(ident)(2) topic key ident value`; `kind` says how the publisher confirms the record (the
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["never", "batch", "always"]
 SUFFIX = ".log"
+NEW_SUFFIX = ".new"  # a segment being created, not yet locked (`_create_locked`)
 _MAGIC = b"\xc1\x0b"
 _HEAD = struct.Struct("<2sII")  # magic, crc32 of the body, body length
 _BODY = struct.Struct("<BHHH")  # kind, topic length, key length, ident length
@@ -229,11 +232,7 @@ class DecisionLog:
             self._active.writing = False
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq):06d}{SUFFIX}"
         path = self.directory / name
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
-        except OSError as exc:
-            raise LogUnavailable(f"cannot create a log segment in {path.parent}: {exc}") from exc
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _create_locked(path)
         seg = Segment(path, fd, 0, writing=True)
         if self.fsync == "always":
             _fsync_dir(self.directory)
@@ -275,6 +274,8 @@ class DecisionLog:
             if self.closed:
                 return []
             mine = {s.path for s in self._segments}
+        for path in self.directory.glob(f"*{NEW_SUFFIX}"):
+            _remove_stray(path, self.segment_age_s)
         adopted = []
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             if path in mine:
@@ -315,6 +316,39 @@ class DecisionLog:
             except OSError as exc:
                 log.warning("closing %s: %s", seg.path, exc)
             os.close(seg.lock_fd)
+
+
+def _create_locked(path: Path) -> int:
+    """A new segment at `path`, open for appends and locked before any other process can see
+    it: the file is created and locked as `<name>.new`, which adopters never look at, then
+    renamed into place. (Created under its own name, it was for an instant an unlocked
+    segment that another process's publisher could adopt as an orphan, find empty and delete,
+    while this process went on writing, and answering, into the deleted file.)"""
+    new = path.with_suffix(NEW_SUFFIX)
+    try:
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise LogUnavailable(f"cannot create a log segment in {path.parent}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(new, path)
+    except OSError as exc:
+        os.close(fd)
+        new.unlink(missing_ok=True)
+        raise LogUnavailable(f"cannot create the log segment {path}: {exc}") from exc
+    return fd
+
+
+def _remove_stray(path: Path, min_age_s: float) -> None:
+    """Delete a `.new` file that a process killed while creating a segment left behind (empty:
+    nothing is written to a segment before its rename), once it is too old to be one that a
+    live process is creating."""
+    try:
+        if time.time() - path.stat().st_mtime > min_age_s:
+            path.unlink()
+            log.info("removed %s, left by a process killed while creating it", path)
+    except FileNotFoundError:
+        pass
 
 
 def _try_adopt(path: Path) -> Segment | None:

@@ -192,10 +192,16 @@ class Policy:
         )
 
     def scores(
-        self, context: Mapping[str, object], product: ProductFeatures, arms: Sequence[Arm]
+        self,
+        context: Mapping[str, object],
+        product: ProductFeatures,
+        arms: Sequence[Arm],
+        *,
+        rendered_arms: Sequence[str] | None = None,
     ) -> list[float]:
-        """The exploration pmf over `arms`, without the holdout and without sampling."""
-        return self._pmf(to_vw(context, product, arms), arms)
+        """The exploration pmf over `arms`, without the holdout and without sampling
+        (`rendered_arms` as in `choose`)."""
+        return self._pmf(to_vw(context, product, arms, rendered_arms=rendered_arms), arms)
 
     def costs(
         self, context: Mapping[str, object], product: ProductFeatures, arms: Sequence[Arm]

@@ -31,7 +31,7 @@ from core.keys import create_key
 from core.ledger import make_engine, make_sessionmaker
 from core.ledger.tables import Product
 from core.migrations import upgrade
-from tests.faults.check import compare, count_dead_letters, quiesce
+from tests.faults.check import compare, count_dead_letters, owed, quiesce
 from tests.faults.inject import KINDS, Injector
 from tests.faults.stack import Database, Stack
 from tests.faults.traffic import Record, Traffic
@@ -121,7 +121,10 @@ def run_layout(
         _watch(stack, 4.0, crashes, t0)
         traffic.stop()
         _say(f"[{time.monotonic() - t0:7.2f}s] traffic stopped: {record.summary()}")
-        quiet = quiesce(sessions, record, window + 90, tick=lambda: _watch(stack, 0.0, crashes, t0))
+        spool = Path(stack.settings.spool_dir or "")
+        quiet = quiesce(
+            sessions, record, spool, window + 90, tick=lambda: _watch(stack, 0.0, crashes, t0)
+        )
         _watch(stack, 0.0, crashes, t0)
         dead_letters = None
         if "broker" in stack.parts:
@@ -130,7 +133,11 @@ def run_layout(
             sessions, record, injector.injections, t0, injector.poison_sent, dead_letters
         )
         if not quiet:
-            verdict.lines.insert(0, "copyloop did not quiesce in time (numbers as they stood)")
+            verdict.lines.insert(
+                0,
+                "copyloop did not quiesce in time (numbers as they stood; the decision log "
+                f"still owed the ledger {owed(sessions, spool)} record(s))",
+            )
         counts = {k: sum(1 for i in injector.injections if i.kind == k) for k in kinds}
         _say(
             f"injected: {counts}; duplicates sent: {record.duplicates_sent}; "

@@ -1,5 +1,5 @@
-"""After a fault run: wait until copyloop is quiet, then compare the ledger with the producers'
-own record, exactly.
+"""After a fault run: wait until copyloop is quiet (its decision log owes the ledger nothing and
+the ledger stopped changing), then compare the ledger with the producers' own record, exactly.
 
 - decisions: every acknowledged decision is in the ledger; anything else there is a decision
   whose request got no answer (its `rid` is in the uncertain set);
@@ -18,11 +18,15 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kafka import KafkaConsumer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.decision_log import SUFFIX, decode
+from api.publisher import TABLES
+from core.ledger.presence import held_ids
 from core.ledger.tables import Decision, Event, ModelSnapshot, Reward
 from tests.faults.inject import Injection
 from tests.faults.traffic import Record
@@ -35,15 +39,39 @@ class Verdict:
     numbers: dict[str, object] = field(default_factory=dict)
 
 
+def owed(sessions: sessionmaker[Session], spool_dir: Path) -> int:
+    """How many decisions, events and activations in the API's decision log under `spool_dir`
+    the ledger lacks: what copyloop still has to deliver, whether or not an API process is up
+    to do it right now (a restarted API ships its predecessors' log only once it has started)."""
+    wanted: dict[str, list[str]] = {table: [] for table in TABLES.values()}
+    for path in spool_dir.glob(f"*{SUFFIX}"):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # pruned meanwhile: the ledger held all of it
+            continue
+        for r in decode(data)[0]:
+            if r.kind in TABLES:
+                wanted[TABLES[r.kind]].append(r.ident)
+    held = held_ids(sessions, wanted)
+    return sum(len(set(ids) - held.get(table, set())) for table, ids in wanted.items())
+
+
 def quiesce(
     sessions: sessionmaker[Session],
     record: Record,
+    spool_dir: Path,
     timeout_s: float,
     tick: Callable[[], None] = lambda: None,
 ) -> bool:
-    """Wait until every acknowledged decision is stored and closed, the newest snapshot learned
-    every reward, and nothing changed for 3 s. False on timeout (the check then says what is
-    missing). `tick` runs every half second (the harness restarts crashed parts there)."""
+    """Wait until the decision log owes the ledger nothing (`owed`), every acknowledged
+    decision is stored and closed, the newest snapshot learned every reward, and nothing changed
+    for 3 s. False on timeout (the check then says what is missing). `tick` runs every half
+    second (the harness restarts crashed parts there).
+
+    A quiet ledger alone does not mean copyloop is done: after a kill, the consumer can close
+    and learn everything it has long before the restarted API (20 s and more to start on a
+    loaded machine) ships the decisions its predecessor answered last; those were reported lost
+    when the wait ended on 15 s of quiet."""
     deadline = time.monotonic() + timeout_s
     last: tuple[int, ...] | None = None
     stable_since = time.monotonic()
@@ -70,13 +98,14 @@ def quiesce(
                     )
                     or 0,
                 )
+            owing = owed(sessions, spool_dir)
         except Exception:  # noqa: BLE001 - the database may be restarting; try again
             time.sleep(1)
             continue
         if state != last:
             last, stable_since = state, time.monotonic()
         decisions, _, open_, max_seq, learned = state
-        settled = open_ == 0 and learned == max_seq
+        settled = open_ == 0 and learned == max_seq and not owing
         stable_s = time.monotonic() - stable_since
         # All acknowledged decisions in and learned; or, when some never arrive, long quiet.
         if settled and (stable_s >= 3 and decisions >= acked or stable_s >= 15):
