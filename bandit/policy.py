@@ -210,11 +210,11 @@ class Policy:
         (its predictions are then probabilities)."""
         if self.explorer is None:
             return None
-        predicted = self._vw.predict(to_vw(context, product, arms))
+        predicted = _predict_multi(self._vw, "\n".join(to_vw(context, product, arms)))
         return [float(c) - self.offset(a.variant_id) for c, a in zip(predicted, arms, strict=True)]
 
     def _pmf(self, lines: list[str], arms: Sequence[Arm]) -> list[float]:
-        predicted = self._vw.predict(lines)
+        predicted = _predict_multi(self._vw, "\n".join(lines))
         if self.explorer is None:
             total = float(sum(predicted))
             pmf = [float(p) / total for p in predicted]
@@ -377,6 +377,19 @@ def _learn_multi(vw: pyvw.Workspace, text: str) -> list[float]:
     examples = pylibvw.vw._parse(vw, text)
     try:
         pylibvw.vw.learn_multi(vw, examples)
+        scores: list[float] = examples[0].get_action_scores()
+    finally:
+        pylibvw.vw._finish_example_multi_ex(vw, examples)
+    return scores
+
+
+def _predict_multi(vw: pyvw.Workspace, text: str) -> list[float]:
+    """VW's prediction for one multi-line example (action scores, or probabilities under
+    `--cb_explore_adf`, in action order) through pylibvw, as `_learn_multi` learns: the
+    serving path's VW call without pyvw's per-line `Example` wrappers."""
+    examples = pylibvw.vw._parse(vw, text)
+    try:
+        pylibvw.vw.predict_multi(vw, examples)
         scores: list[float] = examples[0].get_action_scores()
     finally:
         pylibvw.vw._finish_example_multi_ex(vw, examples)
