@@ -1,24 +1,29 @@
 """Batch writes by each database's fast path: the join's inserts and the closing's update.
 
-On PostgreSQL a batch is one statement over arrays — ``INSERT … SELECT … FROM unnest(%s::text[],
-%s::float8[], …)`` — so the server parses and plans once and the driver sends one message per
+On PostgreSQL a batch is one statement over arrays — ``INSERT … SELECT … FROM unnest(%b::text[],
+%b::float8[], …)`` — so the server parses and plans once and the driver sends one message per
 column instead of one per row (SQLAlchemy's executemany, even pipelined, cost the learner 1.3 s
-of every 4.5 s it spent closing 30,000 windows: `bench/learn.py`). JSON values are serialized
-with orjson and cast per row. On SQLite, where a statement costs no round trip, SQLAlchemy's
-multi-row INSERT is as fast and is kept.
+of every 4.5 s it spent closing 30,000 windows: `bench/learn.py`). The arrays travel in binary
+(`%b`): psycopg's text format runs a regular expression over every element to quote it, 2.3 µs
+a row for four columns. JSON values are serialized with orjson and cast per row. On SQLite,
+where a statement costs no round trip, an insert is one `executemany` of tuples (prepared once;
+SQLAlchemy's multi-row INSERT … RETURNING spent more on per-row parameter processing and JSON
+encoding than SQLite did on the rows), after one look-up of the keys already there when
+existing keys are to be skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, Table, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, Table
 from sqlalchemy.orm import Session
 
-from core.ledger.tables import Decision
+#: Keys per IN list on SQLite: far below its 32,766 bound parameters.
+_SQLITE_CHUNK = 500
 
 
 def _pg_type(column: Any) -> tuple[str, str]:
@@ -69,14 +74,13 @@ def _insert(
     if not rows:
         return []
     if not _is_postgresql(s):
-        insert = sqlite.insert(table)
         if skip_existing is None:
-            s.connection().execute(insert, list(rows))
+            _sqlite_executemany(s, table, rows)
             return []
-        stmt = insert.on_conflict_do_nothing(index_elements=[skip_existing]).returning(
-            table.c[skip_existing]
-        )
-        return list(s.connection().execute(stmt, list(rows)).scalars())
+        rows = _sqlite_new_rows(s, table, rows, skip_existing)
+        if rows:
+            _sqlite_executemany(s, table, rows)
+        return [r[skip_existing] for r in rows]
     names = list(rows[0])
     params: dict[str, list[Any]] = {}
     arrays, selects = [], []
@@ -86,7 +90,7 @@ def _insert(
         if cast == "::json":
             values = [None if v is None else orjson.dumps(v).decode() for v in values]
         params[f"c{i}"] = values
-        arrays.append(f"%(c{i})s::{element}[]")
+        arrays.append(f"%(c{i})b::{element}[]")
         selects.append(f"u.c{i}{cast}")
     columns = ", ".join(f'"{n}"' for n in names)
     aliases = ", ".join(f"c{i}" for i in range(len(names)))
@@ -101,30 +105,69 @@ def _insert(
     return list(s.connection().exec_driver_sql(sql, params).scalars())
 
 
+def _sqlite_new_rows(
+    s: Session, table: Table, rows: Sequence[Mapping[str, Any]], key: str
+) -> list[Mapping[str, Any]]:
+    """The rows whose `key` is neither in `table` nor in an earlier row (first write wins).
+    SQLite's transactions take the write lock first (`core.ledger.sessions`), so no other
+    writer adds a key between this look-up and the insert that follows it."""
+    keys = list(dict.fromkeys(r[key] for r in rows))
+    seen: set[Any] = set()
+    conn = s.connection()
+    for start in range(0, len(keys), _SQLITE_CHUNK):
+        chunk = keys[start : start + _SQLITE_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        sql = f'SELECT "{key}" FROM "{table.name}" WHERE "{key}" IN ({marks})'
+        seen.update(k for (k,) in conn.exec_driver_sql(sql, tuple(chunk)))
+    new = []
+    for r in rows:
+        k = r[key]
+        if k not in seen:
+            seen.add(k)
+            new.append(r)
+    return new
+
+
+def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A plain INSERT of `rows` as one `executemany` of tuples: SQLite prepares it once, and
+    SQLAlchemy's per-row parameter processing (the larger cost: `bench/learn.py`) is skipped.
+    JSON values are serialized with orjson, as on PostgreSQL."""
+    names = list(rows[0])
+    get = itemgetter(*names)
+    tuples: list[Any] = [get(r) for r in rows] if len(names) > 1 else [(get(r),) for r in rows]
+    json_columns = [i for i, n in enumerate(names) if isinstance(table.c[n].type, JSON)]
+    if json_columns:  # column by column: zip does the transposing in C
+        columns = list(zip(*tuples, strict=True))
+        dumps = orjson.dumps
+        for i in json_columns:
+            columns[i] = tuple(None if v is None else dumps(v).decode() for v in columns[i])
+        tuples = list(zip(*columns, strict=True))
+    quoted = ", ".join(f'"{n}"' for n in names)
+    marks = ", ".join("?" for _ in names)
+    s.connection().exec_driver_sql(
+        f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', tuples
+    )
+
+
 def mark_closed(s: Session, decision_ids: Sequence[str], closed_at: float) -> int:
     """Set `closed_at` on the open decisions among `decision_ids`; returns how many were open."""
     if not decision_ids:
         return 0
     if _is_postgresql(s):
         sql = (
-            "UPDATE decisions SET closed_at = %(t)s FROM unnest(%(ids)s::text[]) AS u(id) "
+            "UPDATE decisions SET closed_at = %(t)s FROM unnest(%(ids)b::text[]) AS u(id) "
             "WHERE decisions.decision_id = u.id AND decisions.closed_at IS NULL "
             "RETURNING decisions.decision_id"
         )
         result = s.connection().exec_driver_sql(sql, {"t": closed_at, "ids": list(decision_ids)})
         return len(result.all())
-    marked = 0
-    for start in range(0, len(decision_ids), 500):  # far below SQLite's bound parameters
-        chunk = list(decision_ids[start : start + 500])
-        marked += len(
-            s.execute(
-                update(Decision)
-                .where(Decision.decision_id.in_(chunk), Decision.closed_at.is_(None))
-                .values(closed_at=closed_at)
-                .returning(Decision.decision_id)
-            ).all()
-        )
-    return marked
+    # One prepared UPDATE run per id (sqlite3 sums the rows changed over an executemany): no
+    # IN lists to compile and no RETURNING rows to fetch.
+    result = s.connection().exec_driver_sql(
+        "UPDATE decisions SET closed_at = ? WHERE decision_id = ? AND closed_at IS NULL",
+        [(closed_at, d) for d in decision_ids],
+    )
+    return int(result.rowcount)
 
 
 __all__ = ["insert_new", "insert_rows", "mark_closed"]

@@ -215,7 +215,10 @@ def close_expired_windows(
             # Before counting events: an ingest that could add one to these decisions either
             # commits first (counted here) or waits and sees them closed (`add_late_events`).
             rollups.state(s, lock="update")
-            due = s.execute(
+            # Core rows through the connection: the ORM's result machinery cost the closer
+            # more per decision than the SQL did (`bench/learn.py`).
+            conn = s.connection()
+            due = conn.execute(
                 select(
                     Decision.decision_id,
                     Decision.product_id,
@@ -282,8 +285,22 @@ def closed_since(
     """The closed decisions with `seq > after_seq`, in `seq` order, at most `limit`: the replay
     that brings a snapshot up to date."""
     with ledger_errors(), sessions() as s:
-        rows = s.execute(
-            select(Reward, Decision)
+        conn = s.connection()
+        rows = conn.execute(
+            select(
+                Reward.seq,
+                Decision.decision_id,
+                Decision.product_id,
+                Decision.variant_id,
+                Decision.context,
+                Decision.actions,
+                Decision.probability,
+                Reward.reward,
+                Reward.clicks,
+                Reward.add_to_carts,
+                Reward.purchases,
+                Reward.revenue,
+            )
             .join(Decision, Decision.decision_id == Reward.decision_id)
             .where(Reward.seq > after_seq)
             .order_by(Reward.seq)
@@ -292,19 +309,19 @@ def closed_since(
     return [
         ClosedDecision(
             seq=r.seq,
-            decision_id=d.decision_id,
-            product_id=d.product_id,
-            variant_id=d.variant_id,
-            context=d.context or {},
-            actions=tuple(d.actions),
-            probability=d.probability,
+            decision_id=r.decision_id,
+            product_id=r.product_id,
+            variant_id=r.variant_id,
+            context=r.context or {},
+            actions=tuple(r.actions),
+            probability=r.probability,
             reward=r.reward,
             clicks=r.clicks,
             add_to_carts=r.add_to_carts,
             purchases=r.purchases,
             revenue=r.revenue,
         )
-        for r, d in rows
+        for r in rows
     ]
 
 
@@ -361,22 +378,26 @@ def _event_counts(
     revenue = func.sum(case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0))
     out: dict[str, tuple[int, int, int, float]] = {}
     for chunk in _chunks(ids, _CHUNK):
-        rows = s.execute(
-            select(
-                Event.decision_id,
-                count("click"),
-                count("add_to_cart"),
-                count("purchase"),
-                revenue,
+        rows = (
+            s.connection()
+            .execute(
+                select(
+                    Event.decision_id,
+                    count("click"),
+                    count("add_to_cart"),
+                    count("purchase"),
+                    revenue,
+                )
+                .join(Decision, Decision.decision_id == Event.decision_id)
+                .where(
+                    Event.decision_id.in_(chunk),
+                    Event.ts >= Decision.ts - settings.clock_skew_s,
+                    Event.ts <= Decision.ts + settings.reward_window_s,
+                )
+                .group_by(Event.decision_id)
             )
-            .join(Decision, Decision.decision_id == Event.decision_id)
-            .where(
-                Event.decision_id.in_(chunk),
-                Event.ts >= Decision.ts - settings.clock_skew_s,
-                Event.ts <= Decision.ts + settings.reward_window_s,
-            )
-            .group_by(Event.decision_id)
-        ).all()
+            .all()
+        )
         for decision_id, clicks, carts, purchases, rev in rows:
             out[decision_id] = (int(clicks), int(carts), int(purchases), float(rev or 0.0))
     return out
@@ -390,9 +411,10 @@ def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:
         "policy": d.policy,
         "probability": d.probability,
         "model_version": d.model_version,
-        "context": dict(d.context),
-        "actions": list(d.actions),
-        "pmf": list(d.pmf),
+        # Serialized as they are (orjson writes tuples as arrays): no copies per message.
+        "context": d.context if type(d.context) is dict else dict(d.context),
+        "actions": d.actions,
+        "pmf": d.pmf,
         "ts": d.ts,
         "received_at": received_at,
         "partition": d.partition,

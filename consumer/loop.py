@@ -11,6 +11,12 @@ database commit and the dead-letter acknowledgement, so a crash anywhere redeliv
 and the idempotent ingest makes that harmless. A retriable failure (ledger or DLQ down) seeks
 back to the batch's start and backs off exponentially; the next poll re-reads it.
 
+The ingest and the dead letters of one batch run on a writer thread while this thread polls and
+decodes the next one (at most one batch in each stage): the database's share of a message
+(SQLite's C code, PostgreSQL's round trips) releases the GIL, so it overlaps Kafka's and the
+decoding's (`bench/consume.py`). This thread still commits the offsets, after the batch is
+written; when the write failed, it rewinds to that batch, past the one polled meanwhile.
+
 Closer-learner (a thread; whoever holds the `learner` lease in the group does the work): close
 the windows that the ingestion watermark (`consumer.watermark`) has passed, learn them in `seq`
 order, snapshot. A crash loses nothing: the next holder loads the newest snapshot and replays.
@@ -29,6 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -147,6 +154,10 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             allow_auto_create_topics=False,
         )
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
+        # One batch is written (ingest, dead letters) by this thread while the next is polled
+        # and decoded; its offsets are committed once it is written.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="copyloop-ingest")
+        self._writing: tuple[dict[TopicPartition, list[Any]], Future[_Written]] | None = None
 
     def run(self) -> None:
         self._consumer.subscribe(
@@ -155,36 +166,44 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         try:
             while not self._stop.is_set():
                 batch = self._consumer.poll(timeout_ms=self._tuning.poll_timeout_ms)
-                if batch:
-                    self._handle(batch)
+                decoded = _decode(batch, self._settings.decisions_topic) if batch else None
+                if not self._finish_write(rewind_too=batch):
+                    continue  # rewound to the failed batch: this one is polled again after it
+                if decoded is not None:
+                    self._writing = (batch, self._writer.submit(self._write, decoded))
                 elif self._pending:
                     self._commit({})
         finally:
+            self._finish_write(rewind_too={})
             if self._pending:
                 self._commit({})
+            self._writer.shutdown()
             self._consumer.close(autocommit=False)
             self._dlq.close()
 
-    def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        decisions: list[tuple[Any, DecisionRecord]] = []
-        events: list[tuple[Any, EventRecord]] = []
-        activations: list[tuple[Any, ActivationRecord]] = []
-        letters: list[DeadLetter] = []
-        for tp, records in batch.items():
-            for r in records:
-                try:
-                    if tp.topic == self._settings.decisions_topic:
-                        decisions.append((r, decode_decision(r.value, tp.partition)))
-                        continue
-                    record = decode_events_message(r.value, r.timestamp)
-                    if isinstance(record, ActivationRecord):
-                        activations.append((r, record))
-                    else:
-                        events.append((r, record))
-                except BadMessage as exc:
-                    letters.append(_letter(r, str(exc)))
-                except Exception as exc:  # whatever one message does, it is poison
-                    letters.append(_letter(r, _unexpected(exc)))
+    def _finish_write(self, rewind_too: dict[TopicPartition, list[Any]]) -> bool:
+        """Wait for the batch being written, then commit its offsets; False when it failed
+        retriably: then it and `rewind_too` (polled meanwhile) are rewound, and backed off."""
+        if self._writing is None:
+            return True
+        batch, written = self._writing
+        self._writing = None
+        try:
+            stored, letters = written.result()
+        except ConsumerError as exc:
+            self._retry_later(batch, exc, rewind_too)
+            return False
+        self._backoff.reset()
+        assigned = self._consumer.assignment()  # a rebalance meanwhile gave some away
+        self._commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if tp in assigned})
+        self._progress.add(dead_lettered=letters, **stored)
+        return True
+
+    def _write(self, batch: _Decoded) -> tuple[dict[str, int], int]:
+        """The writer thread's part: ingest the batch (message by message if the ledger refuses
+        it), then publish its dead letters. Returns the counts stored and dead-lettered; raises
+        `ConsumerError` when the batch must be read again (the ledger or the DLQ is down)."""
+        decisions, events, activations, letters = batch
         try:
             result = ingest(
                 self._sessions,
@@ -203,31 +222,16 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             }
         except ConsumerError as exc:
             if not isinstance(exc, BadBatch):
-                self._retry_later(batch, exc)
-                return
+                raise
             log.warning("%s; ingesting the batch message by message", exc)
             stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
-            try:
-                self._ingest_one_by_one(decisions, events, activations, letters, stored)
-            except ConsumerError as one_exc:
-                self._retry_later(batch, one_exc)
-                return
+            self._ingest_one_by_one(decisions, events, activations, letters, stored)
         except Exception:  # not the database's refusal, not its absence: find the culprit
             log.exception("ingesting a batch failed unexpectedly; ingesting message by message")
             stored = {"decisions": 0, "events": 0, "activations": 0, "duplicates": 0}
-            try:
-                self._ingest_one_by_one(decisions, events, activations, letters, stored)
-            except ConsumerError as one_exc:
-                self._retry_later(batch, one_exc)
-                return
-        try:
-            self._dlq.publish(letters)
-        except ConsumerError as exc:
-            self._retry_later(batch, exc)
-            return
-        self._backoff.reset()
-        self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-        self._progress.add(dead_lettered=len(letters), **stored)
+            self._ingest_one_by_one(decisions, events, activations, letters, stored)
+        self._dlq.publish(letters)
+        return stored, len(letters)
 
     def _ingest_one_by_one(
         self,
@@ -274,12 +278,19 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             except Exception as exc:  # this record alone: poison
                 letters.append(_letter(r, _unexpected(exc)))
 
-    def _retry_later(self, batch: dict[TopicPartition, list[Any]], exc: ConsumerError) -> None:
-        """Rewind to the batch's first offsets (the next poll re-reads it) and back off."""
+    def _retry_later(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        exc: ConsumerError,
+        polled_since: dict[TopicPartition, list[Any]],
+    ) -> None:
+        """Rewind to the batch's first offsets (the next poll re-reads it, and the batch
+        `polled_since` after it) and back off."""
         delay = self._backoff.next()
         log.warning("%s (retriable=%s); retrying the batch in %.1fs", exc, exc.retriable, delay)
-        for tp, records in batch.items():
-            self._consumer.seek(tp, records[0].offset)
+        for records_by_tp in (polled_since, batch):  # the failed batch's offsets come first
+            for tp, records in records_by_tp.items():
+                self._consumer.seek(tp, records[0].offset)
         self._stop.wait(delay)
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -313,6 +324,40 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+_Decoded = tuple[
+    list[tuple[Any, DecisionRecord]],
+    list[tuple[Any, EventRecord]],
+    list[tuple[Any, ActivationRecord]],
+    list[DeadLetter],
+]
+_Written = tuple[dict[str, int], int]
+
+
+def _decode(batch: dict[TopicPartition, list[Any]], decisions_topic: str) -> _Decoded:
+    """A polled batch's records decoded, each kept beside its Kafka record; the bad ones as
+    dead letters with their reason."""
+    decisions: list[tuple[Any, DecisionRecord]] = []
+    events: list[tuple[Any, EventRecord]] = []
+    activations: list[tuple[Any, ActivationRecord]] = []
+    letters: list[DeadLetter] = []
+    for tp, records in batch.items():
+        for r in records:
+            try:
+                if tp.topic == decisions_topic:
+                    decisions.append((r, decode_decision(r.value, tp.partition)))
+                    continue
+                record = decode_events_message(r.value, r.timestamp)
+                if isinstance(record, ActivationRecord):
+                    activations.append((r, record))
+                else:
+                    events.append((r, record))
+            except BadMessage as exc:
+                letters.append(_letter(r, str(exc)))
+            except Exception as exc:  # whatever one message does, it is poison
+                letters.append(_letter(r, _unexpected(exc)))
+    return decisions, events, activations, letters
 
 
 def _unexpected(exc: BaseException) -> str:

@@ -111,6 +111,11 @@ def is_clean_id(value: object) -> bool:
     )
 
 
+def is_printable(value: str) -> bool:
+    """No control character (NUL, tab, newline…) in `value`: what `Id` and context keys need."""
+    return not _CONTROL.search(value)
+
+
 def _printable(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters (NUL, tab, newline…)")

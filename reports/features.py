@@ -76,7 +76,7 @@ def feature_report(
     from bandit import Arm, LoggedDecision, Policy, ProductFeatures  # VW: only when asked
     from bandit.importance import feature_weights
     from bandit.model_file import NAMESPACES
-    from bandit.vw_format import to_vw
+    from bandit.vw_format import arm_lines, to_vw
 
     f = f or Filters()
     with sessions() as s:
@@ -109,11 +109,19 @@ def feature_report(
         "namespaces_legend": dict(NAMESPACES),
     }
 
+    # Each arm's line is rendered once for the whole report: six models read the same sample.
+    lines = dict(zip(arms, arm_lines(list(arms.values())), strict=True))
+
     def product(r: Any) -> Any:
         return ProductFeatures(r.product_id, categories.get(r.product_id, ""))
 
+    def rendered(r: Any) -> list[str]:
+        return [lines[a] for a in r.actions]
+
     def example(r: Any) -> list[str]:
-        return to_vw(r.context or {}, product(r), [arms[a] for a in r.actions])
+        return to_vw(
+            r.context or {}, product(r), [arms[a] for a in r.actions], rendered_arms=rendered(r)
+        )
 
     # 1. the newest snapshot's own weights, named over the sample's page views
     snap = snapshots.load_latest(sessions)
@@ -163,10 +171,15 @@ def feature_report(
                     chosen=list(r.actions).index(r.variant_id),
                     probability=float(r.probability),
                 )
-                policy.learn(logged, float(r.reward))
+                policy.learn(logged, float(r.reward), rendered_arms=rendered(r))
             pi = np.zeros_like(data.pmf)
             for i, r in enumerate(held):
-                pmf = policy.scores(r.context or {}, product(r), [arms[a] for a in r.actions])
+                pmf = policy.scores(
+                    r.context or {},
+                    product(r),
+                    [arms[a] for a in r.actions],
+                    rendered_arms=rendered(r),
+                )
                 mixed = [(1.0 - settings.holdout) * p for p in pmf]
                 mixed[0] += settings.holdout
                 pi[i, : len(mixed)] = mixed

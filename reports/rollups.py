@@ -332,7 +332,8 @@ def write(conn: Connection, cells: Cells) -> None:
             continue
         kinds = [_PG_ARRAY[type(table.c[c].type).__name__] for c in columns]
         params = {f"c{i}": [t[i] for t in tuples] for i in range(len(columns))}
-        arrays = ", ".join(f"%(c{i})s::{k}[]" for i, k in enumerate(kinds))
+        # Binary arrays (%b): psycopg's text format quotes every element with a regex.
+        arrays = ", ".join(f"%(c{i})b::{k}[]" for i, k in enumerate(kinds))
         conn.exec_driver_sql(
             f"INSERT INTO {target} SELECT * FROM unnest({arrays}){conflict}", params
         )

@@ -5,6 +5,7 @@ rewards every decision exactly once and ends with the model a crash-free run wou
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -189,12 +190,17 @@ def test_offsets_wait_for_the_database_commit(kafka_settings, sessions, producer
     stop = threading.Event()
     thread = threading.Thread(target=run_consumer, args=(down, stop, None, FAST))
     thread.start()
-    time.sleep(8)  # joins the group, polls, fails to ingest, backs off, polls again…
-    stop.set()
-    thread.join(60)
+
+    def retries() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "consumer.loop" and "retrying" in r.message]
+
+    try:  # it joins the group, polls, fails to ingest, backs off, polls again…
+        wait_for(lambda: bool(retries()), 90, "the consumer to back off from the ledger")
+    finally:
+        stop.set()
+        thread.join(60)
     assert all(o is None for o in committed_offsets(kafka_settings, kafka_settings.events_topic))
-    retries = [r for r in caplog.records if r.name == "consumer.loop" and "retrying" in r.message]
-    assert retries and "ledger unavailable" in retries[0].message  # it did poll, and back off
+    assert "ledger unavailable" in retries()[0].message  # it did poll, and back off
     assert count(sessions, Event) == 0
 
     seen: list[Progress] = []

@@ -159,3 +159,86 @@ def test_a_bad_event_is_refused_with_the_schemas_reason(value: bytes, reason: st
         decode_event(value, 1)
 
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"probability": 1, "pmf": [0, 1], "ts": 1767323045},  # integers where floats go
+        {"context": {"device": "mobile", "hour": 3, "new": True, "score": 0.5, "ref": None}},
+        {"activated": False, "text": "Soft cotton.", "style": "concise", "extra": [1]},
+        {"context": {" padded ": "x"}},  # the schema's path: keys are kept as sent
+        {"decision_id": " d1 "},  # the schema's path: Decision does not strip ids
+        {"probability": "0.5", "model_version": 3.0},  # strings and floats coerced by the schema
+        {"activated": 1, "model_version": True, "pmf": [0.5, True]},  # the schema's bools
+    ],
+)
+def test_the_fast_decision_decoder_agrees_with_the_schema(changes: dict[str, object]) -> None:
+    from core.messages import Decision
+
+    value = decision_json(**changes)
+    reference = Decision.model_validate_json(value)
+
+    record = decode_decision(value, partition=2)
+
+    assert record.context == reference.context
+    assert [type(v) for v in record.context.values()] == [
+        type(v) for v in reference.context.values()
+    ]
+    assert (record.decision_id, record.product_id, record.variant_id, record.policy) == (
+        reference.decision_id,
+        reference.product_id,
+        reference.variant_id,
+        reference.policy,
+    )
+    assert (record.probability, record.model_version, record.ts) == (
+        reference.probability,
+        reference.model_version,
+        reference.ts,
+    )
+    assert type(record.probability) is float and type(record.ts) is float
+    assert record.actions == tuple(reference.actions)
+    assert record.pmf == tuple(reference.pmf)
+    assert all(type(p) is float for p in record.pmf)
+    assert record.deferred is (not reference.activated)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"context": {"device": {"nested": 1}}}, "context.device: must be a string"),
+        ({"context": {"k" * 65: "x"}}, "context.kkkk"),
+        ({"context": {"device": "x" * 257}}, "context.device: must be at most 256"),
+        ({"context": ["mobile"]}, "context: Input should be an object"),
+        ({"context": None}, "context: Input should be an object"),
+        ({"actions": ["v1", 2], "variant_id": "v1"}, "actions.1: Input should be a valid string"),
+        ({"pmf": [0.5, "high"]}, "pmf.1: Input should be a valid number"),
+    ],
+)
+def test_a_decision_the_fast_path_refuses_gets_the_schemas_reason(
+    changes: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(BadMessage) as info:
+        decode_decision(decision_json(**changes))
+
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"decision_id": "d\x01"}, "decision_id: must not contain control characters"),
+        ({"product_id": "p\n1"}, "product_id: must not contain control characters"),
+        ({"context": {"dev\tice": "x"}}, "context.dev\tice.[key]: must not contain control"),
+        ({"context": {"device": "mo\x00bile"}}, "context.device: must not contain NUL"),
+    ],
+)
+def test_escaped_control_characters_take_the_schemas_path(changes, reason) -> None:
+    value = decision_json(**changes)
+    assert b"\\" in value  # JSON escapes them: the fast path's cue to look closer
+
+    with pytest.raises(BadMessage) as info:
+        decode_decision(value)
+
+    assert reason in str(info.value)
