@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -374,22 +374,20 @@ def _learn_multi(vw: pyvw.Workspace, text: str) -> list[float]:
     the label and prediction types per call: 27 µs of every example's 34 µs, against 6.5 µs for
     the same calls on pylibvw, VW's own binding that pyvw wraps (same model bytes after; measured
     on the learner's 4-line examples, `bench/learn.py`)."""
-    examples = pylibvw.vw._parse(vw, text)
-    try:
-        pylibvw.vw.learn_multi(vw, examples)
-        scores: list[float] = examples[0].get_action_scores()
-    finally:
-        pylibvw.vw._finish_example_multi_ex(vw, examples)
-    return scores
+    return _run_multi(vw, text, pylibvw.vw.learn_multi)
 
 
 def _predict_multi(vw: pyvw.Workspace, text: str) -> list[float]:
     """VW's prediction for one multi-line example (action scores, or probabilities under
     `--cb_explore_adf`, in action order) through pylibvw, as `_learn_multi` learns: the
     serving path's VW call without pyvw's per-line `Example` wrappers."""
+    return _run_multi(vw, text, pylibvw.vw.predict_multi)
+
+
+def _run_multi(vw: pyvw.Workspace, text: str, run: Callable[..., object]) -> list[float]:
     examples = pylibvw.vw._parse(vw, text)
     try:
-        pylibvw.vw.predict_multi(vw, examples)
+        run(vw, examples)
         scores: list[float] = examples[0].get_action_scores()
     finally:
         pylibvw.vw._finish_example_multi_ex(vw, examples)

@@ -184,6 +184,17 @@ def _activate(s: Session, decision_ids: Sequence[str], reward_window_s: float | 
     return changed
 
 
+#: What the learner needs of a decision: the closer and the replay read the same columns.
+_LEARNED_COLUMNS = (
+    Decision.decision_id,
+    Decision.product_id,
+    Decision.variant_id,
+    Decision.context,
+    Decision.actions,
+    Decision.probability,
+)
+
+
 def close_expired_windows(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -219,17 +230,7 @@ def close_expired_windows(
             # more per decision than the SQL did (`bench/learn.py`).
             conn = s.connection()
             due = conn.execute(
-                select(
-                    Decision.decision_id,
-                    Decision.product_id,
-                    Decision.variant_id,
-                    Decision.context,
-                    Decision.actions,
-                    Decision.probability,
-                    Decision.activated,
-                    Decision.policy,
-                    Decision.ts,
-                )
+                select(*_LEARNED_COLUMNS, Decision.activated, Decision.policy, Decision.ts)
                 .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
                 .order_by(Decision.ts, Decision.decision_id)
                 .limit(limit)
@@ -249,22 +250,7 @@ def close_expired_windows(
                     + (weights["add_to_cart"] if carts else 0.0)
                     + (weights["purchase"] if purchases else 0.0)
                 )
-                closed.append(
-                    ClosedDecision(
-                        seq=seq,
-                        decision_id=row.decision_id,
-                        product_id=row.product_id,
-                        variant_id=row.variant_id,
-                        context=row.context or {},
-                        actions=tuple(row.actions),
-                        probability=row.probability,
-                        reward=reward,
-                        clicks=clicks,
-                        add_to_carts=carts,
-                        purchases=purchases,
-                        revenue=revenue,
-                    )
-                )
+                closed.append(_closed(row, seq, reward, clicks, carts, purchases, revenue))
             insert_rows(s, _REWARDS, [_reward_row(c, closed_at) for c in closed])
             if mark_closed(s, ids, closed_at) != len(ids):
                 raise LeaseLost("another closer closed some of these decisions first")
@@ -289,12 +275,7 @@ def closed_since(
         rows = conn.execute(
             select(
                 Reward.seq,
-                Decision.decision_id,
-                Decision.product_id,
-                Decision.variant_id,
-                Decision.context,
-                Decision.actions,
-                Decision.probability,
+                *_LEARNED_COLUMNS,
                 Reward.reward,
                 Reward.clicks,
                 Reward.add_to_carts,
@@ -307,22 +288,34 @@ def closed_since(
             .limit(limit)
         ).all()
     return [
-        ClosedDecision(
-            seq=r.seq,
-            decision_id=r.decision_id,
-            product_id=r.product_id,
-            variant_id=r.variant_id,
-            context=r.context or {},
-            actions=tuple(r.actions),
-            probability=r.probability,
-            reward=r.reward,
-            clicks=r.clicks,
-            add_to_carts=r.add_to_carts,
-            purchases=r.purchases,
-            revenue=r.revenue,
-        )
-        for r in rows
+        _closed(r, r.seq, r.reward, r.clicks, r.add_to_carts, r.purchases, r.revenue) for r in rows
     ]
+
+
+def _closed(
+    row: Any,
+    seq: int,
+    reward: float,
+    clicks: int,
+    add_to_carts: int,
+    purchases: int,
+    revenue: float,
+) -> ClosedDecision:
+    """A closed decision from a row of `_LEARNED_COLUMNS` and its outcome."""
+    return ClosedDecision(
+        seq=seq,
+        decision_id=row.decision_id,
+        product_id=row.product_id,
+        variant_id=row.variant_id,
+        context=row.context or {},
+        actions=tuple(row.actions),
+        probability=row.probability,
+        reward=reward,
+        clicks=clicks,
+        add_to_carts=add_to_carts,
+        purchases=purchases,
+        revenue=revenue,
+    )
 
 
 def chain_tip(sessions: sessionmaker[Session]) -> int:

@@ -215,12 +215,18 @@ class _FastEvent:
         self.value = None if value is None else float(value)
 
 
-def _fast_event(value: bytes) -> _FastEvent | None:
+def _json_object(value: bytes) -> dict[str, Any] | None:
+    """The message as a JSON object, or None (the schema's path explains the refusal)."""
     try:
         d = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    if type(d) is not dict:
+    return d if type(d) is dict else None
+
+
+def _fast_event(value: bytes) -> _FastEvent | None:
+    d = _json_object(value)
+    if d is None:
         return None
     try:
         event_id, decision_id, kind = d["event_id"], d["decision_id"], d["type"]
@@ -282,11 +288,8 @@ class _FastDecision:
 
 
 def _fast_decision(value: bytes) -> _FastDecision | None:
-    try:
-        d = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if type(d) is not dict:
+    d = _json_object(value)
+    if d is None:
         return None
     # JSON strings hold control characters only as escapes, so without a backslash (or a raw
     # DEL) in the message, none of its strings has one: one scan in C instead of one per string.
