@@ -4,9 +4,12 @@ the arm lines a server caches give the same VW input as rendering them per call.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections import Counter
 
 import pytest
+from vowpalwabbit import pyvw
 
 from bandit import Arm, LoggedDecision, Policy, ProductFeatures
 from bandit.vw_format import arm_lines, to_vw
@@ -68,3 +71,46 @@ def test_cached_arm_lines_give_the_same_example_as_rendering_them() -> None:
         CONTEXT, PRODUCT, ARMS, label, rendered_arms=rendered
     )
     assert to_vw(CONTEXT, PRODUCT, ARMS, label)[4].startswith("0:-1.0:0.25 |A ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    ["--cb_adf --squarecb -q UT --power_t 0 -l 0.05", "--cb_explore_adf --epsilon 0.1 -q UT"],
+)
+def test_the_pylibvw_path_learns_and_predicts_as_pyvw_does(args: str) -> None:
+    """`Policy` calls VW's binding directly (no pyvw `Example` wrappers): the same examples
+    through pyvw's public API give the same model and the same predictions."""
+    policy = Policy(args, seed=1)
+    reference = pyvw.Workspace(f"{policy.workspace_args} --quiet")
+    try:
+        for k in range(200):
+            context = {**CONTEXT, "device": "mobile" if k % 3 else "desktop"}
+            logged = LoggedDecision(context, PRODUCT, ARMS, k % len(ARMS), 0.25)
+            reward = float(k % len(ARMS) == k % 2)
+            policy.learn(logged, reward)
+            probability = max(0.25, 1.0 / policy.importance_cap) if policy.explorer else 0.25
+            label = (logged.chosen, reward, probability)
+            reference.learn(to_vw(context, PRODUCT, ARMS, label))
+        assert policy.vw_model() == _saved(reference)  # before predicting: it moves counters
+        expected = reference.predict(to_vw(CONTEXT, PRODUCT, ARMS))
+        if policy.explorer is not None:
+            assert policy.costs(CONTEXT, PRODUCT, ARMS) == [
+                float(c) - policy.offset(a.variant_id) for c, a in zip(expected, ARMS, strict=True)
+            ]
+        else:
+            total = float(sum(expected))
+            assert policy.scores(CONTEXT, PRODUCT, ARMS) == [float(p) / total for p in expected]
+    finally:
+        reference.finish()
+        policy.close()
+
+
+def _saved(workspace: pyvw.Workspace) -> bytes:
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        workspace.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+    finally:
+        os.unlink(path)
