@@ -352,10 +352,13 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     from api.publisher import Publisher
     from api.routes.decisions import _decide
     from api.schemas import CONTEXT, DecisionOut
+    from api.storefront import Storefront
     from bandit import Policy
+    from bandit.policy import _predict_multi
     from bandit.vw_format import to_vw
     from core.ledger import make_engine, make_sessionmaker, snapshots
     from core.messages import Decision
+    from core.tokens import TokenSigner
 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -417,6 +420,11 @@ def micro(settings: Settings, n: int = 5000) -> dict:
         return out
 
     timeit("vw parse + predict + finish_example (pyvw Examples)", parsed)
+    joined = ["\n".join(lines[i]) for i in range(m)]
+    timeit(
+        "vw parse + predict + finish through pylibvw (what Policy calls)",
+        lambda i: _predict_multi(policy._vw, joined[i % m]),
+    )
     arm_examples = [policy._vw.parse(["shared |U x=1", *e.arm_lines])[1:] for e in entries[:50]]
 
     def reused(i: int) -> object:
@@ -460,6 +468,8 @@ def micro(settings: Settings, n: int = 5000) -> dict:
                 policy="bandit",
                 probability=choice.probability,
                 model_version=1,
+                activated=True,
+                token="t" * 43,
             )
             .model_dump_json()
             .encode()
@@ -483,7 +493,10 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 
     pub2 = Publisher("127.0.0.1:1", DecisionLog(settings.spool_dir + "-micro2"))
     holder = SimpleNamespace(policy=policy)
-    resources = SimpleNamespace(policies=holder, publisher=pub2, settings=settings, metrics=metrics)
+    storefront = Storefront(TokenSigner(b"micro-bench-secret"), settings)
+    resources = SimpleNamespace(
+        policies=holder, publisher=pub2, settings=settings, metrics=metrics, storefront=storefront
+    )
     timeit(
         "routes.decisions._decide (choose+message+log+response)",
         lambda i: _decide(entries[i % m], "p", ctxs[i % m], resources),  # type: ignore[arg-type]
