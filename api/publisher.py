@@ -281,7 +281,11 @@ class Publisher:
         if not self._unsent or self._producer is None:
             return False
         batch = [self._unsent.popleft() for _ in range(min(self.batch_size, len(self._unsent)))]
-        delivered = self._send([r for _, r in batch])
+        try:
+            delivered = self._send([r for _, r in batch])
+        except BaseException:  # never drop a popped record: its entry would wait unsent forever
+            self._unsent.extendleft(reversed(batch))
+            raise
         now = time.monotonic()
         for seg, r in batch[:delivered]:
             entry = self._entries.get(seg, {}).get(r.start)
@@ -425,7 +429,8 @@ class Publisher:
             for r in records:
                 futures.append(producer.send(r.topic, key=r.key.encode(), value=r.value))
             producer.flush(timeout=self.flush_timeout_s)
-        except KafkaError as exc:
+        except (KafkaError, ValueError) as exc:  # ValueError: a topic just re-created by a
+            # restarted broker, whose partitions the producer's metadata does not show yet
             log.warning("sending to Kafka failed (%s); the log keeps the records", exc)
         finally:
             self._sending_since = 0.0
