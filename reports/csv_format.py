@@ -225,18 +225,9 @@ def features(report: dict[str, Any]) -> Iterator[Row]:
     for name, target in targets:
         if target is None:
             continue
-        for metric, per in target["estimates"].items():
-            for estimator, e in per.items():
-                yield {
-                    "section": f"feature_group:{name}",
-                    "key": f"{metric}/{estimator}",
-                    "value": e["value"],
-                    "ci_low": e["ci_low"],
-                    "ci_high": e["ci_high"],
-                    "ess": e["ess"],
-                    "impressions": e["n"],
-                    "note": target.get("warning") or "",
-                }
+        yield from _estimates(
+            f"feature_group:{name}", target["estimates"], target.get("warning") or ""
+        )
 
 
 def apprentice(report: dict[str, Any]) -> Iterator[Row]:

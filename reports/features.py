@@ -29,7 +29,7 @@ from core.ledger import snapshots
 from core.ledger.tables import Decision, Reward, Variant
 from core.settings import Settings
 from reports.ope import LoggedDecisionRow, Padded, SupportRules, evaluate_target
-from reports.queries import Filters, product_categories
+from reports.queries import LOGGED_COLUMNS, Filters, product_categories
 from reports.reward_model import context_tokens
 
 #: Closed decisions the feature report reads at most (the newest in the window).
@@ -44,13 +44,7 @@ def closed_sample(s: Session, f: Filters, limit: int) -> list[Any]:
     """The newest `limit` closed randomized decisions in `f` with their rewards, oldest first."""
     rows = s.execute(
         select(
-            Decision.decision_id,
-            Decision.product_id,
-            Decision.variant_id,
-            Decision.actions,
-            Decision.pmf,
-            Decision.probability,
-            Decision.context,
+            *LOGGED_COLUMNS,
             Reward.seq,
             Reward.reward,
             Reward.clicks,

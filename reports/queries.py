@@ -356,7 +356,7 @@ class ReportReader:
         is open), ts and policy. Fallback decisions are not randomized and are left out."""
         # The limit first (a backward scan of the ts index), then the outcomes of those only.
         recent = (
-            select(*_LOGGED, Decision.ts, Decision.policy)
+            select(*LOGGED_COLUMNS, Decision.ts, Decision.policy)
             .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
             .order_by(Decision.ts.desc(), Decision.decision_id)
             .limit(limit)
@@ -376,7 +376,7 @@ class ReportReader:
         (`shadow_scores`), with the columns of `recent_logged` (less seq, ts and policy) and
         `pmfs`, each shadow's distribution over the action set."""
         recent = (
-            select(*_LOGGED, Decision.ts, ShadowScore.pmfs)
+            select(*LOGGED_COLUMNS, Decision.ts, ShadowScore.pmfs)
             .join(ShadowScore, ShadowScore.decision_id == Decision.decision_id)
             .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
             .order_by(Decision.ts.desc(), Decision.decision_id)
@@ -448,7 +448,7 @@ def product_categories(s: Session, product_ids: Sequence[str]) -> dict[str, str]
 
 
 #: What the off-policy sections read of a logged decision, before its outcomes.
-_LOGGED = (
+LOGGED_COLUMNS = (
     Decision.decision_id,
     Decision.product_id,
     Decision.variant_id,
@@ -460,11 +460,11 @@ _LOGGED = (
 
 
 def _with_outcomes(r: Any) -> list[Any]:
-    """`_LOGGED`'s columns of the subquery `r`, then clicked, purchased and revenue (0 for a
+    """`LOGGED_COLUMNS` of the subquery `r`, then clicked, purchased and revenue (0 for a
     decision without events)."""
     o = OUTCOMES
     return [
-        *(r[c.key] for c in _LOGGED),
+        *(r[c.key] for c in LOGGED_COLUMNS),
         func.coalesce(o.c.clicked, 0).label("clicked"),
         func.coalesce(o.c.purchased, 0).label("purchased"),
         func.coalesce(o.c.revenue, 0.0).label("revenue"),
