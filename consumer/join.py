@@ -31,7 +31,7 @@ from sqlalchemy import Table, and_, case, exists, false, func, or_, select, upda
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.bulk import insert_new, insert_rows, mark_closed
+from consumer.bulk import event_counts, insert_new, insert_rows, mark_closed
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
 from consumer.records import ActivationRecord, DecisionRecord, EventRecord
 from core.ledger.tables import Activation, Decision, Event, Reward
@@ -241,7 +241,8 @@ def close_expired_windows(
                 return []
             ids = [row.decision_id for row in due]
             learned = [row for row in due if row.activated]
-            counts = _event_counts(s, [row.decision_id for row in learned], settings)
+            skew, window = settings.clock_skew_s, settings.reward_window_s
+            counts = event_counts(s, [(r.decision_id, r.ts - skew, r.ts + window) for r in learned])
             closed = []
             for seq, row in enumerate(learned, start=last_seq + 1):
                 clicks, carts, purchases, revenue = counts.get(row.decision_id, (0, 0, 0, 0.0))
@@ -358,42 +359,6 @@ def late_events(
             LateEvent(e.event_id, e.decision_id, e.type, e.ts, e.received_at, reason)
             for e, reason in s.execute(stmt).all()
         ]
-
-
-def _event_counts(
-    s: Session, ids: Sequence[str], settings: Settings
-) -> dict[str, tuple[int, int, int, float]]:
-    """Per decision: clicks, add-to-carts, purchases and purchase revenue inside its span."""
-
-    def count(kind: str) -> Any:
-        return func.sum(case((Event.type == kind, 1), else_=0))
-
-    revenue = func.sum(case((Event.type == "purchase", func.coalesce(Event.value, 0.0)), else_=0.0))
-    out: dict[str, tuple[int, int, int, float]] = {}
-    for chunk in _chunks(ids, _CHUNK):
-        rows = (
-            s.connection()
-            .execute(
-                select(
-                    Event.decision_id,
-                    count("click"),
-                    count("add_to_cart"),
-                    count("purchase"),
-                    revenue,
-                )
-                .join(Decision, Decision.decision_id == Event.decision_id)
-                .where(
-                    Event.decision_id.in_(chunk),
-                    Event.ts >= Decision.ts - settings.clock_skew_s,
-                    Event.ts <= Decision.ts + settings.reward_window_s,
-                )
-                .group_by(Event.decision_id)
-            )
-            .all()
-        )
-        for decision_id, clicks, carts, purchases, rev in rows:
-            out[decision_id] = (int(clicks), int(carts), int(purchases), float(rev or 0.0))
-    return out
 
 
 def _decision_row(d: DecisionRecord, received_at: float) -> dict[str, Any]:
