@@ -14,9 +14,11 @@ aggregate `SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY pol
 
     .venv/bin/python bench/report.py --decisions 1000000 --backend sqlite,postgresql
     .venv/bin/python bench/report.py --decisions 100000 --keep /tmp/ledger.db   # reuse a file
+    .venv/bin/python bench/report.py --backend postgresql --pg-keep copyloop_report_1m
 
 PostgreSQL: a fresh database on the server of `--pg-url` (default the CI's
-postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
+postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards; with `--pg-keep NAME`
+the database NAME, filled when it does not exist yet and kept (like `--keep` for SQLite).
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def main() -> None:
     )
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--keep", help="SQLite file to build once and reuse (not deleted)")
+    ap.add_argument("--pg-keep", help="PostgreSQL database to build once and reuse (not dropped)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     results = []
@@ -198,18 +201,23 @@ def main() -> None:
                         run(url, args.decisions, args.repeat, True, args.ope_sample, args.open)
                     )
         elif backend == "postgresql":
-            name = f"copyloop_bench_{uuid.uuid4().hex[:8]}"
+            name = args.pg_keep or f"copyloop_bench_{uuid.uuid4().hex[:8]}"
             admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
             with admin.connect() as c:
-                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                exists = c.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).scalar()
+                if not exists:
+                    c.exec_driver_sql(f'CREATE DATABASE "{name}"')
             url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
             try:
                 results.append(
-                    run(url, args.decisions, args.repeat, True, args.ope_sample, args.open)
+                    run(url, args.decisions, args.repeat, not exists, args.ope_sample, args.open)
                 )
             finally:
-                with admin.connect() as c:
-                    c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                if not args.pg_keep:
+                    with admin.connect() as c:
+                        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 admin.dispose()
         else:
             raise SystemExit(f"unknown backend {backend!r}")

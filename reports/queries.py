@@ -46,6 +46,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.ledger.tables import Decision, Event, Product, Reward, ShadowScore, Variant
 from core.settings import Settings
 
+#: `ReportReader.shadow_logged` drives its read from `shadow_scores` while it holds at most this
+#: many times the sample's size.
+SHADOW_DRIVE_FACTOR = 5
+
 _TEMP = MetaData()
 #: Per decision in the window with at least one in-span event: its keys and outcome.
 OUTCOMES = Table(
@@ -245,11 +249,17 @@ class ReportReader:
         return {policy: (int(done or 0), int(n) - int(done or 0)) for policy, done, n in rows}
 
     def ts_range(self) -> tuple[float | None, float | None]:
-        """Earliest and latest decision ts in the window (an index read)."""
-        row = self.conn.execute(
-            select(func.min(Decision.ts), func.max(Decision.ts)).where(*self.f.where())
-        ).one()
-        return row[0], row[1]
+        """Earliest and latest decision ts in the window (an index read).
+
+        Two `ORDER BY ts LIMIT 1` reads rather than `min`/`max`: SQLite optimizes those only
+        without a WHERE clause, and `activated = 1` made it scan the whole ts index (0.25 s at
+        1M decisions, BENCHMARKS.md "Report"); PostgreSQL plans both forms alike."""
+        window = self.f.where()
+        lo, hi = (
+            self.conn.execute(select(Decision.ts).where(*window).order_by(order).limit(1)).scalar()
+            for order in (Decision.ts.asc(), Decision.ts.desc())
+        )
+        return lo, hi
 
     def _bucket(self, ts: Any, origin: float, bucket_s: float) -> Any:
         x = (ts - origin) / bucket_s
@@ -374,11 +384,30 @@ class ReportReader:
     def shadow_logged(self, limit: int) -> Sequence[Any]:
         """The `limit` most recent randomized decisions that the shadow explorers scored
         (`shadow_scores`), with the columns of `recent_logged` (less seq, ts and policy) and
-        `pmfs`, each shadow's distribution over the action set."""
+        `pmfs`, each shadow's distribution over the action set.
+
+        Which table drives the read matters at a million decisions (BENCHMARKS.md "Report"):
+        walking the decisions newest first and probing `shadow_scores` stops after `limit` hits
+        where the explorers score every closing decision, but reads the whole history where
+        they scored few or none (0.85 s at 1M on SQLite). So the scored rows are counted first,
+        up to `SHADOW_DRIVE_FACTOR`·`limit`: none, no query; that few, they drive the read
+        (one lookup each, then the sort); more, the newest-first walk."""
+        few = SHADOW_DRIVE_FACTOR * limit
+        scored = self.conn.execute(
+            select(func.count()).select_from(
+                select(ShadowScore.decision_id).limit(few + 1).subquery()
+            )
+        ).scalar_one()
+        if scored == 0:
+            return []
+        if scored <= few:  # an IN list makes SQLite drive from shadow_scores, without stats
+            drive = [Decision.decision_id.in_(select(ShadowScore.decision_id))]
+        else:
+            drive = []
         recent = (
             select(*LOGGED_COLUMNS, Decision.ts, ShadowScore.pmfs)
             .join(ShadowScore, ShadowScore.decision_id == Decision.decision_id)
-            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")))
+            .where(*self.f.where(), Decision.policy.in_(("bandit", "control")), *drive)
             .order_by(Decision.ts.desc(), Decision.decision_id)
             .limit(limit)
             .subquery("shadowed")
