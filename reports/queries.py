@@ -373,11 +373,18 @@ class ReportReader:
             .subquery("recent")
         )
         r = recent.c
+        # The reward's seq as a lookup per sampled decision: as an outer join, PostgreSQL
+        # hashed the whole rewards table (0.2 s at 1M decisions, BENCHMARKS.md "Report").
+        seq = (
+            select(Reward.seq)
+            .where(Reward.decision_id == r.decision_id)
+            .scalar_subquery()
+            .label("seq")
+        )
         return self.conn.execute(
-            select(*_with_outcomes(r), Reward.seq, r.ts, r.policy)
+            select(*_with_outcomes(r), seq, r.ts, r.policy)
             .select_from(recent)
             .outerjoin(OUTCOMES, OUTCOMES.c.decision_id == r.decision_id)
-            .outerjoin(Reward, Reward.decision_id == r.decision_id)
             .order_by(r.ts.desc(), r.decision_id)
         ).all()
 

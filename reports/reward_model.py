@@ -63,21 +63,46 @@ class Design:
         groups: Mapping[str, str] | None = None,
     ) -> None:
         groups = groups or {}
-        n = len(contexts)
         k = max((len(a) for a in actions), default=1)
         t_max = max((len(c) for c in contexts), default=0)
         token_ids: dict[str, int] = {}
         action_ids: dict[str, int] = {}
         group_ids: dict[str, int] = {}
-        tok = np.full((n, max(t_max, 1)), -1, dtype=np.int64)
-        act = np.full((n, k), -1, dtype=np.int64)
-        grp = np.full((n, k), -1, dtype=np.int64)
-        for i, (ctx, acts) in enumerate(zip(contexts, actions, strict=True)):
-            for j, token in enumerate(ctx):
-                tok[i, j] = token_ids.setdefault(token, len(token_ids))
-            for j, action in enumerate(acts):
-                act[i, j] = action_ids.setdefault(action, len(action_ids))
-                grp[i, j] = group_ids.setdefault(groups.get(action, ""), len(group_ids))
+        # Samples repeat their contexts and action sets: each distinct one is numbered once,
+        # in first-seen order (so ids, hence columns, are those a row-by-row pass would give),
+        # and the (n, ·) arrays are gathered from the distinct ones' rows.
+        seen_ctx: dict[tuple[str, ...], int] = {}
+        seen_acts: dict[tuple[str, ...], int] = {}
+        ctx_rows: list[list[int]] = []
+        act_rows: list[tuple[list[int], list[int]]] = []
+        ctx_of, acts_of = [], []
+        for ctx, acts in zip(contexts, actions, strict=True):
+            c = seen_ctx.get(ctx)
+            if c is None:
+                c = seen_ctx[ctx] = len(ctx_rows)
+                ctx_rows.append([token_ids.setdefault(tk, len(token_ids)) for tk in ctx])
+            key = tuple(acts)
+            a = seen_acts.get(key)
+            if a is None:
+                a = seen_acts[key] = len(act_rows)
+                ids, gids = [], []
+                for action in key:
+                    ids.append(action_ids.setdefault(action, len(action_ids)))
+                    gids.append(group_ids.setdefault(groups.get(action, ""), len(group_ids)))
+                act_rows.append((ids, gids))
+            ctx_of.append(c)
+            acts_of.append(a)
+        tok_d = np.full((len(ctx_rows), max(t_max, 1)), -1, dtype=np.int64)
+        for c, ids in enumerate(ctx_rows):
+            tok_d[c, : len(ids)] = ids
+        act_d = np.full((len(act_rows), k), -1, dtype=np.int64)
+        grp_d = np.full((len(act_rows), k), -1, dtype=np.int64)
+        for a, (ids, gids) in enumerate(act_rows):
+            act_d[a, : len(ids)] = ids
+            grp_d[a, : len(gids)] = gids
+        ctx_idx = np.asarray(ctx_of, dtype=np.int64)
+        acts_idx = np.asarray(acts_of, dtype=np.int64)
+        tok, act, grp = tok_d[ctx_idx], act_d[acts_idx], grp_d[acts_idx]
         self.n_tokens = max(len(token_ids), 1)
         self.n_actions = max(len(action_ids), 1)
         self.n_groups = max(len(group_ids), 1)
