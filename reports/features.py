@@ -153,27 +153,33 @@ def feature_report(
     rules = SupportRules()
     ignored = _ignored(settings.vw_args)
 
+    # What the six models read of each decision, built once: per training decision the logged
+    # decision, its reward and its arms' lines; per held-out one the arguments of `scores`.
+    lessons = [
+        (
+            LoggedDecision(
+                context=r.context or {},
+                product=product(r),
+                arms=tuple(arms[a] for a in r.actions),
+                chosen=list(r.actions).index(r.variant_id),
+                probability=float(r.probability),
+            ),
+            float(r.reward),
+            rendered(r),
+        )
+        for r in train
+    ]
+    exams = [(r.context or {}, product(r), [arms[a] for a in r.actions], rendered(r)) for r in held]
+
     def value_without(group: str | None) -> dict[str, Any]:
         args = settings.vw_args if group is None else f"{settings.vw_args} --ignore {group}"
         policy = Policy(args, seed=settings.seed, importance_cap=settings.bandit_importance_cap)
         try:
-            for r in train:
-                logged = LoggedDecision(
-                    context=r.context or {},
-                    product=product(r),
-                    arms=tuple(arms[a] for a in r.actions),
-                    chosen=list(r.actions).index(r.variant_id),
-                    probability=float(r.probability),
-                )
-                policy.learn(logged, float(r.reward), rendered_arms=rendered(r))
+            for logged, reward, lines_of in lessons:
+                policy.learn(logged, reward, rendered_arms=lines_of)
             pi = np.zeros_like(data.pmf)
-            for i, r in enumerate(held):
-                pmf = policy.scores(
-                    r.context or {},
-                    product(r),
-                    [arms[a] for a in r.actions],
-                    rendered_arms=rendered(r),
-                )
+            for i, (context, product_of, arms_of, lines_of) in enumerate(exams):
+                pmf = policy.scores(context, product_of, arms_of, rendered_arms=lines_of)
                 mixed = [(1.0 - settings.holdout) * p for p in pmf]
                 mixed[0] += settings.holdout
                 pi[i, : len(mixed)] = mixed

@@ -125,6 +125,9 @@ def greedy_actions(
             f"every model snapshot learned from all {len(raw)} sampled decisions: none is held "
             "out to score the greedy policy on",
         )
+    from bandit.vw_format import arm_lines
+
+    lines = dict(zip(arms, arm_lines(list(arms.values())), strict=True))  # once per arm
     policy = Policy(vw_args, model=model, version=version)
     out: list[int | None] = []
     # Page views repeat (product, context, action set): VW scores each distinct one once.
@@ -139,7 +142,12 @@ def greedy_actions(
             key = (r.product_id, actions, tuple(sorted((k, str(v)) for k, v in context.items())))
             if key not in seen:
                 product = ProductFeatures(r.product_id, categories.get(r.product_id, ""))
-                scores = policy.scores(context, product, [arms[a] for a in actions])
+                scores = policy.scores(
+                    context,
+                    product,
+                    [arms[a] for a in actions],
+                    rendered_arms=[lines[a] for a in actions],
+                )
                 seen[key] = max(range(len(scores)), key=scores.__getitem__)
             out.append(seen[key])
     finally:

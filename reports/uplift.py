@@ -24,12 +24,14 @@ more builder and one more key; `html.SECTIONS` and
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +59,9 @@ RANDOMIZED = ("bandit", "control")
 DEFAULT_OPE_SAMPLE = 10_000
 #: Decisions (the most recent in the window) whose context JSON the breakdown expands at most.
 DEFAULT_CONTEXT_SAMPLE = 200_000
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 __all__ = ["DEFAULT_OPE_SAMPLE", "finite", "to_csv", "uplift_report"]
 
@@ -92,6 +97,31 @@ class Lift:
         }
 
 
+def _cyclic_gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run `fn` with CPython's cyclic garbage collector paused (refcounting still frees
+    everything as usual), restoring it after.
+
+    Why: the report holds its samples (10,000 decisions with their JSON, their value objects,
+    VW's inputs) while it builds them, which promotes enough objects to trigger one or two full
+    collections per report, each walking the whole heap: 0.08-0.18 s of a 1-1.5 s report at
+    1M decisions (BENCHMARKS.md "Report"). The report makes no reference cycles worth
+    collecting before it returns; whatever it leaves is collected after. Concurrent reports:
+    the first to pause restores the collector, so it is never left paused."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
+
+
+@_cyclic_gc_paused
 def uplift_report(
     sessions: sessionmaker[Session],
     settings: Settings,
