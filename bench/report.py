@@ -5,10 +5,13 @@ Builds N decisions (+ their click/purchase events, ~7% of decisions get one) wit
 own closer (`close_expired_windows`, which keeps the report's rollups; all but the last
 `--open` decisions, which stay open: the report reads those directly), saves an untrained
 model snapshot (so the counterfactual panel scores its greedy policy too), then times
-`uplift_report` (JSON) read from the rollups, the same report by a full scan
-(`rollups=False`; the two must agree), both again without the sections that score fixed-size
-samples with VW (`ope_sample=0, feature_sample=0`: what the rollups serve), and the HTML
-rendering, next to two baselines measured
+`uplift_report` (JSON) with every section, as the HTML page and `copyloop report` ask for it
+(the off-policy panel over `--ope-sample` decisions and the feature section over
+`--feature-sample`), read from the rollups, the same report by a full scan (`rollups=False`;
+the two must agree: arm counts, and the sampled sections field for field), the report without
+the feature section (the JSON route's default), both again without the sections that score
+fixed-size samples with VW (`ope_sample=0, feature_sample=0`: what the rollups serve), and the
+HTML rendering, next to two baselines measured
 on the same database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full
 aggregate `SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
 
@@ -77,7 +80,13 @@ def close_windows(sessions: Any, settings: Any, truth: Any, n: int, still_open: 
 
 
 def run(
-    url: str, n: int, repeat: int, fill_db: bool, ope_sample: int, still_open: int
+    url: str,
+    n: int,
+    repeat: int,
+    fill_db: bool,
+    ope_sample: int,
+    still_open: int,
+    feature_sample: int = 2000,
 ) -> dict[str, Any]:
     if fill_db:
         upgrade(url)
@@ -114,14 +123,14 @@ def run(
             )
             events = c.execute(text("SELECT COUNT(*) FROM events")).scalar()
         out["events"] = events
-        report_t, report = _timed(
+        every = {"ope_sample": ope_sample, "feature_sample": feature_sample}
+        report_t, report = _timed(lambda: uplift_report(sessions, settings, **every), repeat)
+        html_t, html = _timed(lambda: to_html(report), 1)
+        no_feat_t, _ = _timed(
             lambda: uplift_report(sessions, settings, ope_sample=ope_sample), repeat
         )
-        html_t, html = _timed(lambda: to_html(report), 1)
         no_ope_t, _ = _timed(lambda: uplift_report(sessions, settings, ope_sample=0), 1)
-        full_t, full = _timed(
-            lambda: uplift_report(sessions, settings, ope_sample=ope_sample, rollups=False), 1
-        )
+        full_t, full = _timed(lambda: uplift_report(sessions, settings, rollups=False, **every), 1)
         # What the rollups serve: every section but the sampled ones (the counterfactual panel
         # and the feature section score samples of fixed size with VW, whatever N).
         core = {"ope_sample": 0, "feature_sample": 0}
@@ -137,8 +146,12 @@ def run(
                 slow[k] for k in ("impressions", "clicks", "purchases")
             ]
             assert abs(fast["revenue"] - slow["revenue"]) <= 1e-6 * max(1.0, slow["revenue"])
+        for section in ("ope", "apprentice", "features"):  # the same samples, scored alike
+            assert report[section] == full[section], section
         with engine.connect() as c:
             rollup_rows = c.execute(text("SELECT COUNT(*) FROM report_rollups")).scalar()
+            still = c.execute(text("SELECT COUNT(*) FROM decisions WHERE closed_at IS NULL"))
+            open_decisions = still.scalar()
         count_s, agg_s, report_s = min(count_t), min(agg_t), statistics.median(report_t)
         out.update(
             {
@@ -147,15 +160,17 @@ def run(
                 "full_aggregate_s": round(agg_s, 3),
                 "report_s": round(report_s, 2),
                 "report_runs_s": [round(x, 2) for x in report_t],
+                "report_without_features_s": round(statistics.median(no_feat_t), 3),
                 "report_without_ope_s": round(no_ope_t[0], 2),
                 "full_scan_s": round(full_t[0], 2),
                 "report_without_samples_s": round(statistics.median(core_t), 3),
                 "full_scan_without_samples_s": round(core_full_t[0], 2),
-                "open_decisions": n - out.get("closed", n),
+                "open_decisions": open_decisions,
                 "rollup_rows": rollup_rows,
                 "html_render_s": round(html_t[0], 3),
                 "html_bytes": len(html),
                 "ope_sample": ope_sample,
+                "feature_sample": feature_sample,
                 "ratio_to_count": round(report_s / count_s, 1),
                 "ratio_to_full_aggregate": round(report_s / agg_s, 2),
             }
@@ -171,6 +186,12 @@ def main() -> None:
     ap.add_argument("--backend", default="sqlite,postgresql")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ope-sample", type=int, default=10_000)
+    ap.add_argument(
+        "--feature-sample",
+        type=int,
+        default=2_000,
+        help="Decisions the feature section reads (the HTML page's and CLI's default).",
+    )
     ap.add_argument(
         "--open", type=int, default=10_000, help="Decisions (the most recent) left open."
     )
@@ -192,13 +213,22 @@ def main() -> None:
                         not path.exists(),
                         args.ope_sample,
                         args.open,
+                        args.feature_sample,
                     )
                 )
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     url = f"sqlite:///{tmp}/ledger.db"
                     results.append(
-                        run(url, args.decisions, args.repeat, True, args.ope_sample, args.open)
+                        run(
+                            url,
+                            args.decisions,
+                            args.repeat,
+                            True,
+                            args.ope_sample,
+                            args.open,
+                            args.feature_sample,
+                        )
                     )
         elif backend == "postgresql":
             name = args.pg_keep or f"copyloop_bench_{uuid.uuid4().hex[:8]}"
@@ -212,7 +242,15 @@ def main() -> None:
             url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
             try:
                 results.append(
-                    run(url, args.decisions, args.repeat, not exists, args.ope_sample, args.open)
+                    run(
+                        url,
+                        args.decisions,
+                        args.repeat,
+                        not exists,
+                        args.ope_sample,
+                        args.open,
+                        args.feature_sample,
+                    )
                 )
             finally:
                 if not args.pg_keep:
