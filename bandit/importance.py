@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vowpalwabbit import pyvw
 
-from bandit.policy import Policy
+from bandit.policy import Policy, _predict_multi
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,8 @@ def feature_weights(policy: Policy, examples: Iterable[Sequence[str]]) -> list[F
         model.write_bytes(policy.vw_model())
         vw = pyvw.Workspace(f"{policy.workspace_args} -i {model} -t --invert_hash {names} --quiet")
         try:
-            for lines in examples:
-                parsed = vw.parse(list(lines))
-                try:
-                    vw.predict(parsed)
-                finally:
-                    vw.finish_example(parsed)
+            for lines in examples:  # through pylibvw, as the policy predicts (no pyvw wrappers)
+                _predict_multi(vw, "\n".join(lines))
         finally:
             vw.finish()
         text = names.read_text() if os.path.exists(names) else ""

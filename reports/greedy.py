@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.ledger.tables import ModelSnapshot, Variant
+from reports.ope import Interned
 from reports.queries import product_categories
 
 #: Held-out decisions the greedy target wants (or half the sample, when that is smaller).
@@ -132,14 +133,19 @@ def greedy_actions(
     out: list[int | None] = []
     # Page views repeat (product, context, action set): VW scores each distinct one once.
     seen: dict[tuple[Any, ...], int] = {}
+    interned = Interned()  # 10,000 rows, a few hundred distinct action sets and contexts
+    known: dict[tuple[str, ...], bool] = {}  # action set → every variant still in the ledger
     try:
         for r, h in zip(raw, scored_rows, strict=True):
-            actions = tuple(str(a) for a in (r.actions or ()))
-            if not h or not actions or any(a not in arms for a in actions):
+            actions = interned.actions(r.actions)
+            ok = known.get(actions)
+            if ok is None:
+                ok = known[actions] = bool(actions) and all(a in arms for a in actions)
+            if not h or not ok:
                 out.append(None)
                 continue
             context = r.context or {}
-            key = (r.product_id, actions, tuple(sorted((k, str(v)) for k, v in context.items())))
+            key = (r.product_id, actions, interned.context_items(context))
             if key not in seen:
                 product = ProductFeatures(r.product_id, categories.get(r.product_id, ""))
                 scores = policy.scores(

@@ -20,7 +20,7 @@ q̂ (the propensities are known exactly), and below SNIPS's error where the cont
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,9 +71,9 @@ def to_rows(raw: Sequence[Any]) -> tuple[list[LoggedDecisionRow], list[int]]:
     does not match it are dropped.
 
     Page views repeat their action sets (one per product) and contexts (a few devices ×
-    segments), so each distinct one is converted once (`_Interned`): the sample is 10,000 rows
+    segments), so each distinct one is converted once (`Interned`): the sample is 10,000 rows
     and this loop was a fifth of the counterfactual panel's time (BENCHMARKS.md "Report")."""
-    interned = _Interned()
+    interned = Interned()
     out, kept = [], []
     for i, r in enumerate(raw):
         variant_id, probability = r.variant_id, r.probability
@@ -95,9 +95,10 @@ def to_rows(raw: Sequence[Any]) -> tuple[list[LoggedDecisionRow], list[int]]:
     return out, kept
 
 
-class _Interned:
-    """`to_rows`'s conversions of an action list (to a tuple of str) and a context (to
-    `context_tokens`), each done once per distinct value.
+class Interned:
+    """Conversions of a sample's repeated values, each done once per distinct value: an action
+    list to a tuple of str (`actions`), a context to `context_tokens` (`context`) or to its
+    sorted `(key, str(value))` pairs (`context_items`, the greedy scorer's key).
 
     Values are keyed with their types, as equal values of other types render differently
     (`1`, `1.0` and `True`); floats, whose equal values may render differently too (`0.0`,
@@ -106,7 +107,8 @@ class _Interned:
 
     def __init__(self) -> None:
         self._actions: dict[tuple[Any, ...], tuple[str, ...]] = {}
-        self._contexts: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._tokens: dict[tuple[Any, ...], tuple[str, ...]] = {}
+        self._items: dict[tuple[Any, ...], tuple[tuple[str, str], ...]] = {}
 
     def actions(self, actions: Sequence[Any] | None) -> tuple[str, ...]:
         values = tuple(actions or ())
@@ -122,17 +124,32 @@ class _Interned:
     def context(self, context: Any) -> tuple[str, ...]:
         if not isinstance(context, dict):
             return context_tokens(None)
-        types = tuple(map(type, context.values()))
-        if not _KEYABLE.issuperset(types):
-            return context_tokens(context)
-        key = (tuple(context.items()), types)
-        out = self._contexts.get(key)
-        if out is None:
-            out = self._contexts[key] = context_tokens(context)
-        return out
+        return _once(self._tokens, context, context_tokens)
+
+    def context_items(self, context: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return _once(self._items, context, _sorted_items)
 
 
-#: JSON value types `_Interned` caches by (str, int, bool, null: equal values render alike).
+def _once(
+    cache: dict[tuple[Any, ...], Any],
+    context: Mapping[str, Any],
+    convert: Callable[[Mapping[str, Any]], Any],
+) -> Any:
+    types = tuple(map(type, context.values()))
+    if not _KEYABLE.issuperset(types):
+        return convert(context)
+    key = (tuple(context.items()), types)
+    out = cache.get(key)
+    if out is None:
+        out = cache[key] = convert(context)
+    return out
+
+
+def _sorted_items(context: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in context.items()))
+
+
+#: JSON value types `Interned` caches by (str, int, bool, null: equal values render alike).
 _KEYABLE = frozenset({str, int, bool, type(None)})
 
 
