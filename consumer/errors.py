@@ -36,7 +36,7 @@ class DeadLetterUnavailable(ConsumerError):
 
 class BadBatch(ConsumerError):
     """The database refused a batch's data (a constraint or type error that validation missed):
-    ingest its messages one by one to find the bad ones."""
+    ingest its messages in halves, down to the bad ones."""
 
     retriable = False
 

@@ -115,7 +115,7 @@ def ingest(
     `reward_window_s` bounds an activation's lateness (`ts <= decision ts + reward_window_s`;
     the loop passes the setting); None accepts any activation that reaches an open decision.
     Raises `LedgerUnavailable` (retry later) or `BadBatch` (the database refused some row: the
-    caller ingests the records one by one to find it).
+    caller ingests the records in halves to find it).
     """
     now = time.time() if received_at is None else received_at
     decision_rows = [_decision_row(d, now) for d in _first_of_each(decisions, "decision_id")]

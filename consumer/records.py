@@ -115,7 +115,7 @@ def decode_decision(value: bytes | None, partition: int = 0) -> DecisionRecord:
         problems.append("pmf: every probability must be in [0, 1]")
     if not (math.isfinite(msg.ts) and _MIN_TS <= msg.ts <= _MAX_TS):
         problems.append(f"ts: must be epoch seconds between 2000 and 2200, got {msg.ts!r}")
-    if any("\x00" in s for s in (msg.decision_id, msg.product_id, msg.variant_id)):
+    if "\x00" in msg.decision_id or "\x00" in msg.product_id or "\x00" in msg.variant_id:
         problems.append("ids must not contain NUL characters")
     if problems:
         raise BadMessage("; ".join(problems))
@@ -282,7 +282,7 @@ class _FastDecision:
         self.model_version: int = d["model_version"]
         self.context = context
         self.actions: list[str] = d["actions"]
-        self.pmf = [float(p) for p in d["pmf"]]
+        self.pmf = tuple(map(float, d["pmf"]))
         self.ts = float(d["ts"])
         self.activated: bool = d.get("activated", True)
 

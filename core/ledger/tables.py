@@ -98,7 +98,6 @@ class Decision(Base):
 
     __table_args__ = (
         Index("ix_decisions_open", "closed_at", "ts"),
-        Index("ix_decisions_ts", "ts"),
         Index("ix_decisions_product", "product_id", "ts"),
         Index(
             "ix_decisions_report",

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from consumer.loop import LoopTuning, Progress, run_consumer
 from core.broker import ensure_topics
+from core.ledger import Decision as DecisionRow
 from core.ledger import Event, ModelSnapshot, Reward, snapshots
 from core.messages import Decision
 from core.settings import Settings
@@ -157,6 +158,76 @@ def test_bad_messages_go_to_the_dlq_and_duplicates_count_once(
     assert last.closed == 1
     final = snapshots.load_latest(sessions)
     assert final.last_seq == 1  # the graceful stop saved what was learned
+
+
+def refuse_ids(sessions, table: str, column: str, prefix: str) -> None:
+    """Make the ledger itself refuse rows whose `column` starts with `prefix`: a CHECK
+    constraint on PostgreSQL, a trigger on SQLite (both raise an integrity error)."""
+    with sessions.begin() as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(
+                text(
+                    f"ALTER TABLE {table} ADD CONSTRAINT test_refuse_{table} "
+                    f"CHECK ({column} NOT LIKE '{prefix}%')"
+                )
+            )
+        else:
+            s.execute(
+                text(
+                    f"CREATE TRIGGER test_refuse_{table} BEFORE INSERT ON {table} "
+                    f"WHEN NEW.{column} LIKE '{prefix}%' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            )
+
+
+def test_records_the_ledger_refuses_are_found_by_halving_and_dead_lettered_alone(
+    kafka_settings, sessions, seed_catalog, producer, caplog
+):
+    settings = kafka_settings.model_copy(update={"reward_window_s": 3600.0})
+    catalog = seed_catalog(products=1, variants=3)
+    ensure_topics(
+        settings.bootstrap,
+        [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
+    refuse_ids(sessions, "decisions", "decision_id", "refused")
+    refuse_ids(sessions, "events", "event_id", "refused")
+    ts = time.time()
+    n = 400
+    refused = {"refused-d7", "refused-e0", "refused-e399"}
+    for i in range(n):
+        did = "refused-d7" if i == 7 else f"d{i}"
+        body = decision_message(did, ts, "p0", catalog["p0"], i % 3, {"device": "mobile"})
+        producer.send(settings.decisions_topic, body, key=did.encode())
+        eid = f"refused-e{i}" if i in (0, n - 1) else f"e{i}"
+        event = {"event_id": eid, "decision_id": did, "type": "click", "ts": ts * 1000 + 100}
+        producer.send(settings.events_topic, json.dumps(event).encode(), key=did.encode())
+    producer.flush()
+
+    caplog.set_level(logging.WARNING, logger="consumer.loop")
+    stop = threading.Event()
+    thread = threading.Thread(target=run_consumer, args=(settings, stop, None, FAST))
+    thread.start()
+    try:
+        letters = [json.loads(r.value) for r in read_topic(settings, settings.dlq_topic, 3, 90)]
+        wait_for(lambda: count(sessions, Event) == n - 2, 60, "every accepted event")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+
+    ids = {
+        json.loads(letter["value"]).get("event_id") or json.loads(letter["value"])["decision_id"]
+        for letter in letters
+    }
+    assert ids == refused
+    assert all("refused the batch" in letter["reason"] for letter in letters)
+    assert count(sessions, DecisionRow) == n - 1
+    assert count(sessions, Event) == n - 2
+    halvings = [r for r in caplog.records if "in halves" in r.getMessage()]
+    # Three bad records among 800: a few dozen smaller transactions, not 800 single ones.
+    assert 0 < len(halvings) <= 3 * 11
 
 
 def committed_offsets(settings: Settings, topic: str) -> list[int | None]:
