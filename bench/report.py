@@ -88,8 +88,7 @@ def run(
     still_open: int,
     feature_sample: int = 2000,
 ) -> dict[str, Any]:
-    if fill_db:
-        upgrade(url)
+    upgrade(url)  # a kept ledger follows the code's migrations
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     settings = load_settings(database_url=url)
