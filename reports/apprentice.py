@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -124,7 +123,7 @@ def apprentice_block(
         terms = q_target + w * (r - q_logged)  # DR's per-decision terms
         metrics[metric] = {
             "apprentice": float(r.mean()),
-            "live": {name: asdict(e) for name, e in per.items()},
+            "live": {name: e.as_dict() for name, e in per.items()},
             "uplift": _difference(terms - r, float(r.mean())),
         }
     unsupported = float((pi * (data.mask & (data.pmf < rules.min_logging_p))).sum(axis=1).mean())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 from reports.estimators import Estimate, ratio_snips
@@ -47,7 +46,7 @@ def snips_rates(w: Sequence[float], n: int, kappa: float | None) -> dict[str, An
         e = ratio_snips(sw, sum_wr, sw2, n, kap or 1.0)
         if kap is None:  # no revenue anywhere: no scale for the interval
             e = Estimate(e.value, None, None, e.n, e.ess)
-        return {**asdict(e), "low_ess": e.ess < LOW_ESS}
+        return {**e.as_dict(), "low_ess": e.ess < LOW_ESS}
 
     return {
         "ctr": one(swc, 1.0),

@@ -232,7 +232,7 @@ def evaluate_target(
         )
         per = {name: est(logged) for name, est in ESTIMATORS.items()}
         ess = per["ips"].ess
-        estimates[metric] = {name: asdict(e) for name, e in per.items()}
+        estimates[metric] = {name: e.as_dict() for name, e in per.items()}
     unsupported_mass = float(unsupported.mean()) if n else 0.0
     return {
         "n": int(n),
