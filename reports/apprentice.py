@@ -32,7 +32,7 @@ import numpy as np
 from core.ledger.modes import Mode
 from reports.estimators import ESTIMATORS, LoggedBandit
 from reports.intervals import Z95
-from reports.ope import METRICS, Padded, SupportRules, support_warning, to_rows
+from reports.ope import METRICS, Padded, SupportRules, columns, support_warning, to_rows
 
 #: Slack on "the control got at least 1 − e" (the pmf is stored as floats).
 _TOL = 1e-9
@@ -88,9 +88,11 @@ def apprentice_block(
         "estimator": "dr",
     }
     picked, shares = [], []
+    get = columns(raw, ("ts", "pmf"))
     for r in raw:
-        e = explore_share(float(r.ts), history, default)
-        pmf = r.pmf or ()
+        ts, pmf = get(r)
+        e = explore_share(float(ts), history, default)
+        pmf = pmf or ()
         if e is None or not pmf or float(pmf[0]) < 1.0 - e - _TOL:
             continue
         picked.append(r)

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.ledger.tables import ModelSnapshot, Variant
-from reports.ope import Interned
+from reports.ope import Interned, columns
 from reports.queries import product_categories
 
 #: Held-out decisions the greedy target wants (or half the sample, when that is smaller).
@@ -93,7 +93,8 @@ def greedy_actions(
     `ope.to_rows` keeps them), held-out rows only (see the module docstring)."""
     from bandit import Arm, Policy, ProductFeatures  # VW is heavy: only when a report needs it
 
-    seqs = [r.seq for r in raw]
+    sampled = list(map(columns(raw, ("seq", "product_id", "actions", "context")), raw))
+    seqs = [row[0] for row in sampled]
     need = max(1, min(min_held_out, math.ceil(len(raw) / 2)))
     with sessions() as s:
         snap, newest = _pick(s, seqs, need)
@@ -105,7 +106,7 @@ def greedy_actions(
         model = snap.model if snap.model is not None else Path(snap.path or "").read_bytes()
         scored_rows = held_out(seqs, last_seq)
         variant_ids = sorted(
-            {str(a) for r, h in zip(raw, scored_rows, strict=True) if h for a in r.actions or ()}
+            {str(a) for row, h in zip(sampled, scored_rows, strict=True) if h for a in row[2] or ()}
         )
         arms: dict[str, Arm] = {}
         for i in range(0, len(variant_ids), 500):
@@ -115,7 +116,7 @@ def greedy_actions(
                 arms[v.variant_id] = Arm.from_variant(
                     v.variant_id, v.text, v.style, v.source, v.generator_version
                 )
-        categories = product_categories(s, [r.product_id for r in raw])
+        categories = product_categories(s, [row[1] for row in sampled])
     n_held = sum(scored_rows)
     if n_held == 0:
         return GreedyScore(
@@ -136,18 +137,18 @@ def greedy_actions(
     interned = Interned()  # 10,000 rows, a few hundred distinct action sets and contexts
     known: dict[tuple[str, ...], bool] = {}  # action set → every variant still in the ledger
     try:
-        for r, h in zip(raw, scored_rows, strict=True):
-            actions = interned.actions(r.actions)
+        for (_, product_id, raw_actions, context), h in zip(sampled, scored_rows, strict=True):
+            actions = interned.actions(raw_actions)
             ok = known.get(actions)
             if ok is None:
                 ok = known[actions] = bool(actions) and all(a in arms for a in actions)
             if not h or not ok:
                 out.append(None)
                 continue
-            context = r.context or {}
-            key = (r.product_id, actions, interned.context_items(context))
+            context = context or {}
+            key = (product_id, actions, interned.context_items(context))
             if key not in seen:
-                product = ProductFeatures(r.product_id, categories.get(r.product_id, ""))
+                product = ProductFeatures(product_id, categories.get(product_id, ""))
                 scores = policy.scores(
                     context,
                     product,

@@ -20,6 +20,7 @@ q̂ (the propensities are known exactly), and below SNIPS's error where the cont
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,10 +76,11 @@ def to_rows(raw: Sequence[Any]) -> tuple[list[LoggedDecisionRow], list[int]]:
     and this loop was a fifth of the counterfactual panel's time (BENCHMARKS.md "Report")."""
     interned = Interned()
     out, kept = [], []
+    get = columns(raw, _TO_ROWS)
     for i, r in enumerate(raw):
-        variant_id, probability = r.variant_id, r.probability
-        actions = interned.actions(r.actions)
-        pmf = tuple(map(float, r.pmf or ()))
+        variant_id, probability, raw_actions, raw_pmf, clicked, purchased, revenue, context = get(r)
+        actions = interned.actions(raw_actions)
+        pmf = tuple(map(float, raw_pmf or ()))
         if variant_id not in actions or len(pmf) != len(actions) or probability <= 0:
             continue
         out.append(
@@ -87,12 +89,41 @@ def to_rows(raw: Sequence[Any]) -> tuple[list[LoggedDecisionRow], list[int]]:
                 pmf=pmf,
                 chosen=actions.index(variant_id),
                 probability=float(probability),
-                outcome=(float(r.clicked), float(r.purchased), float(r.revenue)),
-                context=interned.context(r.context),
+                outcome=(float(clicked), float(purchased), float(revenue)),
+                context=interned.context(context),
             )
         )
         kept.append(i)
     return out, kept
+
+
+_TO_ROWS = (
+    "variant_id",
+    "probability",
+    "actions",
+    "pmf",
+    "clicked",
+    "purchased",
+    "revenue",
+    "context",
+)
+
+
+def columns(raw: Sequence[Any], names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A getter of the columns `names` (two or more) from each row of `raw`, rows of one query
+    result: by position where the rows name their fields (`_fields`: SQLAlchemy rows, named
+    tuples), by attribute otherwise. A SQLAlchemy row resolves an attribute by name on every
+    access (0.3 µs; eight per row were 40 % of `to_rows` on 10,000 rows), an index directly.
+
+    >>> from collections import namedtuple
+    >>> Row = namedtuple("Row", "a b c")
+    >>> columns([Row(1, 2, 3)], ("c", "a"))(Row(4, 5, 6))
+    (6, 4)
+    """
+    fields = getattr(raw[0], "_fields", None) if raw else None
+    if fields is not None and all(n in fields for n in names):
+        return operator.itemgetter(*(fields.index(n) for n in names))
+    return operator.attrgetter(*names)
 
 
 class Interned:
