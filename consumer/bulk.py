@@ -1,4 +1,4 @@
-"""Batch writes by each database's fast path: the join's inserts and the closing's update.
+"""Batch writes and reads by each database's fast path: the join's inserts, the event counts.
 
 On PostgreSQL a batch is one statement over arrays — ``INSERT … SELECT … FROM unnest(%b::text[],
 %b::float8[], …)`` — so the server parses and plans once and the driver sends one message per
@@ -149,27 +149,6 @@ def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, An
     )
 
 
-def mark_closed(s: Session, decision_ids: Sequence[str], closed_at: float) -> int:
-    """Set `closed_at` on the open decisions among `decision_ids`; returns how many were open."""
-    if not decision_ids:
-        return 0
-    if _is_postgresql(s):
-        sql = (
-            "UPDATE decisions SET closed_at = %(t)s FROM unnest(%(ids)b::text[]) AS u(id) "
-            "WHERE decisions.decision_id = u.id AND decisions.closed_at IS NULL "
-            "RETURNING decisions.decision_id"
-        )
-        result = s.connection().exec_driver_sql(sql, {"t": closed_at, "ids": list(decision_ids)})
-        return len(result.all())
-    # One prepared UPDATE run per id (sqlite3 sums the rows changed over an executemany): no
-    # IN lists to compile and no RETURNING rows to fetch.
-    result = s.connection().exec_driver_sql(
-        "UPDATE decisions SET closed_at = ? WHERE decision_id = ? AND closed_at IS NULL",
-        [(closed_at, d) for d in decision_ids],
-    )
-    return int(result.rowcount)
-
-
 #: Per decision: clicks, add-to-carts, purchases, purchase revenue.
 EventCounts = tuple[int, int, int, float]
 
@@ -213,4 +192,4 @@ def event_counts(s: Session, spans: Sequence[tuple[str, float, float]]) -> dict[
     return {d: (int(c), int(a), int(p), float(r)) for d, c, a, p, r in rows}
 
 
-__all__ = ["EventCounts", "event_counts", "insert_new", "insert_rows", "mark_closed"]
+__all__ = ["EventCounts", "event_counts", "insert_new", "insert_rows"]

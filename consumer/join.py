@@ -31,7 +31,7 @@ from sqlalchemy import Table, and_, case, exists, false, func, or_, select, upda
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumer.bulk import event_counts, insert_new, insert_rows, mark_closed
+from consumer.bulk import event_counts, insert_new, insert_rows
 from consumer.errors import BadBatch, LeaseLost, ledger_errors
 from consumer.records import ActivationRecord, DecisionRecord, EventRecord
 from core.ledger.tables import Activation, Decision, Event, Reward
@@ -226,20 +226,35 @@ def close_expired_windows(
             # Before counting events: an ingest that could add one to these decisions either
             # commits first (counted here) or waits and sees them closed (`add_late_events`).
             rollups.state(s, lock="update")
-            # Core rows through the connection: the ORM's result machinery cost the closer
-            # more per decision than the SQL did (`bench/learn.py`).
-            conn = s.connection()
-            due = conn.execute(
-                select(*_LEARNED_COLUMNS, Decision.activated, Decision.policy, Decision.ts)
+            # Closed and read in one statement: a SELECT … FOR UPDATE and then an UPDATE wrote
+            # each row's tuple twice (the lock, the new version) and cost the closer two round
+            # trips (`bench/learn.py`). Core rows through the connection: the ORM's result
+            # machinery cost more per decision than the SQL did.
+            oldest = (
+                select(Decision.decision_id)
                 .where(Decision.closed_at.is_(None), Decision.ts < cutoff)
                 .order_by(Decision.ts, Decision.decision_id)
                 .limit(limit)
                 # PostgreSQL: an activation committed meanwhile waits, then finds them closed.
                 .with_for_update()
-            ).all()
+                # Evaluated once: PostgreSQL may run an IN (… LIMIT n) subquery of an UPDATE
+                # again and close more than `limit` (seen in tests/consumer/test_join.py).
+                .cte("oldest")
+                .prefix_with("MATERIALIZED")
+            )
+            closing = (
+                update(Decision)
+                .where(
+                    Decision.decision_id.in_(select(oldest.c.decision_id)),
+                    Decision.closed_at.is_(None),
+                )
+                .values(closed_at=closed_at)
+                .returning(*_LEARNED_COLUMNS, Decision.activated, Decision.policy, Decision.ts)
+            )
+            # Sorted here: RETURNING keeps no order.
+            due = sorted(s.connection().execute(closing).all(), key=_oldest_first)
             if not due:
                 return []
-            ids = [row.decision_id for row in due]
             learned = [row for row in due if row.activated]
             skew, window = settings.clock_skew_s, settings.reward_window_s
             counts = event_counts(s, [(r.decision_id, r.ts - skew, r.ts + window) for r in learned])
@@ -253,8 +268,6 @@ def close_expired_windows(
                 )
                 closed.append(_closed(row, seq, reward, clicks, carts, purchases, revenue))
             insert_rows(s, _REWARDS, [_reward_row(c, closed_at) for c in closed])
-            if mark_closed(s, ids, closed_at) != len(ids):
-                raise LeaseLost("another closer closed some of these decisions first")
             # The report's rollups take these decisions in the same transaction: exactly once.
             # Never-activated decisions are no impressions: the rollups count them apart.
             outcomes = [_outcome(r, c) for r, c in zip(learned, closed, strict=True)]
@@ -264,6 +277,10 @@ def close_expired_windows(
     except sa_exc.IntegrityError as exc:
         raise LeaseLost(f"another closer wrote these rewards first: {exc.orig}") from exc
     return closed
+
+
+def _oldest_first(row: Any) -> tuple[float, str]:
+    return row.ts, row.decision_id
 
 
 def closed_since(
