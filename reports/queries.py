@@ -407,7 +407,7 @@ class ReportReader:
         ).scalar_one()
         if scored == 0:
             return []
-        if scored <= few:  # an IN list makes SQLite drive from shadow_scores, without stats
+        if scored <= few:  # with `IN (SELECT …)` SQLite (no statistics) reads shadow_scores first
             drive = [Decision.decision_id.in_(select(ShadowScore.decision_id))]
         else:
             drive = []
