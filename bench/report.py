@@ -122,7 +122,7 @@ def run(
             )
             events = c.execute(text("SELECT COUNT(*) FROM events")).scalar()
         out["events"] = events
-        every = {"ope_sample": ope_sample, "feature_sample": feature_sample}
+        every: dict[str, Any] = {"ope_sample": ope_sample, "feature_sample": feature_sample}
         report_t, report = _timed(lambda: uplift_report(sessions, settings, **every), repeat)
         html_t, html = _timed(lambda: to_html(report), 1)
         no_feat_t, _ = _timed(
@@ -132,7 +132,7 @@ def run(
         full_t, full = _timed(lambda: uplift_report(sessions, settings, rollups=False, **every), 1)
         # What the rollups serve: every section but the sampled ones (the counterfactual panel
         # and the feature section score samples of fixed size with VW, whatever N).
-        core = {"ope_sample": 0, "feature_sample": 0}
+        core: dict[str, Any] = {"ope_sample": 0, "feature_sample": 0}
         core_t, _ = _timed(lambda: uplift_report(sessions, settings, **core), repeat)
         core_full_t, _ = _timed(lambda: uplift_report(sessions, settings, rollups=False, **core), 1)
         assert report["rollups"]["used"], report["rollups"]
