@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from core.runtime import tune_gc
 from core.settings import Settings, load_settings
 
 SETTINGS_ENV = "COPYLOOP_API_SETTINGS_JSON"
@@ -37,6 +38,7 @@ def app_from_env() -> FastAPI:
         # same holdout draws.
         seed = int(np.random.SeedSequence([settings.seed, os.getpid()]).generate_state(1)[0])
         settings = settings.model_copy(update={"seed": seed})
+    tune_gc()  # this process is an API worker's: see core.runtime
     return create_app(settings)
 
 
@@ -47,6 +49,7 @@ def serve(settings: Settings) -> None:
     would cost more than the decision.
     """
     if settings.api_workers <= 1:
+        tune_gc()  # this process is the API's: see core.runtime
         _run(create_app(settings), settings)
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()

@@ -10,6 +10,7 @@ decisions and their events (`reports.synthetic.fill`: 20 products, 5 variants ea
   learning each) and `maybe_snapshot` on its cadence, until every decision is learned. Reported:
   decisions learned/s, and the decision→snapshot latency (from a batch's close to the first
   snapshot that holds it: p50/p99/max).
+  The process runs with the consumer's garbage-collector settings (`core.runtime.tune_gc`).
 - **baseline**: pyvw learning the very same examples (the same VW arguments, the text lines
   rendered beforehand, no database): the ceiling VW itself sets in this process.
 
@@ -44,6 +45,7 @@ from bandit.vw_format import to_vw
 from consumer.learner import Learner
 from core.ledger import Decision, Product, Reward, Variant, make_engine, make_sessionmaker
 from core.migrations import upgrade
+from core.runtime import tune_gc
 from core.settings import load_settings
 from reports.synthetic import fill
 
@@ -115,6 +117,7 @@ def main() -> None:
             start = time.time() - 3 * 86400
             fill(engine, args.decisions, start=start, span_s=86400.0, window_s=1800.0)
             settings = load_settings(database_url=url, reward_window_s=1800.0, close_grace_s=5.0)
+            tune_gc()  # the collector's settings of the consumer process (`copyloop consume`)
             learner = Learner(sessions, settings)
             learner.catch_up()
             t0 = time.perf_counter()

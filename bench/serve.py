@@ -2,8 +2,10 @@
 
 Starts a fresh stack (embedded tansu broker on a free port, SQLite ledger in a temp dir, sample
 catalog imported, rules variants generated, an untrained model snapshot saved so the API serves
-`policy = bandit`), the API with `--workers N` uvicorn processes (no consumer: it would compete
-for the 2 cores; decisions are still published to the broker), then:
+`policy = bandit`), the API with `--workers N` uvicorn processes and, as in production, one
+`copyloop consume` (it confirms the published decisions, so the API's publisher does not re-send
+them; `--no-consumer` leaves it out: then every decision is re-sent on the publisher's schedule,
+in the serving processes), then:
 
 * closed loop, max throughput: `wrk -t1 -c<connections> --latency` (C, one thread; a Lua script
   rotates 2,000 product/context paths and sets the `Authorization` header), on `/healthz`
@@ -15,8 +17,8 @@ for the 2 cores; decisions are still published to the broker), then:
   closed-loop variant run; prints the top self and inclusive frames;
 * `--micro`: the in-process pieces of one decision, timed in this process (µs per call).
 
-Each result line carries the load average and the CPU seconds used by the API, the broker and the
-load generator during the run; ratios are to `/healthz` measured in the same run.
+Each result line carries the load average and the CPU seconds used by the API, the broker, the
+consumer and the load generator during the run; ratios are to `/healthz` measured in the same run.
 
     .venv/bin/python bench/serve.py --workers 1 --rate 1000 --duration 20 --connections 16
     .venv/bin/python bench/serve.py --workers 1 --kafka-down --duration 10
@@ -57,9 +59,10 @@ HERE = Path(__file__).resolve().parent
 class ServeStack:
     """Broker (unless --kafka-down) + API subprocess on a fresh ledger."""
 
-    def __init__(self, workers: int, kafka_down: bool, tmp: Path) -> None:
+    def __init__(self, workers: int, kafka_down: bool, tmp: Path, consumer: bool = True) -> None:
         self.tmp = tmp
         self.kafka_down = kafka_down
+        self.with_consumer = consumer and not kafka_down
         overrides: dict[str, object] = {
             "database_url": f"sqlite:///{tmp / 'ledger.db'}",
             "spool_dir": str(tmp / "spool"),
@@ -76,6 +79,7 @@ class ServeStack:
         self.settings: Settings = load_settings(**overrides)
         self.broker: EmbeddedBroker | None = None
         self.api: subprocess.Popen[bytes] | None = None
+        self.consumer: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeStack:
         s = self.settings
@@ -84,6 +88,14 @@ class ServeStack:
             self.broker = EmbeddedBroker(s.embedded_broker_port).start()
             ensure_topics(
                 s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic], s.topic_partitions
+            )
+        if self.with_consumer:
+            consumer_log = open(self.tmp / "consumer.log", "ab")  # noqa: SIM115
+            self.consumer = subprocess.Popen(
+                [sys.executable, "-m", "copyloop", "consume"],
+                env={**os.environ, **settings_env(s)},
+                stdout=consumer_log,
+                stderr=subprocess.STDOUT,
             )
         log = open(self.tmp / "api.log", "ab")  # noqa: SIM115
         self.api = subprocess.Popen(
@@ -118,18 +130,21 @@ class ServeStack:
         out = {"api": self.api.pid}  # type: ignore[union-attr]
         if self.broker is not None and self.broker.process is not None:
             out["broker"] = self.broker.process.pid
+        if self.consumer is not None:
+            out["consumer"] = self.consumer.pid
         return out
 
     def health(self) -> dict:
         return httpx.get(self.base + "/healthz", timeout=5).json()
 
     def stop(self) -> None:
-        if self.api is not None and self.api.poll() is None:
-            self.api.terminate()
-            try:
-                self.api.wait(30)
-            except subprocess.TimeoutExpired:
-                self.api.kill()
+        for proc in (self.api, self.consumer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if self.broker is not None:
             self.broker.stop()
 
@@ -651,6 +666,11 @@ def main() -> None:
         action="store_true",
         help="point the API at a dead port: decisions wait in the log, serving must not block",
     )
+    p.add_argument(
+        "--no-consumer",
+        action="store_true",
+        help="run no consumer: nothing confirms the decisions, the publisher re-sends them",
+    )
     p.add_argument("--no-open", action="store_true", help="skip the open-loop runs")
     p.add_argument("--no-post", action="store_true", help="skip POST /v1/decisions")
     p.add_argument("--profile", action="store_true", help="py-spy the API during one more run")
@@ -666,7 +686,9 @@ def main() -> None:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="copyloop-bench-serve-"))
-    stack = ServeStack(1 if args.micro_only else args.workers, args.kafka_down, tmp)
+    stack = ServeStack(
+        1 if args.micro_only else args.workers, args.kafka_down, tmp, not args.no_consumer
+    )
     results: dict = {
         "args": vars(args),
         "git": git_rev(),
@@ -675,6 +697,7 @@ def main() -> None:
     }
     print(
         f"# serve bench: workers={stack.settings.api_workers} kafka_down={args.kafka_down} "
+        f"consumer={stack.with_consumer} "
         f"cores={os.cpu_count()} git={results['git']} load={loadavg()} tmp={tmp}",
         flush=True,
     )

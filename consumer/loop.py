@@ -58,6 +58,7 @@ from consumer.records import (
 from consumer.watermark import IngestWatermark
 from core.broker import ensure_topics
 from core.ledger import make_engine, make_sessionmaker
+from core.runtime import tune_gc
 from core.settings import Settings, load_settings
 
 log = logging.getLogger("consumer.loop")  # not "__main__" under python -m
@@ -418,6 +419,7 @@ def _elect(
 
 def main(settings: Settings, tuning: LoopTuning | None = None) -> int:
     """`copyloop consume`: run until SIGTERM or SIGINT, then stop cleanly. Returns the exit code."""
+    tune_gc()  # this process is the consumer's: see core.runtime
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -97,7 +98,14 @@ class Decision(Base):
     activated: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     __table_args__ = (
-        Index("ix_decisions_open", "closed_at", "ts"),
+        # Open decisions only, in the closer's order (`consumer.join.close_expired_windows`).
+        Index(
+            "ix_decisions_open",
+            "ts",
+            "decision_id",
+            postgresql_where=text("closed_at IS NULL"),
+            sqlite_where=text("closed_at IS NULL"),
+        ),
         Index("ix_decisions_product", "product_id", "ts"),
         Index(
             "ix_decisions_report",
