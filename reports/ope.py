@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -161,11 +161,14 @@ class Interned:
         return _once(self._items, context, _sorted_items)
 
 
+_T = TypeVar("_T")
+
+
 def _once(
-    cache: dict[tuple[Any, ...], Any],
+    cache: dict[tuple[Any, ...], _T],
     context: Mapping[str, Any],
-    convert: Callable[[Mapping[str, Any]], Any],
-) -> Any:
+    convert: Callable[[Mapping[str, Any]], _T],
+) -> _T:
     types = tuple(map(type, context.values()))
     if not _KEYABLE.issuperset(types):
         return convert(context)
