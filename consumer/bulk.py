@@ -6,24 +6,30 @@ column instead of one per row (SQLAlchemy's executemany, even pipelined, cost th
 of every 4.5 s it spent closing 30,000 windows: `bench/learn.py`). The arrays travel in binary
 (`%b`): psycopg's text format runs a regular expression over every element to quote it, 2.3 µs
 a row for four columns. JSON values are serialized with orjson and cast per row. On SQLite,
-where a statement costs no round trip, an insert is one `executemany` of tuples (prepared once;
-SQLAlchemy's multi-row INSERT … RETURNING spent more on per-row parameter processing and JSON
-encoding than SQLite did on the rows), after one look-up of the keys already there when
-existing keys are to be skipped.
+where a statement costs no round trip, an insert is multi-row statements of plain tuples
+through the driver (SQLAlchemy's multi-row INSERT … RETURNING spent more on per-row parameter
+processing and JSON encoding than SQLite did on the rows; a statement per row made the writer
+wait for the GIL per row), after one look-up of the keys already there when existing keys are
+to be skipped.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, Table
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 #: Keys per IN list on SQLite: far below its 32,766 bound parameters.
 _SQLITE_CHUNK = 500
+#: Rows per multi-row INSERT on SQLite (fewer when the build allows fewer bound parameters).
+_SQLITE_ROWS_PER_INSERT = 500
 
 
 def _pg_type(column: Any) -> tuple[str, str]:
@@ -129,9 +135,10 @@ def _sqlite_new_rows(
 
 
 def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A plain INSERT of `rows` as one `executemany` of tuples: SQLite prepares it once, and
-    SQLAlchemy's per-row parameter processing (the larger cost: `bench/learn.py`) is skipped.
-    JSON values are serialized with orjson, as on PostgreSQL."""
+    """A plain INSERT of `rows`, up to 500 rows per statement, the full statements as one
+    `executemany` of flat tuples (prepared once): SQLAlchemy's per-row parameter processing
+    (the larger cost: `bench/learn.py`) is skipped. JSON values are serialized with orjson, as
+    on PostgreSQL."""
     names = list(rows[0])
     get = itemgetter(*names)
     tuples: list[Any] = [get(r) for r in rows] if len(names) > 1 else [(get(r),) for r in rows]
@@ -142,11 +149,31 @@ def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, An
         for i in json_columns:
             columns[i] = tuple(None if v is None else dumps(v).decode() for v in columns[i])
         tuples = list(zip(*columns, strict=True))
-    quoted = ", ".join(f'"{n}"' for n in names)
-    marks = ", ".join("?" for _ in names)
-    s.connection().exec_driver_sql(
-        f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})', tuples
-    )
+    # Many rows per statement: CPython's sqlite3 lets go of the GIL around every step of a
+    # statement and must take it back after, so a statement per row cost the consumer's writer
+    # thread a wait for the GIL per row while the polling thread decoded the next batch (ingest
+    # at 130 µs a message instead of 13 beside a busy thread: `bench/consume.py`).
+    conn = s.connection()
+    insert = f'INSERT INTO "{table.name}" (' + ", ".join(f'"{n}"' for n in names) + ") VALUES "
+    row = "(" + ", ".join("?" for _ in names) + ")"
+    per = max(1, min(_SQLITE_ROWS_PER_INSERT, _sqlite_max_params(conn) // len(names)))
+    full = len(tuples) - len(tuples) % per
+    if full:
+        flat = list(chain.from_iterable(tuples[:full]))
+        width = per * len(names)
+        chunks = [tuple(flat[i : i + width]) for i in range(0, len(flat), width)]
+        conn.exec_driver_sql(insert + ", ".join([row] * per), chunks)  # one statement, cached
+    if full < len(tuples):
+        rest = tuples[full:]
+        conn.exec_driver_sql(
+            insert + ", ".join([row] * len(rest)), tuple(chain.from_iterable(rest))
+        )
+
+
+def _sqlite_max_params(conn: Connection) -> int:
+    """The bound parameters one statement may hold in this SQLite build (32,766 since 3.32)."""
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    return raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 #: Per decision: clicks, add-to-carts, purchases, purchase revenue.
