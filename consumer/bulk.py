@@ -88,27 +88,33 @@ def _insert(
             _sqlite_executemany(s, table, rows)
         return [r[skip_existing] for r in rows]
     names = list(rows[0])
-    params: dict[str, list[Any]] = {}
-    arrays, selects = [], []
+    params: dict[str, Any] = {}
+    arrays, aliases, selects = [], [], []
     for i, name in enumerate(names):
         element, cast = _pg_type(table.c[name])
         values = [r[name] for r in rows]
         if cast == "::json":
             values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        elif i and values.count(values[0]) == len(values):
+            # One value for the whole batch (the receipt time, a NULL, a flag): sent once, not
+            # as an array (psycopg dumps arrays element by element in Python).
+            params[f"c{i}"] = values[0]
+            selects.append(f"%(c{i})b::{element}")
+            continue
         params[f"c{i}"] = values
         arrays.append(f"%(c{i})b::{element}[]")
+        aliases.append(f"c{i}")
         selects.append(f"u.c{i}{cast}")
     columns = ", ".join(f'"{n}"' for n in names)
-    aliases = ", ".join(f"c{i}" for i in range(len(names)))
     sql = (
         f'INSERT INTO "{table.name}" ({columns}) SELECT {", ".join(selects)} '
-        f"FROM unnest({', '.join(arrays)}) AS u({aliases})"
+        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(aliases)})"
     )
     if skip_existing is None:
         s.connection().exec_driver_sql(sql, params)
         return []
     sql += f' ON CONFLICT ("{skip_existing}") DO NOTHING RETURNING "{skip_existing}"'
-    return list(s.connection().exec_driver_sql(sql, params).scalars())
+    return list(s.connection().exec_driver_sql(sql, params).scalars().all())
 
 
 def _sqlite_new_rows(
