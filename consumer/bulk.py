@@ -81,11 +81,11 @@ def _insert(
         return []
     if not _is_postgresql(s):
         if skip_existing is None:
-            _sqlite_executemany(s, table, rows)
+            _sqlite_insert(s, table, rows)
             return []
         rows = _sqlite_new_rows(s, table, rows, skip_existing)
         if rows:
-            _sqlite_executemany(s, table, rows)
+            _sqlite_insert(s, table, rows)
         return [r[skip_existing] for r in rows]
     names = list(rows[0])
     params: dict[str, Any] = {}
@@ -140,7 +140,7 @@ def _sqlite_new_rows(
     return new
 
 
-def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def _sqlite_insert(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """A plain INSERT of `rows`, up to 500 rows per statement, the full statements as one
     `executemany` of flat tuples (prepared once): SQLAlchemy's per-row parameter processing
     (the larger cost: `bench/learn.py`) is skipped. JSON values are serialized with orjson, as
@@ -157,8 +157,8 @@ def _sqlite_executemany(s: Session, table: Table, rows: Sequence[Mapping[str, An
         tuples = list(zip(*columns, strict=True))
     # Many rows per statement: CPython's sqlite3 lets go of the GIL around every step of a
     # statement and must take it back after, so a statement per row cost the consumer's writer
-    # thread a wait for the GIL per row while the polling thread decoded the next batch (ingest
-    # at 130 µs a message instead of 13 beside a busy thread: `bench/consume.py`).
+    # thread a wait for the GIL per row while the polling thread decoded the next batch (a
+    # micro test of `ingest` beside a busy Python thread: 130 µs a message, 21 µs with this).
     conn = s.connection()
     insert = f'INSERT INTO "{table.name}" (' + ", ".join(f'"{n}"' for n in names) + ") VALUES "
     row = "(" + ", ".join("?" for _ in names) + ")"
@@ -185,11 +185,15 @@ def _sqlite_max_params(conn: Connection) -> int:
 #: Per decision: clicks, add-to-carts, purchases, purchase revenue.
 EventCounts = tuple[int, int, int, float]
 
-_COUNTS = (
+#: Counts the events of `u(id, lo, hi)`'s decisions inside their spans; `u` comes before it.
+_COUNTED = (
+    "SELECT e.decision_id, "
     "count(*) FILTER (WHERE e.type = 'click'), "
     "count(*) FILTER (WHERE e.type = 'add_to_cart'), "
     "count(*) FILTER (WHERE e.type = 'purchase'), "
-    "coalesce(sum(coalesce(e.value, 0.0)) FILTER (WHERE e.type = 'purchase'), 0.0)"
+    "coalesce(sum(coalesce(e.value, 0.0)) FILTER (WHERE e.type = 'purchase'), 0.0) "
+    "FROM {spans} JOIN events e ON e.decision_id = u.id AND e.ts >= u.lo AND e.ts <= u.hi "
+    "GROUP BY e.decision_id"
 )
 
 
@@ -204,11 +208,8 @@ def event_counts(s: Session, spans: Sequence[tuple[str, float, float]]) -> dict[
     conn = s.connection()
     if _is_postgresql(s):
         ids, los, his = (list(c) for c in zip(*spans, strict=True))
-        sql = (
-            f"SELECT e.decision_id, {_COUNTS} "
-            "FROM unnest(%(ids)b::text[], %(lo)b::float8[], %(hi)b::float8[]) AS u(id, lo, hi) "
-            "JOIN events e ON e.decision_id = u.id AND e.ts >= u.lo AND e.ts <= u.hi "
-            "GROUP BY e.decision_id"
+        sql = _COUNTED.format(
+            spans="unnest(%(ids)b::text[], %(lo)b::float8[], %(hi)b::float8[]) AS u(id, lo, hi)"
         )
         rows = conn.exec_driver_sql(sql, {"ids": ids, "lo": los, "hi": his}).all()
     else:
@@ -216,11 +217,7 @@ def event_counts(s: Session, spans: Sequence[tuple[str, float, float]]) -> dict[
         for start in range(0, len(spans), _SQLITE_CHUNK):
             chunk = spans[start : start + _SQLITE_CHUNK]
             values = ", ".join("(?, ?, ?)" for _ in chunk)
-            sql = (
-                f"WITH u(id, lo, hi) AS (VALUES {values}) SELECT e.decision_id, {_COUNTS} "
-                "FROM u JOIN events e ON e.decision_id = u.id AND e.ts >= u.lo AND e.ts <= u.hi "
-                "GROUP BY e.decision_id"
-            )
+            sql = f"WITH u(id, lo, hi) AS (VALUES {values}) " + _COUNTED.format(spans="u")
             rows += conn.exec_driver_sql(sql, tuple(v for span in chunk for v in span)).all()
     return {d: (int(c), int(a), int(p), float(r)) for d, c, a, p, r in rows}
 
