@@ -56,7 +56,7 @@ from consumer.records import (
     decode_events_message,
 )
 from consumer.watermark import IngestWatermark
-from core.broker import ensure_topics
+from core.broker import cluster_id, ensure_topics
 from core.ledger import make_engine, make_sessionmaker
 from core.runtime import tune_gc
 from core.settings import Settings, load_settings
@@ -163,7 +163,11 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         # One batch is written (ingest, dead letters) by this thread while the next is polled
         # and decoded; its offsets are committed once it is written.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="copyloop-ingest")
-        self._writing: tuple[dict[TopicPartition, list[Any]], Future[_Written]] | None = None
+        # The batch being written, and the cluster whose log it was read from.
+        self._writing: tuple[dict[TopicPartition, list[Any]], Future[_Written], str | None] | None
+        self._writing = None
+        self._cluster: str | None = None  # the cluster id the positions and offsets refer to
+        self._next_end_check = 0.0  # monotonic time of the next `_restart_past_the_end`
 
     def run(self) -> None:
         self._consumer.subscribe(
@@ -175,8 +179,12 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
                 decoded = _decode(batch, self._settings.decisions_topic) if batch else None
                 if not self._finish_write(rewind_too=batch):
                     continue  # rewound to the failed batch: this one is polled again after it
+                if self._log_replaced():
+                    continue  # `batch` may have been read at offsets of the lost log: dropped
+                self._restart_past_the_end(batch)
                 if decoded is not None:
-                    self._writing = (batch, self._writer.submit(self._write, decoded))
+                    future = self._writer.submit(self._write, decoded)
+                    self._writing = (batch, future, self._cluster)
                 elif self._pending:
                     self._commit({})
         finally:
@@ -192,17 +200,46 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         retriably: then it and `rewind_too` (polled meanwhile) are rewound, and backed off."""
         if self._writing is None:
             return True
-        batch, written = self._writing
+        batch, written, cluster = self._writing
         self._writing = None
         try:
             stored, letters = written.result()
         except ConsumerError as exc:
+            if cluster_id(self._consumer) != cluster:
+                return True  # read from a log the broker lost: `_log_replaced` starts over
             self._retry_later(batch, exc, rewind_too)
             return False
         self._backoff.reset()
-        assigned = self._consumer.assignment()  # a rebalance meanwhile gave some away
-        self._commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if tp in assigned})
         self._progress.add(dead_lettered=letters, **stored)
+        if cluster_id(self._consumer) == cluster:  # else its offsets mean nothing any more
+            assigned = self._consumer.assignment()  # a rebalance meanwhile gave some away
+            self._commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if tp in assigned})
+        return True
+
+    def _log_replaced(self) -> bool:
+        """True when another cluster answers than the one this consumer's positions refer to:
+        the embedded broker restarted and lost its log, and its new log starts at offset 0.
+        Every assigned partition is then read again from its start, and offsets held for the
+        old log are dropped. (A position beyond the new log's end would wait there for it to
+        grow, as tansu does not answer OFFSET_OUT_OF_RANGE, and the first records re-sent to
+        the new log would be skipped.) What was already ingested is ignored as duplicates;
+        what the lost log held and the ledger lacks, the API re-sends (`api.publisher`)."""
+        current = cluster_id(self._consumer)
+        if current is None or current == self._cluster:
+            return False
+        previous, self._cluster = self._cluster, current
+        if previous is None:
+            return False  # the first metadata this consumer saw
+        log.warning(
+            "Kafka's cluster id changed from %s to %s: the broker lost its log; reading every "
+            "partition again from its start",
+            previous,
+            current,
+        )
+        self._pending.clear()
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.seek_to_beginning(*assigned)
         return True
 
     def _write(self, batch: _Decoded) -> tuple[dict[str, int], int]:
@@ -265,6 +302,34 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             for tp, records in records_by_tp.items():
                 self._consumer.seek(tp, records[0].offset)
         self._stop.wait(delay)
+
+    def _restart_past_the_end(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Read from its start any partition that this consumer would fetch beyond its end.
+        On Kafka that cannot happen (the broker answers OFFSET_OUT_OF_RANGE and the consumer
+        resets); tansu answers with nothing, so a position taken from the log the broker lost
+        (an offset committed there in the moment before the restart showed) would wait until
+        the new log grew past it, skipping what came before. Once a second, for partitions
+        that returned nothing."""
+        now = time.monotonic()
+        if now < self._next_end_check:
+            return
+        self._next_end_check = now + 1.0
+        past = []
+        for tp in self._consumer.assignment() - batch.keys():
+            try:
+                end = self._consumer.highwater(tp)  # from the last fetch; None before one
+                position = self._consumer.position(tp, 0) if end is not None else None
+            except KafkaError:  # revoked meanwhile, or no position yet
+                continue
+            if end is not None and position is not None and position > end:
+                past.append((tp, position, end))
+        if past:
+            log.warning(
+                "positions beyond the end of the log (%s): the broker lost what this consumer "
+                "read; reading those partitions again from their start",
+                ", ".join(f"{tp.topic}[{tp.partition}] at {p} > {e}" for tp, p, e in past),
+            )
+            self._consumer.seek_to_beginning(*(tp for tp, _, _ in past))
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         self._pending.update(offsets)

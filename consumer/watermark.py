@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from core.broker import cluster_id
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 class _Probe:
     t0: float
     ends: dict[TopicPartition, int]
+    cluster: str | None  # the ends are offsets in this cluster's log
 
 
 class IngestWatermark:
@@ -38,6 +41,9 @@ class IngestWatermark:
             group_id=group_id,
             client_id="copyloop-watermark",
             enable_auto_commit=False,
+            # Asking for a missing topic's partitions must not create it with the broker's
+            # default count (after the embedded broker restarted empty, say): `ensure_topics`.
+            allow_auto_create_topics=False,
         )
         self._probe: _Probe | None = None
         self.value = 0.0
@@ -46,6 +52,8 @@ class IngestWatermark:
         """Check the pending probe, start a new one when it is met; Kafka errors keep the old
         value (closing simply waits)."""
         try:
+            if self._probe is not None and self._probe.cluster != cluster_id(self._consumer):
+                self._probe = None  # the broker lost the log its ends are offsets in
             if self._probe is None:
                 self._probe = self._start_probe()
             if self._probe is not None and self._met(self._probe):
@@ -68,8 +76,8 @@ class IngestWatermark:
         if not partitions:
             return None
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        ends = self._consumer.end_offsets(tps)
-        return _Probe(t0, {tp: int(offset) for tp, offset in ends.items()})
+        ends = {tp: int(offset) for tp, offset in self._consumer.end_offsets(tps).items()}
+        return _Probe(t0, ends, cluster_id(self._consumer))
 
     def _met(self, probe: _Probe) -> bool:
         for tp, end in probe.ends.items():

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -70,11 +72,18 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 
 @dataclass
 class EmbeddedBroker:
-    """A tansu broker subprocess on 127.0.0.1:`port`, in-memory storage."""
+    """A tansu broker subprocess on 127.0.0.1:`port`, in-memory storage.
+
+    Each start announces a new cluster id (`cluster_id`): the broker comes back empty, and its
+    clients must not take offsets they hold for the log it lost (positions, uncommitted offsets)
+    to mean anything in the new one. tansu answers a fetch beyond a partition's end with nothing
+    rather than OFFSET_OUT_OF_RANGE, so the offsets alone would not tell (`consumer.loop`).
+    """
 
     port: int
     die_with_parent: bool = False  # SIGTERM it when the process that started it dies
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    cluster_id: str = field(default="", init=False)
 
     @property
     def bootstrap(self) -> str:
@@ -82,10 +91,13 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        self.cluster_id = f"copyloop-{uuid.uuid4().hex[:16]}"
         self.process = subprocess.Popen(
             [
                 str(tansu_binary()),
                 "broker",
+                "--cluster-id",
+                self.cluster_id,
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
@@ -150,3 +162,14 @@ def ensure_topics(
                 pass  # another process won the race
     finally:
         admin.close()
+
+
+def cluster_id(client: Any) -> str | None:
+    """The cluster id in a kafka-python consumer's or producer's latest metadata (None before
+    the first). A change means another cluster answers at the same address: for the embedded
+    broker, a restart that lost its log (`EmbeddedBroker`). kafka-python keeps the id on its
+    client's cluster metadata without a public accessor; a version that moves it gives None,
+    and the callers then simply see no change."""
+    cluster = getattr(getattr(client, "_client", None), "cluster", None)
+    value = getattr(cluster, "cluster_id", None)
+    return value if isinstance(value, str) else None

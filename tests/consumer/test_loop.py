@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 from sqlalchemy import create_engine, func, select, text
 
 from consumer.loop import LoopTuning, Progress, run_consumer
-from core.broker import ensure_topics
+from core.broker import EmbeddedBroker, ensure_topics, free_port
 from core.ledger import Decision as DecisionRow
 from core.ledger import Event, ModelSnapshot, Reward, snapshots
 from core.messages import Decision
@@ -284,6 +285,112 @@ def test_offsets_wait_for_the_database_commit(kafka_settings, sessions, producer
         stop.set()
         thread.join(60)
     assert sum(o or 0 for o in committed_offsets(kafka_settings, kafka_settings.events_topic)) == 50
+
+
+def produce_decisions(bootstrap: str, topic: str, catalog, ids: list[str]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    try:
+        ts = time.time()
+        for i, decision_id in enumerate(ids):
+            message = decision_message(decision_id, ts + i * 1e-3, "p0", catalog["p0"], 0, {})
+            producer.send(topic, message, key=decision_id.encode())
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def commit_offset(settings: Settings, topic: str, offset: int) -> None:
+    """Commit `offset` for the group's partition 0 of `topic`, as a consumer would have."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+    finally:
+        consumer.close(autocommit=False)
+
+
+def restart_empty(broker: EmbeddedBroker, settings: Settings, catalog, new: list[str]) -> None:
+    """Restart the broker (same port, empty, another cluster id), create the topics again and
+    write `new` decisions to it, with the offset 120 of the lost log committed for the group
+    (a commit in flight when the broker restarted lands there)."""
+    old_cluster = broker.cluster_id
+    broker.stop()
+    broker.start()
+    assert broker.cluster_id != old_cluster
+    topics = [settings.decisions_topic, settings.events_topic, settings.dlq_topic]
+    ensure_topics(settings.bootstrap, topics, 1)
+    produce_decisions(settings.bootstrap, settings.decisions_topic, catalog, new)
+    commit_offset(settings, settings.decisions_topic, 120)
+
+
+def test_a_broker_restarted_empty_is_read_again_from_its_start(
+    make_settings, sessions, seed_catalog, tmp_path
+):
+    """The embedded broker keeps its log in memory: restarted, it answers at the same address
+    with empty topics and a new cluster id. A consumer 120 records into the old log must read
+    the new one from offset 0, whatever offset it held or committed: tansu answers a fetch
+    beyond a partition's end with nothing (not OFFSET_OUT_OF_RANGE), so a consumer at 120 would
+    wait there and never read the new log's first 120 records. The consumer is stopped
+    (SIGSTOP) while the broker restarts, so that it comes back to a new log already written."""
+    catalog = seed_catalog(products=1, variants=3)
+    with EmbeddedBroker(free_port()) as broker:
+        settings = make_settings(kafka_bootstrap=broker.bootstrap, topic_partitions=1)
+        topics = [settings.decisions_topic, settings.events_topic, settings.dlq_topic]
+        ensure_topics(settings.bootstrap, topics, 1)
+        old = [f"old-{i}" for i in range(120)]
+        produce_decisions(settings.bootstrap, settings.decisions_topic, catalog, old)
+        proc = start_consumer(settings, tmp_path / "consumer.log")
+        try:
+            wait_for(lambda: count(sessions, DecisionRow) == 120, 60, "the first 120 decisions")
+            wait_for(
+                lambda: committed_offsets(settings, settings.decisions_topic) == [120],
+                30,
+                "their offsets",
+            )
+            proc.send_signal(signal.SIGSTOP)
+            restart_empty(broker, settings, catalog, [f"new-{i}" for i in range(40)])
+            proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: count(sessions, DecisionRow) == 160, 60, "the new log's decisions")
+            wait_for(
+                lambda: committed_offsets(settings, settings.decisions_topic) == [40],
+                30,
+                "offsets of the new log",
+            )
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(30)
+        assert proc.returncode == 0
+        assert "cluster id changed" in (tmp_path / "consumer.log").read_text()
+
+
+def test_a_consumer_started_on_a_broker_restarted_empty_reads_it_from_its_start(
+    make_settings, sessions, seed_catalog, tmp_path
+):
+    """A consumer that never saw the lost log, started with an offset of it committed for its
+    group (120, where the new log ends at 40), reads the new log from offset 0."""
+    catalog = seed_catalog(products=1, variants=3)
+    with EmbeddedBroker(free_port()) as broker:
+        settings = make_settings(kafka_bootstrap=broker.bootstrap, topic_partitions=1)
+        restart_empty(broker, settings, catalog, [f"new-{i}" for i in range(40)])
+        proc = start_consumer(settings, tmp_path / "consumer.log")
+        try:
+            wait_for(lambda: count(sessions, DecisionRow) == 40, 60, "the new log's decisions")
+            wait_for(
+                lambda: committed_offsets(settings, settings.decisions_topic) == [40],
+                30,
+                "offsets of the new log",
+            )
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        assert proc.returncode == 0
+        assert "positions beyond the end of the log" in (tmp_path / "consumer.log").read_text()
 
 
 # -- SIGKILL mid-stream -------------------------------------------------------------------------
