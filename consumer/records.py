@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -27,7 +26,6 @@ from core.messages import (
     MAX_CONTEXT_KEYS,
     Activation,
     Decision,
-    EventIn,
     explain,
     is_clean_id,
     is_printable,
@@ -43,8 +41,9 @@ _MIN_TS, _MAX_TS = 946684800.0, 7258118400.0
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
+# The records are named tuples: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, 0.86 µs for a decision's twelve against 0.17 µs, once per message.
+class DecisionRecord(NamedTuple):
     """A served decision as the ledger stores it. `actions[chosen]` is the served variant."""
 
     decision_id: str
@@ -65,8 +64,7 @@ class DecisionRecord:
         return self.actions.index(self.variant_id)
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
+class EventRecord(NamedTuple):
     """A storefront event with its timestamp resolved (epoch seconds)."""
 
     event_id: str
@@ -76,8 +74,7 @@ class EventRecord:
     value: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ActivationRecord:
+class ActivationRecord(NamedTuple):
     """A deferred decision's activation (`core.messages.Activation`), `ts` in epoch seconds."""
 
     decision_id: str
@@ -88,35 +85,16 @@ def decode_decision(value: bytes | None, partition: int = 0) -> DecisionRecord:
     """Validate one `{prefix}.decisions` message value; raises `BadMessage` saying why."""
     if value is None:
         raise BadMessage("empty message (tombstone)")
-    msg: _FastDecision | Decision | None = _fast_decision(value)
-    if msg is None:
-        try:
-            msg = Decision.model_validate_json(value)
-        except ValidationError as exc:
-            raise BadMessage(explain(exc)) from None
-    problems = []
-    if len(msg.decision_id) > _DECISION_ID_MAX:
-        problems.append(f"decision_id: longer than {_DECISION_ID_MAX} characters")
-    if not 0 < len(msg.variant_id) <= _VARIANT_ID_MAX:
-        problems.append(f"variant_id: must have 1 to {_VARIANT_ID_MAX} characters")
-    if not msg.actions:
-        problems.append("actions: must not be empty")
-    elif msg.variant_id not in msg.actions:
-        problems.append(f"variant_id: {msg.variant_id!r} is not in actions")
-    # min/max over map(): the loops run in C (every message is checked)
-    lengths = list(map(len, msg.actions))
-    if lengths and not 0 < min(lengths) <= max(lengths) <= _VARIANT_ID_MAX:
-        problems.append(f"actions: every id must have 1 to {_VARIANT_ID_MAX} characters")
-    if len(msg.pmf) != len(msg.actions):
-        problems.append(f"pmf: has {len(msg.pmf)} entries for {len(msg.actions)} actions")
-    if msg.pmf and not (
-        all(map(math.isfinite, msg.pmf)) and 0.0 <= min(msg.pmf) and max(msg.pmf) <= 1.0
-    ):
-        problems.append("pmf: every probability must be in [0, 1]")
-    if not (math.isfinite(msg.ts) and _MIN_TS <= msg.ts <= _MAX_TS):
-        problems.append(f"ts: must be epoch seconds between 2000 and 2200, got {msg.ts!r}")
-    if "\x00" in msg.decision_id or "\x00" in msg.product_id or "\x00" in msg.variant_id:
-        problems.append("ids must not contain NUL characters")
+    record = _fast_decision(value, partition)
+    if record is not None:
+        return record
+    try:
+        msg = Decision.model_validate_json(value)
+    except ValidationError as exc:
+        raise BadMessage(explain(exc)) from None
+    problems = _decision_problems(
+        msg.decision_id, msg.product_id, msg.variant_id, msg.actions, msg.pmf, msg.ts
+    )
     if problems:
         raise BadMessage("; ".join(problems))
     return DecisionRecord(
@@ -133,6 +111,40 @@ def decode_decision(value: bytes | None, partition: int = 0) -> DecisionRecord:
         partition=partition,
         deferred=not msg.activated,
     )
+
+
+def _decision_problems(
+    decision_id: str,
+    product_id: str,
+    variant_id: str,
+    actions: Sequence[str],
+    pmf: Sequence[float],
+    ts: float,
+) -> list[str]:
+    """What the ledger refuses in a decision the schema accepts (the join needs `variant_id`
+    among `actions`, one probability per action, and so on)."""
+    problems = []
+    if len(decision_id) > _DECISION_ID_MAX:
+        problems.append(f"decision_id: longer than {_DECISION_ID_MAX} characters")
+    if not 0 < len(variant_id) <= _VARIANT_ID_MAX:
+        problems.append(f"variant_id: must have 1 to {_VARIANT_ID_MAX} characters")
+    if not actions:
+        problems.append("actions: must not be empty")
+    elif variant_id not in actions:
+        problems.append(f"variant_id: {variant_id!r} is not in actions")
+    # min/max over map(): the loops run in C (every message is checked)
+    lengths = list(map(len, actions))
+    if lengths and not 0 < min(lengths) <= max(lengths) <= _VARIANT_ID_MAX:
+        problems.append(f"actions: every id must have 1 to {_VARIANT_ID_MAX} characters")
+    if len(pmf) != len(actions):
+        problems.append(f"pmf: has {len(pmf)} entries for {len(actions)} actions")
+    if pmf and not (all(map(math.isfinite, pmf)) and 0.0 <= min(pmf) and max(pmf) <= 1.0):
+        problems.append("pmf: every probability must be in [0, 1]")
+    if not (math.isfinite(ts) and _MIN_TS <= ts <= _MAX_TS):
+        problems.append(f"ts: must be epoch seconds between 2000 and 2200, got {ts!r}")
+    if "\x00" in decision_id or "\x00" in product_id or "\x00" in variant_id:
+        problems.append("ids must not contain NUL characters")
+    return problems
 
 
 def decode_events_message(
@@ -168,22 +180,28 @@ def decode_event(value: bytes | None, kafka_timestamp_ms: int | None = None) -> 
     Kafka timestamp (its receipt time), or the wall clock when the message has none."""
     if value is None:
         raise BadMessage("empty message (tombstone)")
-    event: _FastEvent | EventIn | None = _fast_event(value)
-    if event is None:
-        try:
-            event = parse_event(value)
-        except ValueError as exc:
-            raise BadMessage(str(exc)) from None
-    ts = event.ts
-    if ts is None:
-        ts = kafka_timestamp_ms / 1000.0 if kafka_timestamp_ms and kafka_timestamp_ms > 0 else None
+    record = _fast_event(value, kafka_timestamp_ms)
+    if record is not None:
+        return record
+    try:
+        event = parse_event(value)
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from None
     return EventRecord(
         event_id=event.event_id,
         decision_id=event.decision_id,
         type=event.type,
-        ts=time.time() if ts is None else ts,
+        ts=_event_ts(event.ts, kafka_timestamp_ms),
         value=event.value,
     )
+
+
+def _event_ts(ts: float | None, kafka_timestamp_ms: int | None) -> float:
+    if ts is not None:
+        return ts
+    if kafka_timestamp_ms and kafka_timestamp_ms > 0:
+        return kafka_timestamp_ms / 1000.0
+    return time.time()
 
 
 # -- the fast paths --------------------------------------------------------------------------------
@@ -201,20 +219,6 @@ def _number(x: object) -> bool:
     return type(x) is float or type(x) is int
 
 
-class _FastEvent:
-    """The `core.messages.EventIn` fields `decode_event` reads."""
-
-    __slots__ = ("event_id", "decision_id", "type", "ts", "value")
-
-    def __init__(self, d: dict[str, Any], ts: float | None) -> None:
-        self.event_id: str = d["event_id"]
-        self.decision_id: str = d["decision_id"]
-        self.type: str = d["type"]
-        self.ts = ts
-        value = d.get("value")
-        self.value = None if value is None else float(value)
-
-
 def _json_object(value: bytes) -> dict[str, Any] | None:
     """The message as a JSON object, or None (the schema's path explains the refusal)."""
     try:
@@ -224,7 +228,7 @@ def _json_object(value: bytes) -> dict[str, Any] | None:
     return d if type(d) is dict else None
 
 
-def _fast_event(value: bytes) -> _FastEvent | None:
+def _fast_event(value: bytes, kafka_timestamp_ms: int | None) -> EventRecord | None:
     d = _json_object(value)
     if d is None:
         return None
@@ -243,51 +247,22 @@ def _fast_event(value: bytes) -> _FastEvent | None:
         return None
     raw_ts = d.get("ts")
     if raw_ts is None:
-        return _FastEvent(d, None)
-    if not _number(raw_ts):
+        ts = _event_ts(None, kafka_timestamp_ms)
+    elif not _number(raw_ts):
         return None  # strings (ISO-8601, digits) take the schema's path
-    try:
-        return _FastEvent(d, parse_ts(raw_ts))
-    except ValueError:
-        return None
+    else:
+        try:
+            ts = parse_ts(raw_ts)
+        except ValueError:
+            return None
+    return EventRecord(event_id, decision_id, kind, ts, None if amount is None else float(amount))
 
 
 _POLICIES = frozenset(("bandit", "control", "fallback"))
 _STR, _NUMBERS = frozenset((str,)), frozenset((int, float))  # not bool: the schema's path
 
 
-class _FastDecision:
-    """The `core.messages.Decision` fields `decode_decision` reads."""
-
-    __slots__ = (
-        "decision_id",
-        "product_id",
-        "variant_id",
-        "policy",
-        "probability",
-        "model_version",
-        "context",
-        "actions",
-        "pmf",
-        "ts",
-        "activated",
-    )
-
-    def __init__(self, d: dict[str, Any], context: dict[str, Any]) -> None:
-        self.decision_id: str = d["decision_id"]
-        self.product_id: str = d["product_id"]
-        self.variant_id: str = d["variant_id"]
-        self.policy: str = d["policy"]
-        self.probability = float(d["probability"])
-        self.model_version: int = d["model_version"]
-        self.context = context
-        self.actions: list[str] = d["actions"]
-        self.pmf = tuple(map(float, d["pmf"]))
-        self.ts = float(d["ts"])
-        self.activated: bool = d.get("activated", True)
-
-
-def _fast_decision(value: bytes) -> _FastDecision | None:
+def _fast_decision(value: bytes, partition: int) -> DecisionRecord | None:
     d = _json_object(value)
     if d is None:
         return None
@@ -295,17 +270,18 @@ def _fast_decision(value: bytes) -> _FastDecision | None:
     # DEL) in the message, none of its strings has one: one scan in C instead of one per string.
     plain = b"\\" not in value and b"\x7f" not in value
     try:
+        decision_id, product_id, variant_id = d["decision_id"], d["product_id"], d["variant_id"]
         probability, model_version = d["probability"], d["model_version"]
         actions, pmf, ts, policy = d["actions"], d["pmf"], d["ts"], d["policy"]
-        if not (_is_id(d["decision_id"], plain) and _is_id(d["product_id"], plain)):
-            return None
-        if type(d["variant_id"]) is not str:
-            return None
     except KeyError:
         return None
     context = d.get("context", {})
+    activated = d.get("activated", True)
     if not (
-        type(policy) is str
+        _is_id(decision_id, plain)
+        and _is_id(product_id, plain)
+        and type(variant_id) is str
+        and type(policy) is str
         and policy in _POLICIES
         and _number(probability)
         and 0 < probability <= 1
@@ -315,13 +291,26 @@ def _fast_decision(value: bytes) -> _FastDecision | None:
         and type(pmf) is list
         and set(map(type, pmf)) <= _NUMBERS
         and _number(ts)
-        and type(d.get("activated", True)) is bool
+        and type(activated) is bool
         and type(d.get("text", "")) is str
         and type(d.get("style", "")) is str
         and _clean_context(context, plain)
-    ):
-        return None
-    return _FastDecision(d, context)
+    ) or _decision_problems(decision_id, product_id, variant_id, actions, pmf, ts):
+        return None  # the schema's path explains the refusal
+    return DecisionRecord(
+        decision_id,
+        product_id,
+        variant_id,
+        policy,
+        float(probability),
+        model_version,
+        context,
+        tuple(actions),
+        tuple(map(float, pmf)),
+        float(ts),
+        partition,
+        not activated,
+    )
 
 
 def _is_id(value: object, plain: bool) -> bool:

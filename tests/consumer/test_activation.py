@@ -4,8 +4,6 @@ reward, reported as `not_activated` and never learned from; replays change nothi
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from sqlalchemy import func, select
 
@@ -28,7 +26,7 @@ def settings(make_settings):
 
 
 def deferred(make_decision, decision_id, ts=T0, chosen=1):
-    return replace(make_decision(decision_id, ts, chosen=chosen), deferred=True)
+    return make_decision(decision_id, ts, chosen=chosen)._replace(deferred=True)
 
 
 def flags(sessions):
@@ -113,7 +111,7 @@ def test_report_counts_impressions_and_not_activated_per_arm(
     sessions, settings, make_decision, make_event
 ):
     def served(decision_id, policy, chosen=1):
-        return replace(deferred(make_decision, decision_id, chosen=chosen), policy=policy)
+        return deferred(make_decision, decision_id, chosen=chosen)._replace(policy=policy)
 
     decisions = [
         served("b-seen", "bandit"),
@@ -121,11 +119,11 @@ def test_report_counts_impressions_and_not_activated_per_arm(
         served("b-unseen-2", "bandit"),
         served("c-seen", "control", chosen=0),
         served("c-unseen", "control", chosen=0),
-        replace(make_decision("b-plain", T0), policy="bandit"),
+        make_decision("b-plain", T0)._replace(policy="bandit"),
     ]
     events = [make_event(f"e-{d.decision_id}", d.decision_id, "click", T0 + 0.2) for d in decisions]
     # Three days earlier, unclicked: a span of days, so the report reads the hourly rollups.
-    decisions.append(replace(make_decision("b-old", T0 - 3 * 86400), policy="bandit"))
+    decisions.append(make_decision("b-old", T0 - 3 * 86400)._replace(policy="bandit"))
     activations = [ActivationRecord("b-seen", T0 + 0.1), ActivationRecord("c-seen", T0 + 0.1)]
     ingest(sessions, decisions, events, activations, reward_window_s=WINDOW)
 
