@@ -314,6 +314,16 @@ def commit_offset(settings: Settings, topic: str, offset: int) -> None:
         consumer.close(autocommit=False)
 
 
+def wait_ingested(sessions, settings: Settings, rows: int, offset: int, what: str) -> None:
+    """Until the ledger holds `rows` decisions and the group committed `offset` on partition 0."""
+    wait_for(lambda: count(sessions, DecisionRow) == rows, 60, what)
+    wait_for(
+        lambda: committed_offsets(settings, settings.decisions_topic) == [offset],
+        30,
+        f"offset {offset} committed",
+    )
+
+
 def restart_empty(broker: EmbeddedBroker, settings: Settings, catalog, new: list[str]) -> None:
     """Restart the broker (same port, empty, another cluster id), create the topics again and
     write `new` decisions to it, with the offset 120 of the lost log committed for the group
@@ -346,21 +356,11 @@ def test_a_broker_restarted_empty_is_read_again_from_its_start(
         produce_decisions(settings.bootstrap, settings.decisions_topic, catalog, old)
         proc = start_consumer(settings, tmp_path / "consumer.log")
         try:
-            wait_for(lambda: count(sessions, DecisionRow) == 120, 60, "the first 120 decisions")
-            wait_for(
-                lambda: committed_offsets(settings, settings.decisions_topic) == [120],
-                30,
-                "their offsets",
-            )
+            wait_ingested(sessions, settings, 120, 120, "the first 120 decisions")
             proc.send_signal(signal.SIGSTOP)
             restart_empty(broker, settings, catalog, [f"new-{i}" for i in range(40)])
             proc.send_signal(signal.SIGCONT)
-            wait_for(lambda: count(sessions, DecisionRow) == 160, 60, "the new log's decisions")
-            wait_for(
-                lambda: committed_offsets(settings, settings.decisions_topic) == [40],
-                30,
-                "offsets of the new log",
-            )
+            wait_ingested(sessions, settings, 160, 40, "the new log's decisions")
         finally:
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
@@ -380,12 +380,7 @@ def test_a_consumer_started_on_a_broker_restarted_empty_reads_it_from_its_start(
         restart_empty(broker, settings, catalog, [f"new-{i}" for i in range(40)])
         proc = start_consumer(settings, tmp_path / "consumer.log")
         try:
-            wait_for(lambda: count(sessions, DecisionRow) == 40, 60, "the new log's decisions")
-            wait_for(
-                lambda: committed_offsets(settings, settings.decisions_topic) == [40],
-                30,
-                "offsets of the new log",
-            )
+            wait_ingested(sessions, settings, 40, 40, "the new log's decisions")
         finally:
             proc.terminate()
             proc.wait(30)
