@@ -25,6 +25,7 @@ from api.catalog_cache import CatalogCache
 from api.cors import StorefrontCors
 from api.decision_log import DecisionLog
 from api.deps import Resources
+from api.fastlane import VariantFastLane
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(VariantFastLane, fastapi_app=app)  # the innermost: see api.fastlane
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(StorefrontCors, origins=settings.cors_origins)

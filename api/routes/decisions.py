@@ -39,6 +39,8 @@ from api.serving import choose, decision_message
 ServingDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
 #: Query names that are not context.
 RESERVED = ("defer", "key")
+#: The page-view route (also answered by `api.fastlane`, below the middlewares).
+VARIANT_PATH = "/v1/products/{product_id}/variant"
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 router = APIRouter(
@@ -50,7 +52,7 @@ router = APIRouter(
 )
 
 
-@router.get("/v1/products/{product_id}/variant", response_model=DecisionOut)
+@router.get(VARIANT_PATH, response_model=DecisionOut)
 async def variant_for_page_view(
     product_id: Annotated[str, Path(min_length=1, max_length=128)],
     request: Request,

@@ -213,3 +213,33 @@ def test_decisions_are_published_to_kafka(
         assert message["context"]["device"] == "mobile"
         assert message["ts"] > 0
         assert "text" not in message
+
+
+def test_the_page_view_route_keeps_the_frameworks_answers_where_the_fast_lane_stops(
+    client: TestClient, product: Any, headers: dict[str, dict[str, str]]
+) -> None:
+    """`api.fastlane` answers GET /v1/products/{id}/variant below the middlewares. What it
+    leaves to FastAPI keeps FastAPI's answers, the latency metric keeps the route's label, and
+    OpenAPI still documents the route."""
+    path = f"/v1/products/{product.product_id}/variant"
+    for _ in range(3):
+        assert client.get(path, headers=headers["serve"]).status_code == 200
+    metrics = client.get("/metrics").text
+    label = 'method="GET",route="/v1/products/{product_id}/variant",status="2xx"'
+    count = re.search(r"copyloop_request_seconds_count\{" + re.escape(label) + r"\} (\S+)", metrics)
+    assert count is not None and float(count.group(1)) == 3.0
+
+    long_id = "p" * 129  # over the route's max_length: FastAPI's validation error
+    r = client.get(f"/v1/products/{long_id}/variant", headers=headers["serve"])
+    assert r.status_code == 422
+    assert r.json()["error"]["details"][0]["field"] == "path.product_id"
+
+    assert client.head(path, headers=headers["serve"]).status_code == 405  # GET only, as before
+
+    refused = client.get(path)  # no key: the route's refusal, through the app's handler
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["error"]["code"] == "unauthorized"
+
+    spec = client.get("/openapi.json").json()
+    assert "get" in spec["paths"]["/v1/products/{product_id}/variant"]
