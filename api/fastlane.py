@@ -27,10 +27,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Authorized
 from api.routes.decisions import VARIANT_PATH, router, variant_for_page_view
+from core.messages import ID_MAX
 
-#: The route's path with its product id, as the router matches it (one segment, 1–128 long:
-#: longer ones go to FastAPI, which refuses them with its validation error).
-_VARIANT = re.compile(r"/v1/products/([^/]{1,128})/variant")
+#: The route's path with its product id, as the router matches it (one segment, 1 to ID_MAX
+#: long, the route's bounds: longer ones go to FastAPI, which refuses them with its validation
+#: error).
+_VARIANT = re.compile(rf"/v1/products/([^/]{{1,{ID_MAX}}})/variant")
 
 
 class VariantFastLane:

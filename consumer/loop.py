@@ -318,10 +318,12 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
         for tp in self._consumer.assignment() - batch.keys():
             try:
                 end = self._consumer.highwater(tp)  # from the last fetch; None before one
-                position = self._consumer.position(tp, 0) if end is not None else None
+                if end is None:
+                    continue
+                position = self._consumer.position(tp, 0)
             except KafkaError:  # revoked meanwhile, or no position yet
                 continue
-            if end is not None and position is not None and position > end:
+            if position is not None and position > end:
                 past.append((tp, position, end))
         if past:
             log.warning(

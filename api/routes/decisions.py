@@ -34,6 +34,7 @@ from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
 from api.serving import choose, decision_message
+from core.messages import ID_MAX
 
 #: A `serve` or `storefront` (or `admin`) key; the app's resources.
 ServingDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
@@ -54,7 +55,7 @@ router = APIRouter(
 
 @router.get(VARIANT_PATH, response_model=DecisionOut)
 async def variant_for_page_view(
-    product_id: Annotated[str, Path(min_length=1, max_length=128)],
+    product_id: Annotated[str, Path(min_length=1, max_length=ID_MAX)],  # api.fastlane's bound too
     request: Request,
     resources: ServingDep,
 ) -> Response:
