@@ -42,7 +42,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from api.decision_log import DecisionLog, Kind, LogRecord, Segment, decode, encode
-from core.broker import BrokerError, ensure_topics
+from core.broker import BrokerError, ensure_topics, refuse_topic_creation
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,8 @@ class Publisher:
             if self.topics:  # again after each loss: a restarted embedded broker has none
                 ensure_topics(self.bootstrap, self.topics, self.partitions, self.connect_timeout_s)
             self._producer = KafkaProducer(**self._producer_config)
+            if not self._producer_config["allow_auto_create_topics"]:
+                refuse_topic_creation(self._producer)
         except (KafkaError, BrokerError, OSError) as exc:
             self._backoff_s = min(self.max_backoff_s, max(0.25, self._backoff_s * 2))
             self._next_connect = time.monotonic() + self._backoff_s

@@ -56,7 +56,7 @@ from consumer.records import (
     decode_events_message,
 )
 from consumer.watermark import IngestWatermark
-from core.broker import cluster_id, ensure_topics
+from core.broker import cluster_id, ensure_topics, refuse_topic_creation
 from core.ledger import make_engine, make_sessionmaker
 from core.runtime import tune_gc
 from core.settings import Settings, load_settings
@@ -159,6 +159,7 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             # by the broker's defaults because a consumer asked for them too early.
             allow_auto_create_topics=False,
         )
+        refuse_topic_creation(self._consumer)
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
         # One batch is written (ingest, dead letters) by this thread while the next is polled
         # and decoded; its offsets are committed once it is written.

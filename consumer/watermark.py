@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from core.broker import cluster_id
+from core.broker import cluster_id, refuse_topic_creation
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class IngestWatermark:
             # default count (after the embedded broker restarted empty, say): `ensure_topics`.
             allow_auto_create_topics=False,
         )
+        refuse_topic_creation(self._consumer)
         self._probe: _Probe | None = None
         self.value = 0.0
 

@@ -173,3 +173,19 @@ def cluster_id(client: Any) -> str | None:
     cluster = getattr(getattr(client, "_client", None), "cluster", None)
     value = getattr(cluster, "cluster_id", None)
     return value if isinstance(value, str) else None
+
+
+def refuse_topic_creation(client: Any) -> None:
+    """Make a kafka-python consumer's or producer's metadata requests never create a topic.
+
+    `allow_auto_create_topics=False` is what the callers pass, but kafka-python 3.0 leaves it
+    out of the cluster metadata its refresh loop asks with, so a subscription to a missing
+    topic (after the embedded broker restarted empty, say) would create it with the broker's
+    default partition count where `ensure_topics` decides it. Call before the client names
+    any topic (subscribe, assign, send). A version that moves the setting is left as it is."""
+    cluster = getattr(client, "_metadata", None)  # a producer's
+    if cluster is None:
+        cluster = getattr(getattr(client, "_client", None), "cluster", None)  # a consumer's
+    config = getattr(cluster, "config", None)
+    if isinstance(config, dict):
+        config["allow_auto_create_topics"] = False

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from core.broker import EmbeddedBroker
+from core.broker import EmbeddedBroker, refuse_topic_creation
 from core.catalog import ProductIn, upsert_products
 from core.keys import ROLES, create_key
 from core.ledger.tables import Variant
@@ -109,13 +109,17 @@ def read_messages(
     """Messages of `topic` as `(partition, key, value)`, in offset order within each partition:
     waits for `expected` of them, then `settle_s` more so that extra (duplicate) ones show."""
     consumer = KafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        allow_auto_create_topics=False,
         client_id=f"test-{uuid.uuid4().hex[:6]}",
     )
+    # The reader must not create the topic (with the broker's default partition count) before
+    # the code under test creates it with its own.
+    refuse_topic_creation(consumer)
+    consumer.subscribe([topic])
     out: list[tuple[int, bytes | None, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
