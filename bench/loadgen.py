@@ -6,8 +6,9 @@ omission). Up to `--connections` keep-alive connections; a request waits for a f
 Closed loop (`--rate 0`): `--connections` clients each send the next request when the previous
 answer arrived.
 
-The client is raw asyncio streams on uvloop (no httpx): about 20-40 µs of client CPU per request,
-so it stays far from being the bottleneck at the rates used here. Prints one JSON line.
+The open loop's client is an asyncio protocol per connection on uvloop (no httpx, no task or stream
+per request), and it wakes at most once a millisecond: it must not take the CPU of the server it
+measures on the same cores. Prints one JSON line.
 
     python bench/loadgen.py --port P --paths-file F --key K --rate 1000 --duration 20
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import time
@@ -60,30 +62,110 @@ async def _connect(port: int) -> Conn:
     return Conn(reader, writer)
 
 
+class _Client(asyncio.Protocol):
+    """One keep-alive connection of the open loop: sends a request, parses the answer's head and
+    body as bytes arrive, then takes the next waiting request (`_OpenLoop.backlog`) or goes idle.
+    No task, queue or stream per request: the generator must not take the CPU it measures."""
+
+    def __init__(self, run: _OpenLoop) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.current = -1  # index of the request in flight
+        self.due = 0.0
+        self.need = -1  # bytes of the whole answer once its head is in, else -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.run.ready(self)
+
+    def send(self, i: int, due: float) -> None:
+        self.current, self.due = i, due
+        assert self.transport is not None
+        self.transport.write(self.run.reqs[i % len(self.run.reqs)])
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.need < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.buf[:end].split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+                    break
+            self.need = end + 4 + length
+        if len(self.buf) < self.need:
+            return
+        status = int(self.buf[9:12])
+        self.buf, self.need = self.buf[self.need :], -1
+        i, self.current = self.current, -1
+        self.run.finished(i, self.due, status)
+        self.run.ready(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.run.lost(self)
+
+
+class _OpenLoop:
+    """Requests fall due at `start + i / rate`; each goes out on an idle connection or waits in
+    `backlog` for the first to free up. Latency counts from the due time."""
+
+    def __init__(self, port: int, reqs: list[bytes], rate: float, duration: float) -> None:
+        self.port, self.reqs, self.rate = port, reqs, rate
+        self.total = int(rate * duration)
+        self.lat = np.zeros(self.total)  # 0 = not finished
+        self.done = 0
+        self.status_bad = 0
+        self.errors = 0
+        self.idle: list[_Client] = []
+        self.backlog: collections.deque[tuple[int, float]] = collections.deque()
+        self.all_done = asyncio.Event()
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: _Client(self), "127.0.0.1", self.port)
+
+    def dispatch(self, i: int, due: float) -> None:
+        if self.idle:
+            self.idle.pop().send(i, due)
+        else:
+            self.backlog.append((i, due))
+
+    def ready(self, client: _Client) -> None:
+        if self.backlog:
+            client.send(*self.backlog.popleft())
+        else:
+            self.idle.append(client)
+
+    def finished(self, i: int, due: float, status: int) -> None:
+        self.lat[i] = time.perf_counter() - due
+        if status != 200:
+            self.status_bad += 1
+        self._count()
+
+    def lost(self, client: _Client) -> None:
+        if client in self.idle:
+            self.idle.remove(client)
+        if client.current >= 0:
+            self.lat[client.current] = np.nan
+            self.errors += 1
+            self._count()
+        if not self.all_done.is_set():
+            asyncio.ensure_future(self.connect())
+
+    def _count(self) -> None:
+        self.done += 1
+        if self.done >= self.total:
+            self.all_done.set()
+
+
 async def open_loop(port: int, reqs: list[bytes], rate: float, duration: float, conns: int) -> dict:
-    idle: asyncio.Queue[Conn] = asyncio.Queue()
+    run = _OpenLoop(port, reqs, rate, duration)
     for _ in range(conns):
-        idle.put_nowait(await _connect(port))
-    total = int(rate * duration)
-    lat = np.zeros(total)  # 0 = not finished
-    status_bad = 0
-    errors = 0
-    pending: set[asyncio.Task] = set()
-
-    async def one(i: int, due: float) -> None:
-        nonlocal status_bad, errors
-        conn = await idle.get()
-        try:
-            status = await conn.call(reqs[i % len(reqs)])
-            if status != 200:
-                status_bad += 1
-            lat[i] = time.perf_counter() - due
-            idle.put_nowait(conn)
-        except (OSError, asyncio.IncompleteReadError):
-            errors += 1
-            lat[i] = np.nan
-            idle.put_nowait(await _connect(port))
-
+        await run.connect()
+    total = run.total
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution and is cached
     # per loop iteration.
     start = time.perf_counter() + 0.05
@@ -93,22 +175,25 @@ async def open_loop(port: int, reqs: list[bytes], rate: float, duration: float, 
         now = time.perf_counter()
         while i < total and start + i / rate <= now:
             max_lag = max(max_lag, now - (start + i / rate))
-            t = asyncio.ensure_future(one(i, start + i / rate))
-            pending.add(t)
-            t.add_done_callback(pending.discard)
+            run.dispatch(i, start + i / rate)
             i += 1
         if i < total:
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    # Requests still waiting 5 s after the last one was due are given up on (counted, and their
-    # latency is at least the time waited: reported as unfinished, not hidden).
-    _done, late = await asyncio.wait(pending, timeout=5.0) if pending else (set(), set())
-    unfinished = len(late)
-    for t in late:
-        t.cancel()
+            # The loop's timers have millisecond resolution: a shorter sleep returns at once and
+            # the generator would spin, taking a core from the server it measures. It wakes at
+            # most once a millisecond and sends what fell due (latency counts from due times).
+            await asyncio.sleep(max(0.001, start + i / rate - time.perf_counter()))
+    # Requests still unanswered 5 s after the last one was due are given up on (counted as
+    # unfinished, not hidden).
+    try:
+        await asyncio.wait_for(run.all_done.wait(), timeout=5.0)
+    except TimeoutError:
+        pass
+    run.all_done.set()  # no reconnects from here
     elapsed = min(time.perf_counter(), start + duration + 5.0) - start
+    lat = run.lat
     finished = lat[(lat != 0) & ~np.isnan(lat)]
-    res = _summary(finished, len(finished), elapsed, status_bad, errors, rate)
-    res["unfinished"] = unfinished
+    res = _summary(finished, len(finished), elapsed, run.status_bad, run.errors, rate)
+    res["unfinished"] = total - run.done
     res["generator_max_lag_ms"] = round(max_lag * 1000, 2)  # how late it sent (its own lag)
     return res
 

@@ -56,7 +56,7 @@ from consumer.records import (
     decode_events_message,
 )
 from consumer.watermark import IngestWatermark
-from core.broker import cluster_id, ensure_topics, refuse_topic_creation
+from core.broker import cluster_id, ensure_topics
 from core.ledger import make_engine, make_sessionmaker
 from core.runtime import tune_gc
 from core.settings import Settings, load_settings
@@ -155,11 +155,12 @@ class _Joiner(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python 
             session_timeout_ms=tuning.session_timeout_ms,
             heartbeat_interval_ms=tuning.heartbeat_interval_ms,
             metadata_max_age_ms=tuning.metadata_max_age_ms,
-            # Topics are created with the configured partition count (`ensure_topics`), never
-            # by the broker's defaults because a consumer asked for them too early.
-            allow_auto_create_topics=False,
+            # Its metadata requests may create missing topics (with the broker's default
+            # partition count): after the embedded broker restarted empty, a group that joined
+            # while its topics were missing is not rebalanced by kafka-python 3.0 when they
+            # reappear (tansu keeps the old leader), so the consumer must not wait for another
+            # process to create them. Everyone else refuses (`refuse_topic_creation`).
         )
-        refuse_topic_creation(self._consumer)
         self._dlq = DeadLetterQueue(settings.bootstrap, settings.dlq_topic)
         # One batch is written (ingest, dead letters) by this thread while the next is polled
         # and decoded; its offsets are committed once it is written.
