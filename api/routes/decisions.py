@@ -18,7 +18,6 @@ and `key` (a publishable storefront key, `api.auth`).
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any
 
 import orjson
@@ -34,6 +33,7 @@ from api.deps import Resources
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound, field_errors
 from api.schemas import CONTEXT, DecisionOut, DecisionRequest
 from api.serving import choose, decision_message
+from core.ids import new_id
 from core.messages import ID_MAX
 
 #: A `serve` or `storefront` (or `admin`) key; the app's resources.
@@ -115,7 +115,7 @@ def _decide(
     """Choose, log the decision (durable before the answer), count it, answer it
     (`DecisionOut`'s JSON)."""
     choice = choose(entry, context, resources.policies.policy)
-    decision_id = uuid.uuid4().hex
+    decision_id = new_id()
     i = choice.index
     message = decision_message(
         entry, product_id, context, choice, decision_id, time.time(), activated=not defer
