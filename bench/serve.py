@@ -371,6 +371,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
     from bandit import Policy
     from bandit.policy import _predict_multi
     from bandit.vw_format import to_vw
+    from core.ids import new_id
     from core.ledger import make_engine, make_sessionmaker, snapshots
     from core.messages import Decision
     from core.tokens import TokenSigner
@@ -450,6 +451,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 
     timeit("vw predict, arm Examples parsed once (shared parsed per call)", reused)
     timeit("uuid.uuid4().hex", lambda i: uuid.uuid4().hex)
+    timeit("core.ids.new_id() (what the routes call)", lambda i: new_id())
     choice = policy.choose(ctxs[0], entries[0].features, entries[0].arms, 0)
     e0 = entries[0]
 
