@@ -164,14 +164,21 @@ def ensure_topics(
         admin.close()
 
 
+def _cluster_metadata(client: Any) -> Any:
+    """kafka-python's cluster metadata object of a producer (`_metadata`) or a consumer
+    (`_client.cluster`); it has no public accessor. None where a version moved it."""
+    cluster = getattr(client, "_metadata", None)
+    if cluster is None:
+        cluster = getattr(getattr(client, "_client", None), "cluster", None)
+    return cluster
+
+
 def cluster_id(client: Any) -> str | None:
     """The cluster id in a kafka-python consumer's or producer's latest metadata (None before
     the first). A change means another cluster answers at the same address: for the embedded
-    broker, a restart that lost its log (`EmbeddedBroker`). kafka-python keeps the id on its
-    client's cluster metadata without a public accessor; a version that moves it gives None,
-    and the callers then simply see no change."""
-    cluster = getattr(getattr(client, "_client", None), "cluster", None)
-    value = getattr(cluster, "cluster_id", None)
+    broker, a restart that lost its log (`EmbeddedBroker`). A kafka-python version that moves
+    the id gives None, and the callers then simply see no change."""
+    value = getattr(_cluster_metadata(client), "cluster_id", None)
     return value if isinstance(value, str) else None
 
 
@@ -183,9 +190,6 @@ def refuse_topic_creation(client: Any) -> None:
     topic (after the embedded broker restarted empty, say) would create it with the broker's
     default partition count where `ensure_topics` decides it. Call before the client names
     any topic (subscribe, assign, send). A version that moves the setting is left as it is."""
-    cluster = getattr(client, "_metadata", None)  # a producer's
-    if cluster is None:
-        cluster = getattr(getattr(client, "_client", None), "cluster", None)  # a consumer's
-    config = getattr(cluster, "config", None)
+    config = getattr(_cluster_metadata(client), "config", None)
     if isinstance(config, dict):
         config["allow_auto_create_topics"] = False
