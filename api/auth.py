@@ -10,12 +10,12 @@ are left on `request.state` for routes that check more (events: tokens, per-key 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import Resources, ResourcesDep
 from api.errors import Forbidden, RateLimited, Unauthorized
@@ -81,8 +81,8 @@ async def _role(
     keys = resources.keys
     key_hash = hash_key(key)
     hit, role = keys.cached(key_hash)
-    if not hit:
-        role = await run_in_threadpool(keys.lookup, key_hash)
+    if not hit:  # one read of the ledger, shared by every request waiting for this key
+        role = await asyncio.wrap_future(keys.read(key_hash))
     if role is None:
         raise Unauthorized("unknown or revoked API key")
     if in_query and role != "storefront":

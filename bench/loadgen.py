@@ -119,7 +119,11 @@ class _OpenLoop:
         self.done = 0
         self.status_bad = 0
         self.errors = 0
-        self.idle: list[_Client] = []
+        # Idle connections, longest idle first: a request goes out on the connection that has
+        # waited longest, so the load spreads over every connection (and every server worker
+        # that accepted some), as many shoppers' browsers spread it. (A stack sent nearly every
+        # request over the few connections freed last, often all on one worker.)
+        self.idle: collections.deque[_Client] = collections.deque()
         self.backlog: collections.deque[tuple[int, float]] = collections.deque()
         self.all_done = asyncio.Event()
 
@@ -129,7 +133,7 @@ class _OpenLoop:
 
     def dispatch(self, i: int, due: float) -> None:
         if self.idle:
-            self.idle.pop().send(i, due)
+            self.idle.popleft().send(i, due)
         else:
             self.backlog.append((i, due))
 
@@ -161,7 +165,14 @@ class _OpenLoop:
             self.all_done.set()
 
 
-async def open_loop(port: int, reqs: list[bytes], rate: float, duration: float, conns: int) -> dict:
+async def open_loop(
+    port: int,
+    reqs: list[bytes],
+    rate: float,
+    duration: float,
+    conns: int,
+    timeline: str | None = None,
+) -> dict:
     run = _OpenLoop(port, reqs, rate, duration)
     for _ in range(conns):
         await run.connect()
@@ -195,6 +206,8 @@ async def open_loop(port: int, reqs: list[bytes], rate: float, duration: float, 
     res = _summary(finished, len(finished), elapsed, run.status_bad, run.errors, rate)
     res["unfinished"] = total - run.done
     res["generator_max_lag_ms"] = round(max_lag * 1000, 2)  # how late it sent (its own lag)
+    if timeline:  # request i fell due at i / rate s: 0 = unfinished, NaN = connection lost
+        np.save(timeline, lat)
     return res
 
 
@@ -252,6 +265,10 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.0, help="requests/s; 0 = closed loop")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument(
+        "--timeline",
+        help="open loop: save each request's latency in seconds (.npy, in due order) here",
+    )
     args = p.parse_args()
     try:
         import uvloop
@@ -267,7 +284,9 @@ def main() -> None:
             bodies = [line.strip() for line in fh if line.strip()]
     reqs = _requests(paths, args.key, args.method, bodies)
     if args.rate > 0:
-        res = asyncio.run(open_loop(args.port, reqs, args.rate, args.duration, args.connections))
+        res = asyncio.run(
+            open_loop(args.port, reqs, args.rate, args.duration, args.connections, args.timeline)
+        )
     else:
         res = asyncio.run(closed_loop(args.port, reqs, args.duration, args.connections))
     res["pid"] = os.getpid()

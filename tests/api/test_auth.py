@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import require
@@ -109,6 +111,72 @@ def test_cache_answers_without_the_database_until_its_ttl(
     revoke_key(sessions, key)
     assert cache.cached(hash_key(key)) == (True, "serve")  # within the TTL
     assert cache.lookup(hash_key(key)) is None  # a fresh read sees the revocation
+
+
+class _HeldKeyReads:
+    """Counts the ledger's reads of `api_keys` and holds each one until `release()`: a real
+    query on the real database, paused so that concurrent callers meet it in flight."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.engine = sessions.kw["bind"]
+        self.count = 0
+        self.gate = threading.Event()
+        event.listen(self.engine, "before_cursor_execute", self._before)
+
+    def _before(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM api_keys" in statement:
+            self.count += 1
+            assert self.gate.wait(10)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        event.remove(self.engine, "before_cursor_execute", self._before)
+
+
+def test_callers_missing_a_key_share_one_read(sessions: sessionmaker[Session]) -> None:
+    key_hash = hash_key(create_key(sessions, "storefront"))
+    cache = KeyCache(sessions, ttl_s=60.0)
+    reads = _HeldKeyReads(sessions)
+    try:
+        futures = [cache.read(key_hash) for _ in range(50)]  # the first read is held
+        assert all(f is futures[0] for f in futures)
+        reads.release()
+        assert futures[0].result(10) == "storefront"
+        assert reads.count == 1
+        assert cache.cached(key_hash) == (True, "storefront")
+    finally:
+        reads.close()
+        cache.close()
+
+
+def test_a_key_in_use_is_read_again_in_the_background(sessions: sessionmaker[Session]) -> None:
+    key = create_key(sessions, "serve")
+    key_hash = hash_key(key)
+    cache = KeyCache(sessions, ttl_s=60.0, refresh_ahead=0.0)  # every hit refreshes
+    try:
+        assert cache.read(key_hash).result(10) == "serve"
+        revoke_key(sessions, key)
+        reads = _HeldKeyReads(sessions)
+        try:
+            assert cache.cached(key_hash) == (True, "serve")  # and starts a read, held
+            deadline = time.monotonic() + 10
+            while reads.count == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # Hits keep answering from the cache, and start no other read, while it is held.
+            assert [cache.cached(key_hash) for _ in range(20)] == [(True, "serve")] * 20
+            assert reads.count == 1
+            reads.release()
+            deadline = time.monotonic() + 10
+            while cache.cached(key_hash) != (True, None) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert cache.cached(key_hash) == (True, None)  # the refresh saw the revocation
+        finally:
+            reads.close()
+    finally:
+        cache.close()
 
 
 def test_bad_role_messages() -> None:
