@@ -46,6 +46,7 @@ from kafka.errors import KafkaError
 
 from api.decision_log import DecisionLog, Kind, LogRecord, Segment, decode, encode
 from core.broker import BrokerError, ensure_topics, refuse_topic_creation
+from core.produce import BatchSender
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +128,26 @@ class Publisher:
         self.connect_timeout_s = connect_timeout_s
         self.flush_timeout_s = flush_timeout_s
         self.max_backoff_s = max_backoff_s
+        # The producer holds the connections, the metadata and the bootstrap; records go
+        # through `core.produce.BatchSender` on its connections, not through its `send`.
         self._producer_config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "client_id": "copyloop-api",
             "acks": "all",
-            "linger_ms": 5,  # the thread gathers batches itself and flushes each
-            "batch_size": 256 * 1024,
-            "compression_type": None,
-            "max_block_ms": int(connect_timeout_s * 1000),
+            "max_block_ms": int(connect_timeout_s * 1000),  # waiting for a topic's metadata
             "bootstrap_timeout_ms": int(connect_timeout_s * 1000),
             "reconnect_backoff_max_ms": 1000,
             "request_timeout_ms": 5000,
-            "delivery_timeout_ms": int(flush_timeout_s * 1000) - 1000,
-            "max_in_flight_requests_per_connection": 1,
+            # A round whose records outgrow one batch sends one request per batch, together.
+            "max_in_flight_requests_per_connection": 5,
             "enable_idempotence": False,
             # `ensure_topics` creates them (again after a broker restart) with equal partition
             # counts; a broker default must never decide how decisions are partitioned.
             "allow_auto_create_topics": False,
             **(producer_config or {}),
         }
-        self._producer: KafkaProducer | None = None
+        self._producer: KafkaProducer | None = None  # connections, metadata, bootstrap
+        self._sender: BatchSender | None = None  # sends through the producer's connections
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="copyloop-publisher", daemon=True)
         self._entries: dict[Segment, dict[int, _Entry]] = {}
@@ -290,7 +291,11 @@ class Publisher:
             self._unsent.extendleft(reversed(batch))
             raise
         now = time.monotonic()
-        for seg, r in batch[:delivered]:
+        failed = []
+        for (seg, r), ok in zip(batch, delivered, strict=True):
+            if not ok:
+                failed.append((seg, r))
+                continue
             entry = self._entries.get(seg, {}).get(r.start)
             if entry is None:
                 continue
@@ -305,8 +310,8 @@ class Publisher:
             entry.sent_at = now
             entry.attempts += 1
             entry.check_at = now + 0.1
-        if delivered < len(batch):
-            self._unsent.extendleft(reversed(batch[delivered:]))
+        if failed:  # first in line again, in their order
+            self._unsent.extendleft(reversed(failed))
             return False
         return bool(self._unsent)
 
@@ -387,6 +392,12 @@ class Publisher:
             self._producer = KafkaProducer(**self._producer_config)
             if not self._producer_config["allow_auto_create_topics"]:
                 refuse_topic_creation(self._producer)
+            acks = self._producer_config["acks"]
+            self._sender = BatchSender(
+                self._producer,
+                acks=-1 if acks == "all" else int(acks),
+                timeout_ms=self._producer_config["request_timeout_ms"],
+            )
         except (KafkaError, BrokerError, OSError) as exc:
             self._backoff_s = min(self.max_backoff_s, max(0.25, self._backoff_s * 2))
             self._next_connect = time.monotonic() + self._backoff_s
@@ -422,37 +433,35 @@ class Publisher:
             return
         self._last_ack = now
 
-    def _send(self, records: Sequence[LogRecord]) -> int:
-        """Send and flush `records`; returns how many leading ones were acknowledged. On a
-        failure the producer is dropped (reconnected later)."""
-        producer = self._producer
-        if producer is None or not records:
-            return 0
-        futures = []
+    def _send(self, records: Sequence[LogRecord]) -> list[bool]:
+        """Send `records` in one round (`core.produce.BatchSender`); returns, per record,
+        whether the broker acknowledged it. When any was not, the producer is dropped
+        (reconnected later, topics ensured again)."""
+        sender = self._sender
+        if sender is None or not records:
+            return [False] * len(records)
         self._sending_since = time.monotonic()
         try:
-            for r in records:
-                futures.append(producer.send(r.topic, key=r.key.encode(), value=r.value))
-            producer.flush(timeout=self.flush_timeout_s)
+            delivered = sender.send(
+                [(r.topic, r.key.encode(), r.value) for r in records], self.flush_timeout_s
+            )
         except (KafkaError, ValueError) as exc:  # ValueError: a topic just re-created by a
             # restarted broker, whose partitions the producer's metadata does not show yet
             log.warning("sending to Kafka failed (%s); the log keeps the records", exc)
+            delivered = [False] * len(records)
         finally:
             self._sending_since = 0.0
-        delivered = 0
-        for future in futures:
-            if not (future.is_done and future.succeeded()):
-                break
-            delivered += 1
-        self._counts["sent"] += delivered
-        if delivered:
+        count = sum(delivered)
+        self._counts["sent"] += count
+        if count:
             self._last_ack = time.monotonic()
-        if delivered < len(records):
+        if count < len(records):
             self._drop_producer()
             self._next_connect = time.monotonic() + max(0.25, self._backoff_s)
         return delivered
 
     def _drop_producer(self, timeout_s: float = 0.0) -> None:
+        self._sender = None
         producer, self._producer = self._producer, None
         if producer is None:
             return
