@@ -59,8 +59,16 @@ HERE = Path(__file__).resolve().parent
 class ServeStack:
     """Broker (unless --kafka-down) + API subprocess on a fresh ledger."""
 
-    def __init__(self, workers: int, kafka_down: bool, tmp: Path, consumer: bool = True) -> None:
+    def __init__(
+        self,
+        workers: int,
+        kafka_down: bool,
+        tmp: Path,
+        consumer: bool = True,
+        code_dir: Path | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.code_dir = code_dir  # another checkout to run the API and the consumer from
         self.kafka_down = kafka_down
         self.with_consumer = consumer and not kafka_down
         overrides: dict[str, object] = {
@@ -89,18 +97,23 @@ class ServeStack:
             ensure_topics(
                 s.bootstrap, [s.decisions_topic, s.events_topic, s.dlq_topic], s.topic_partitions
             )
+        env = {**os.environ, **settings_env(s)}
+        if self.code_dir is not None:  # `-m` puts the working directory first on the path
+            env["PYTHONPATH"] = str(self.code_dir)
         if self.with_consumer:
             consumer_log = open(self.tmp / "consumer.log", "ab")  # noqa: SIM115
             self.consumer = subprocess.Popen(
                 [sys.executable, "-m", "copyloop", "consume"],
-                env={**os.environ, **settings_env(s)},
+                env=env,
+                cwd=self.code_dir,
                 stdout=consumer_log,
                 stderr=subprocess.STDOUT,
             )
         log = open(self.tmp / "api.log", "ab")  # noqa: SIM115
         self.api = subprocess.Popen(
             [sys.executable, "-m", "copyloop", "serve"],
-            env={**os.environ, **settings_env(s)},
+            env=env,
+            cwd=self.code_dir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -136,6 +149,21 @@ class ServeStack:
 
     def health(self) -> dict:
         return httpx.get(self.base + "/healthz", timeout=5).json()
+
+    def settle(self, timeout_s: float = 120.0) -> float:
+        """Wait until the pipeline is idle: every decision of the runs before is in the ledger
+        (each worker's publisher has nothing unread or unconfirmed), so that a run does not
+        share the cores with the consumer catching up on the previous one's backlog. Returns
+        the seconds waited."""
+        start = time.monotonic()
+        if self.consumer is None:
+            return 0.0
+        quiet = 0
+        while quiet < 8 and time.monotonic() - start < timeout_s:  # answers from every worker
+            p = self.health()["publisher"]
+            quiet = quiet + 1 if p["backlog"] == 0 and p["unread_bytes"] == 0 else 0
+            time.sleep(0.1)
+        return round(time.monotonic() - start, 1)
 
     def stop(self) -> None:
         for proc in (self.api, self.consumer):
@@ -655,6 +683,10 @@ def micro(settings: Settings, n: int = 5000) -> dict:
 def fmt(name: str, r: dict, base: dict | None) -> str:
     ratio = f"{r['rps'] / base['rps']:.2f}" if base else "1.00"
     extra = f"  unfinished={r['unfinished']}" if r.get("unfinished") else ""
+    if "p999_ms" in r:
+        extra += f"  p999 {r['p999_ms']:.2f} ms"
+    if r.get("settled_before_s"):
+        extra += f"  (settled {r['settled_before_s']}s before)"
     cpu = " ".join(f"{k[4:]}={v}s" for k, v in r.items() if k.startswith("cpu_"))
     return (
         f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
@@ -700,8 +732,18 @@ def main() -> None:
     )
     p.add_argument("--micro", action="store_true", help="also run the in-process micro-benchmark")
     p.add_argument("--micro-only", action="store_true")
+    p.add_argument(
+        "--compare-to",
+        metavar="REV",
+        help="only the open-loop variant runs, at each --rate, on fresh stacks of this checkout "
+        "and of git revision REV (a temporary worktree), alternating, --repeat times",
+    )
+    p.add_argument("--repeat", type=int, default=2, help="rounds of --compare-to")
     p.add_argument("--json", help="write all results here")
     args = p.parse_args()
+    if args.compare_to:
+        compare(args)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="copyloop-bench-serve-"))
     stack = ServeStack(
@@ -751,27 +793,32 @@ def main() -> None:
 
         def record(name: str, r: dict, base: str | None) -> None:
             r["load"] = loadavg()
+            r["settled_before_s"] = settled
             runs[name] = r
             print(fmt(name, r, runs.get(base) if base else None), flush=True)
 
         c = args.connections
+        settled = stack.settle()
         record(
             f"closed c={c} GET /healthz (wrk)",
             run_wrk(stack, health_script, args.duration, c),
             None,
         )
+        settled = stack.settle()
         record(
             f"closed c={c} GET variant (wrk)",
             run_wrk(stack, variant_script, args.duration, c),
             f"closed c={c} GET /healthz (wrk)",
         )
         if not args.no_post:
+            settled = stack.settle()
             record(
                 f"closed c={c} POST /v1/decisions (wrk)",
                 run_wrk(stack, post_script, args.duration, c),
                 f"closed c={c} GET /healthz (wrk)",
             )
         for r in [] if args.no_open else [float(x) for x in args.rate.split(",")]:
+            settled = stack.settle()
             record(
                 f"open {r:.0f}/s GET /healthz (loadgen)",
                 run_loadgen(
@@ -779,6 +826,7 @@ def main() -> None:
                 ),
                 None,
             )
+            settled = stack.settle()
             record(
                 f"open {r:.0f}/s GET variant (loadgen)",
                 run_loadgen(
@@ -812,6 +860,94 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
         print(f"# done; load={loadavg()}; api log: {tmp / 'api.log'}", flush=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """`--compare-to REV`: the open-loop variant route of this checkout and of REV, each on a
+    fresh stack (new ledger, broker, consumer) per round, alternating so that both see the
+    machine's moods; medians over the rounds and their ratio."""
+    tmp = Path(tempfile.mkdtemp(prefix="copyloop-bench-compare-"))
+    base_dir = tmp / "baseline"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "-q", str(base_dir), args.compare_to],
+        cwd=HERE.parent,
+        check=True,
+    )
+    base_rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=base_dir, capture_output=True, text=True
+    ).stdout.strip()
+    sides = {f"copyloop {git_rev()}": None, f"baseline {base_rev}": base_dir}
+    rates = [float(x) for x in args.rate.split(",")]
+    print(f"# compare: {' vs '.join(sides)}; rates {rates}; load={loadavg()}", flush=True)
+    runs: dict[str, list[dict]] = collections.defaultdict(list)
+    try:
+        for n in range(args.repeat):
+            for label, code_dir in sides.items():
+                stack = ServeStack(
+                    args.workers, False, tmp / f"{n}-{code_dir is None}", True, code_dir
+                )
+                try:
+                    stack.start()
+                    paths = stack.tmp / "variant_paths.txt"
+                    work = workload(stack.product_ids())
+                    paths.write_text(
+                        "\n".join(f"/v1/products/{p}/variant?{urlencode(c)}" for p, c in work)
+                        + "\n"
+                    )
+                    run_loadgen(  # warm-up, as before the main runs: caches, connections
+                        stack, paths, stack.keys["serve"], 500, 3, args.open_connections
+                    )
+                    for rate in rates:
+                        stack.settle()
+                        r = run_loadgen(
+                            stack,
+                            paths,
+                            stack.keys["serve"],
+                            rate,
+                            args.duration,
+                            args.open_connections,
+                        )
+                        r["load"] = loadavg()
+                        runs[f"{rate:.0f}/s {label}"].append(r)
+                        print(fmt(f"open {rate:.0f}/s {label} #{n + 1}", r, None), flush=True)
+                finally:
+                    stack.stop()
+    finally:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(base_dir)], cwd=HERE.parent, check=False
+        )
+    summary = {}
+    print("# medians over the rounds (copyloop / baseline):")
+    for rate in rates:
+        row = {}
+        for label in sides:
+            rs = runs[f"{rate:.0f}/s {label}"]
+            row[label] = {
+                k: float(np.median([r[k] for r in rs]))
+                for k in (
+                    "rps",
+                    "p50_ms",
+                    "p99_ms",
+                    "p999_ms",
+                    "cpu_api",
+                    "cpu_consumer",
+                    "cpu_broker",
+                )
+            }
+        mine, base = (row[label] for label in sides)
+        summary[f"{rate:.0f}/s"] = row
+        pair = {k: f"{mine[k]:.1f} vs {base[k]:.1f}" for k in mine}
+        print(
+            f"  {rate:.0f}/s: served {pair['rps']}; p99 {pair['p99_ms']} ms "
+            f"({mine['p99_ms'] / base['p99_ms']:.2f}); p999 {pair['p999_ms']} ms; CPU s: api "
+            f"{pair['cpu_api']}, consumer {pair['cpu_consumer']}, broker {pair['cpu_broker']}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "runs": runs, "medians": summary}, indent=1)
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _print_micro(micro_res: dict, load: str) -> None:
