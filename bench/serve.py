@@ -198,6 +198,11 @@ def workload(product_ids: list[str], n: int = 2000, seed: int = 1) -> list[tuple
     return out
 
 
+def _variant_paths(work: list[tuple[str, dict]]) -> list[str]:
+    """The page-view route's path with its context query, per (product, context)."""
+    return [f"/v1/products/{pid}/variant?{urlencode(ctx)}" for pid, ctx in work]
+
+
 # -- load: wrk (closed loop) ---------------------------------------------------------------------
 def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -779,7 +784,7 @@ def main() -> None:
         )
         key = stack.keys["serve"]
         work = workload(stack.product_ids())
-        variant_paths = [f"/v1/products/{pid}/variant?{urlencode(ctx)}" for pid, ctx in work]
+        variant_paths = _variant_paths(work)
         bodies = [json.dumps({"product_id": pid, "context": ctx}) for pid, ctx in work]
         health_script = wrk_script(tmp, "healthz", "", ["/healthz"])
         variant_script = wrk_script(tmp, "variant", key, variant_paths)
@@ -889,10 +894,8 @@ def compare(args: argparse.Namespace) -> None:
                 try:
                     stack.start()
                     paths = stack.tmp / "variant_paths.txt"
-                    work = workload(stack.product_ids())
                     paths.write_text(
-                        "\n".join(f"/v1/products/{p}/variant?{urlencode(c)}" for p, c in work)
-                        + "\n"
+                        "\n".join(_variant_paths(workload(stack.product_ids()))) + "\n"
                     )
                     run_loadgen(  # warm-up, as before the main runs: caches, connections
                         stack, paths, stack.keys["serve"], 500, 3, args.open_connections

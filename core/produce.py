@@ -30,7 +30,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import for_code
 from kafka.protocol.producer import ProduceRequest
-from kafka.record.util import calc_crc32c
+from kafka.record.util import calc_crc32c, encode_varint
 from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,18 @@ _MAGIC = 2
 _M = np.uint32(0x5BD1E995)
 
 
-def _zigzag_varint(value: int) -> bytes:
-    """Kafka's signed varint (zigzag, 7 bits a byte, least significant first)."""
-    v = (value << 1) ^ (value >> 63)
+def _encoded_varint(value: int) -> bytes:
+    """Kafka's signed varint, as kafka-python encodes it."""
     out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
+    encode_varint(value, out.append)
     return bytes(out)
 
 
-_SMALL = [_zigzag_varint(i) for i in range(1 << 14)]  # every length and delta a round uses
+_SMALL = [_encoded_varint(i) for i in range(1 << 14)]  # every length and delta a round uses
 
 
 def _varint(value: int) -> bytes:
-    return _SMALL[value] if 0 <= value < len(_SMALL) else _zigzag_varint(value)
+    return _SMALL[value] if 0 <= value < len(_SMALL) else _encoded_varint(value)
 
 
 def murmur2(keys: Sequence[bytes]) -> np.ndarray:
