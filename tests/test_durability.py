@@ -26,6 +26,7 @@ from core.catalog import ProductIn, upsert_products
 from core.keys import create_key
 from core.ledger import Decision, Event, make_engine, make_sessionmaker
 from core.settings import Settings
+from tests.processes import descendants, is_live
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -301,10 +302,13 @@ def test_sigkill_of_up_and_everything_it_started_loses_no_answered_decision(
         with Traffic(f"http://127.0.0.1:{port}", keys, ids) as traffic:
             traffic.wait_for(600)
             # The whole tree at once, as a machine's OOM killer or a container stop might.
-            tree = [up, *psutil.Process(up.pid).children(recursive=True)]
-            for p in tree:
-                p.kill()
-            psutil.wait_procs([psutil.Process(p.pid) for p in tree[1:] if p.is_running()], 10)
+            tree = descendants(up.pid)
+            for p in [up, *tree]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(tree, 10)
             up.wait(10)
             up = _up(env, port, tmp_path)
             traffic.wait_for(300)
@@ -314,11 +318,11 @@ def test_sigkill_of_up_and_everything_it_started_loses_no_answered_decision(
         )
         _wait_for_ledger(database_url, traffic)
         # SIGKILL of `up` alone: its children follow it (no orphans holding the ports).
-        children = psutil.Process(up.pid).children(recursive=True)
+        children = descendants(up.pid)
         up.kill()
         up.wait(10)
         gone, alive = psutil.wait_procs(children, timeout=30)
-        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        assert not [p for p in alive if is_live(p)], alive
     finally:
         if up.poll() is None:
             up.kill()
@@ -341,16 +345,10 @@ def test_up_restarts_a_killed_broker_and_loses_no_answered_decision(
     try:
         with Traffic(f"http://127.0.0.1:{port}", keys, ids) as traffic:
             traffic.wait_for(400)
-            [tansu] = [
-                p for p in psutil.Process(up.pid).children(recursive=True) if "tansu" in p.name()
-            ]
+            [tansu] = descendants(up.pid, "tansu")
             tansu.kill()  # everything the broker held is gone with it
             deadline = time.monotonic() + 30
-            while not [
-                p
-                for p in psutil.Process(up.pid).children(recursive=True)
-                if "tansu" in p.name() and p.pid != tansu.pid
-            ]:
+            while not [p for p in descendants(up.pid, "tansu") if p.pid != tansu.pid]:
                 assert time.monotonic() < deadline, "up did not start the broker again"
                 time.sleep(0.2)
             traffic.wait_for(400)

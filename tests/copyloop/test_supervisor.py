@@ -17,20 +17,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from core.broker import free_port, wait_for_port
+from tests.processes import descendants
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _consumers(up: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The live `copyloop consume` children of `up` (zombies not yet reaped left out)."""
-    out = []
-    for p in psutil.Process(up.pid).children(recursive=True):
-        try:
-            if "consume" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:  # a zombie, or gone
-            pass
-    return out
+    """The live `copyloop consume` children of `up`."""
+    return descendants(up.pid, "consume")
 
 
 def _wait(predicate: object, timeout_s: float, what: str) -> None:

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from core.broker import free_port
+from tests.processes import descendants, is_live
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,13 +53,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         assert 'data-copyloop-key="cl_' in page
         shown = httpx.get(f"http://127.0.0.1:{shop_port}/report", timeout=30).json()
         assert shown["bandit"]["not_activated"] == 0
-        children = psutil.Process(proc.pid).children(recursive=True)
-        roles = " ".join(" ".join(c.cmdline()) for c in children)
+        children = descendants(proc.pid)
         for part in ("tansu", "copyloop serve", "copyloop consume", "copyloop scheduler"):
-            assert part in roles, roles
+            assert descendants(proc.pid, part), part
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+        assert not [c for c in children if is_live(c)]
     finally:
         if proc.poll() is None:
             proc.kill()
