@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.wire import CoalescingHttpToolsProtocol
 from core.runtime import tune_gc
 from core.settings import Settings, load_settings
 
@@ -67,6 +68,7 @@ def _run(app: FastAPI | str, settings: Settings) -> None:
         factory=workers is not None,
         access_log=False,
         log_level="info",
+        http=CoalescingHttpToolsProtocol,
     )
 
 
