@@ -15,7 +15,6 @@ API process on one ledger signs alike without configuration.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 import time
@@ -39,7 +38,7 @@ class TokenSigner:
     key: bytes
 
     def sign(self, decision_id: str) -> str:
-        digest = hmac.new(self.key, decision_id.encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self.key, decision_id.encode(), "sha256")  # OpenSSL's one-shot HMAC
         return base64.urlsafe_b64encode(digest[:_TOKEN_BYTES]).rstrip(b"=").decode()
 
     def verify(self, decision_id: str, token: object) -> bool:

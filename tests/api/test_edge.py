@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.app import TELEMETRY_OFF, create_app, fastapi_telemetry
 from consumer.errors import BadMessage
 from consumer.records import decode_event
 from core.settings import Settings
@@ -245,3 +245,11 @@ def test_an_html_route_documents_its_errors_as_the_json_they_are(
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"]["details"][0]["field"] == "query.until"
+
+
+def test_fastapi_opentelemetry_is_on_only_where_the_operator_asks_for_it() -> None:
+    assert fastapi_telemetry({}) == TELEMETRY_OFF
+    assert fastapi_telemetry({"PATH": "/usr/bin", "COPYLOOP_API_WORKERS": "2"}) == TELEMETRY_OFF
+    assert not any(TELEMETRY_OFF.values())
+    assert fastapi_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) is None
+    assert fastapi_telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None
