@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
+
 from api.catalog_cache import CatalogEntry
 from bandit import Choice, Policy
 from core.messages import Decision
@@ -48,23 +50,30 @@ def decision_message(
     decision_id: str,
     ts: float,
     activated: bool = True,
-) -> Decision:
-    """The decision as published to `{prefix}.decisions` (`activated` false: deferred).
+) -> bytes:
+    """The decision's message value on `{prefix}.decisions` (`activated` false: deferred):
+    `Decision.to_bytes()`, byte for byte (`tests/api/test_serving.py`).
 
     Every field is already valid (ids from the catalog, the context validated by the route, the
-    policy's choice), so the message skips validation; `Decision` still defines what is sent.
+    policy's choice), so orjson writes `Decision`'s fields, in its order, straight from them:
+    building the pydantic model and dumping it cost three times as much per page view.
     """
-    return Decision.model_construct(
-        decision_id=decision_id,
-        product_id=product_id,
-        variant_id=choice.variant_id,
-        style=entry.styles[choice.index],
-        policy=choice.policy,
-        probability=choice.probability,
-        model_version=choice.model_version,
-        context=context,
-        actions=list(entry.variant_ids),
-        pmf=list(choice.pmf),
-        ts=ts,
-        activated=activated,
-    )
+    fields: dict[str, Any] = {
+        "decision_id": decision_id,
+        "product_id": product_id,
+        "variant_id": choice.variant_id,
+        "style": entry.styles[choice.index],
+        "policy": choice.policy,
+        "probability": choice.probability,
+        "model_version": choice.model_version,
+        "context": context,
+        "actions": entry.variant_ids,
+        "pmf": choice.pmf,
+        "ts": ts,
+        "activated": activated,
+    }
+    try:
+        return orjson.dumps(fields)
+    except orjson.JSONEncodeError:  # an integer past 64 bits in the context: pydantic's JSON
+        fields.update(actions=list(entry.variant_ids), pmf=list(choice.pmf))
+        return Decision.model_construct(**fields).to_bytes()

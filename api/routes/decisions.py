@@ -121,11 +121,7 @@ def _decide(
         entry, product_id, context, choice, decision_id, time.time(), activated=not defer
     )
     resources.publisher.publish(
-        resources.settings.decisions_topic,
-        decision_id,
-        message.to_bytes(),
-        Kind.DECISION,
-        decision_id,
+        resources.settings.decisions_topic, decision_id, message, Kind.DECISION, decision_id
     )
     resources.storefront.served(decision_id)
     resources.metrics.decisions.labels(choice.policy).inc()

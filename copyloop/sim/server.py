@@ -151,7 +151,7 @@ class CopyloopServer:
         choice = choose(entry, ctx, self.holder.policy)
         decision_id = uuid.UUID(bytes=self._ids.bytes(16), version=4).hex
         message = decision_message(entry, product_id, ctx, choice, decision_id, now)
-        self._records[decision_id] = decode_decision(message.to_bytes())
+        self._records[decision_id] = decode_decision(message)
         return PageView(
             decision_id,
             product_id,
