@@ -499,7 +499,7 @@ def micro(settings: Settings, n: int = 5000) -> dict:
             probability=choice.probability,
             model_version=1,
             context=ctxs[i % m],
-            actions=e0.variant_ids,
+            actions=list(e0.variant_ids),
             pmf=list(choice.pmf),
             ts=time.time(),
         )
