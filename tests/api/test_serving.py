@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.catalog_cache import CatalogCache
+from api.catalog_cache import CatalogCache, CatalogEntry
 from api.serving import choose, decision_message
-from bandit import Policy
+from bandit import Choice, Policy
 from consumer.records import decode_decision
 from core.messages import CONTEXT, Decision
 from core.settings import Settings
@@ -44,7 +44,30 @@ AWKWARD: list[Any] = [
 ]
 
 
-def _reference(fields: dict[str, Any]) -> bytes:
+def _reference(
+    entry: CatalogEntry,
+    product_id: str,
+    context: dict[str, Any],
+    choice: Choice,
+    decision_id: str,
+    ts: float,
+    activated: bool,
+) -> bytes:
+    """The message as `Decision` writes it, every field validated."""
+    fields = {
+        "decision_id": decision_id,
+        "product_id": product_id,
+        "variant_id": choice.variant_id,
+        "style": entry.styles[choice.index],
+        "policy": choice.policy,
+        "probability": choice.probability,
+        "model_version": choice.model_version,
+        "context": context,
+        "actions": list(entry.variant_ids),
+        "pmf": list(choice.pmf),
+        "ts": ts,
+        "activated": activated,
+    }
     return Decision.model_validate(fields).to_bytes()
 
 
@@ -70,21 +93,8 @@ def test_decision_message_is_decisions_json_byte_for_byte(
         ts = 1_765_000_000 + float(rng.random()) * 1e6
         activated = bool(i % 3)
         value = decision_message(entry, product.product_id, context, choice, f"d{i}", ts, activated)
-        fields = {
-            "decision_id": f"d{i}",
-            "product_id": product.product_id,
-            "variant_id": choice.variant_id,
-            "style": entry.styles[choice.index],
-            "policy": choice.policy,
-            "probability": choice.probability,
-            "model_version": choice.model_version,
-            "context": context,
-            "actions": list(entry.variant_ids),
-            "pmf": list(choice.pmf),
-            "ts": ts,
-            "activated": activated,
-        }
-        assert value == _reference(fields), (value, _reference(fields))
+        want = _reference(entry, product.product_id, context, choice, f"d{i}", ts, activated)
+        assert value == want, (value, want)
         assert decode_decision(value).decision_id == f"d{i}"  # and the consumer reads it
 
 
@@ -100,20 +110,5 @@ def test_every_awkward_value_alone_is_written_as_pydantic_writes_it(
     for value in AWKWARD:
         context = CONTEXT.validate_python({"k": value})
         got = decision_message(entry, "lamp", context, choice, "d", 1.5, True)
-        want = _reference(
-            {
-                "decision_id": "d",
-                "product_id": "lamp",
-                "variant_id": choice.variant_id,
-                "style": entry.styles[choice.index],
-                "policy": choice.policy,
-                "probability": choice.probability,
-                "model_version": choice.model_version,
-                "context": context,
-                "actions": list(entry.variant_ids),
-                "pmf": list(choice.pmf),
-                "ts": 1.5,
-                "activated": True,
-            }
-        )
+        want = _reference(entry, "lamp", context, choice, "d", 1.5, True)
         assert got == want, (value, got, want)
