@@ -25,7 +25,7 @@ class DecisionRequest(BaseModel):
 class DecisionOut(BaseModel):
     """One served decision (the contract's decision JSON)."""
 
-    decision_id: str = Field(description="uuid4 hex; events name it.")
+    decision_id: str = Field(description="UUIDv7 hex (time-ordered); events name it.")
     product_id: str
     variant_id: str
     text: str
