@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from api.deps import Resources, ResourcesDep
 from api.errors import Forbidden, RateLimited, Unauthorized
@@ -38,7 +39,9 @@ def require(*roles: str) -> Callable[..., Awaitable[str]]:
         resources: ResourcesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> str:
-        return await _role(request, resources, credentials, allowed)
+        return await _role(
+            request, resources, credentials.credentials if credentials else None, allowed
+        )
 
     return check
 
@@ -57,22 +60,33 @@ class Authorized(HTTPBearer):
         self.allowed = _allowed(roles)
 
     async def __call__(self, request: Request) -> Resources:  # type: ignore[override]
-        resources: Resources = request.state.resources
-        await _role(request, resources, await super().__call__(request), self.allowed)
+        resources: Resources = request.scope["state"]["resources"]
+        await _role(
+            request, resources, bearer_key(request.headers.get("authorization")), self.allowed
+        )
         return resources
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, read as `HTTPBearer` reads it (the
+    scheme in any case, the key stripped), or None; without the credentials model `HTTPBearer`
+    builds per request."""
+    scheme, key = get_authorization_scheme_param(authorization)
+    return key if key and scheme.lower() == "bearer" else None
 
 
 async def _role(
     request: Request,
     resources: Resources,
-    credentials: HTTPAuthorizationCredentials | None,
+    header_key: str | None,
     allowed: frozenset[str],
 ) -> str:
-    """The caller's role, or `Unauthorized` / `Forbidden` / `RateLimited`. Async: a cached key
-    costs no thread hop on the hot path."""
+    """The caller's role, or `Unauthorized` / `Forbidden` / `RateLimited`, from the bearer key
+    of the `Authorization` header, else a `?key=`. Async: a cached key costs no thread hop on
+    the hot path."""
     in_query = False
-    if credentials is not None and credentials.scheme.lower() == "bearer":
-        key = credentials.credentials
+    if header_key:
+        key = header_key
     else:
         key = request.query_params.get("key") or ""
         in_query = bool(key)

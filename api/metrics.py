@@ -70,11 +70,30 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # The labelled children, found once per label values: prometheus-client's `labels()`
+        # checks and joins the values and takes a lock on every call.
+        self._decided: dict[str, Any] = {}
+        self._timed: dict[tuple[str, str, str], Any] = {}
         self._live: _LiveCollector | None = None
         self._mirror: _LiveMirror | None = None
         self.multiprocess_dir = (
             os.environ.get("PROMETHEUS_MULTIPROC_DIR") if (multiprocess_mode()) else None
         )
+
+    def decided(self, policy: str) -> None:
+        """Count one decision served by `policy`."""
+        child = self._decided.get(policy)
+        if child is None:
+            child = self._decided[policy] = self.decisions.labels(policy)
+        child.inc()
+
+    def timed(self, method: str, route: str, status: str, seconds: float) -> None:
+        """Observe one request's latency (`status`: its class, `2xx`…)."""
+        key = (method, route, status)
+        child = self._timed.get(key)
+        if child is None:
+            child = self._timed[key] = self.latency.labels(*key)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text of this process, or of all workers in multiprocess mode."""
@@ -240,6 +259,6 @@ class LatencyMiddleware:
         finally:
             route: Any = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.latency.labels(scope["method"], path, f"{status // 100}xx").observe(
-                time.perf_counter() - start
+            self.metrics.timed(
+                scope["method"], path, f"{status // 100}xx", time.perf_counter() - start
             )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -61,7 +62,7 @@ async def variant_for_page_view(
 ) -> Response:
     """Serve one variant; every query parameter but `defer` and `key` is a context feature
     (`?device=mobile&…`); `defer=1` starts it not activated."""
-    params = dict(request.query_params)
+    params = query_dict(request.scope["query_string"])
     reserved = {name: params.pop(name, None) for name in RESERVED}
     defer = _FLAGS.get((reserved["defer"] or "").lower())
     if defer is None:
@@ -91,6 +92,21 @@ async def decide(request: Request, resources: ServingDep) -> Response:
     body = await read_model(request, DecisionRequest)  # after the key check, never before
     entry = await _entry(resources.catalog, body.product_id)
     return _decide(entry, body.product_id, body.context, resources, body.defer)
+
+
+def query_dict(query_string: bytes) -> dict[str, str]:
+    """The query string as `dict(request.query_params)` reads it (the last of repeated names
+    wins, blank values kept), without building Starlette's multi-dict: a string with nothing
+    escaped (no `%`, no `+`) is only split; anything else goes through `parse_qsl` as there."""
+    text = query_string.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    params: dict[str, str] = {}
+    for pair in text.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            params[name] = value
+    return params
 
 
 async def _entry(catalog: CatalogCache, product_id: str) -> CatalogEntry:
@@ -124,7 +140,7 @@ def _decide(
         resources.settings.decisions_topic, decision_id, message, Kind.DECISION, decision_id
     )
     resources.storefront.served(decision_id)
-    resources.metrics.decisions.labels(choice.policy).inc()
+    resources.metrics.decided(choice.policy)
     answer: dict[str, Any] = {  # the fields of DecisionOut, in its order
         "decision_id": decision_id,
         "product_id": product_id,

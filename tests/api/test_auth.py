@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
 import pytest
+from fastapi.security import HTTPBearer
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
 
-from api.auth import require
+from api.auth import bearer_key, require
 from api.keys import KeyCache
 from core.keys import ROLES, create_key, hash_key, revoke_key
 from core.ledger.tables import ApiKey
@@ -186,3 +189,25 @@ def test_bad_role_messages() -> None:
         create_key(None, "root")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown roles \['root'\]"):
         require("root")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer cl_abc",
+        "bearer cl_abc",
+        "BEARER  cl_abc  ",
+        "Bearer",
+        "Bearer ",
+        "Basic cl_abc",
+        "cl_abc",
+        "Bearer a b",
+    ],
+)
+def test_the_hot_routes_bearer_read_equals_fastapis(header: str | None) -> None:
+    headers = [] if header is None else [(b"authorization", header.encode())]
+    request = Request({"type": "http", "headers": headers})
+    credentials = asyncio.run(HTTPBearer(auto_error=False)(request))
+    assert bearer_key(header) == (credentials and credentials.credentials)

@@ -10,10 +10,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import QueryParams
 
 from api.app import create_app
+from api.routes.decisions import query_dict
 from bandit import Policy
 from core.ledger import snapshots
 from core.settings import Settings
@@ -243,3 +246,22 @@ def test_the_page_view_route_keeps_the_frameworks_answers_where_the_fast_lane_st
 
     spec = client.get("/openapi.json").json()
     assert "get" in spec["paths"]["/v1/products/{product_id}/variant"]
+
+
+QUERY_STRINGS = [
+    "",
+    "device=mobile&segment=new&hour=7",
+    "device=mobile&device=desktop",  # the last one wins
+    "a&b=&=c&&d==e&",  # no value, blank value, blank name, empty pairs, '=' in a value
+    "q=caf%C3%A9&r=a+b&s=%2B%26%3D",  # escapes: decoded as Starlette decodes them
+    "x=%ZZ&y=%",  # malformed escapes are kept
+    "lang=fr;ch=1",  # ';' is not a separator
+    "name=\xe9t\xe9",  # raw latin-1 bytes
+]
+
+
+@pytest.mark.parametrize("query", QUERY_STRINGS)
+def test_the_routes_query_parse_equals_starlettes(query: str) -> None:
+    raw = query.encode("latin-1")
+    assert query_dict(raw) == dict(QueryParams(raw))
+    assert list(query_dict(raw)) == list(dict(QueryParams(raw)))  # and keeps its order
