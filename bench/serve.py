@@ -3,9 +3,10 @@
 Starts a fresh stack (embedded tansu broker on a free port, SQLite ledger in a temp dir, sample
 catalog imported, rules variants generated, an untrained model snapshot saved so the API serves
 `policy = bandit`), the API with `--workers N` uvicorn processes and, as in production, one
-`copyloop consume` (it confirms the published decisions, so the API's publisher does not re-send
-them; `--no-consumer` leaves it out: then every decision is re-sent on the publisher's schedule,
-in the serving processes), then:
+`copyloop consume`, started as `copyloop up` starts it (`COPYLOOP_BACKGROUND_NICE` lower in
+CPU priority; it confirms the published decisions, so the API's publisher does not re-send them;
+`--no-consumer` leaves it out: then every decision is re-sent on the publisher's schedule, in
+the serving processes), then:
 
 * closed loop, max throughput: `wrk -t1 -c<connections> --latency` (C, one thread; a Lua script
   rotates 2,000 product/context paths and sets the `Authorization` header), on `/healthz`
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMeter, git_rev, loadavg, prepare_ledger  # noqa: E402
 
 from copyloop.demo import DEVICES, LOCALES, REFERRERS, SAMPLE_CATALOG, SEGMENTS  # noqa: E402
-from copyloop.runner import settings_env  # noqa: E402
+from copyloop.runner import child_setup, settings_env  # noqa: E402
 from core.broker import EmbeddedBroker, ensure_topics, free_port, wait_for_port  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 
@@ -108,6 +109,7 @@ class ServeStack:
                 cwd=self.code_dir,
                 stdout=consumer_log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=child_setup(s.background_nice),  # as `copyloop up` starts it
             )
         log = open(self.tmp / "api.log", "ab")  # noqa: SIM115
         self.api = subprocess.Popen(

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1).",
     )
+    background_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower than the API's the CPU priority (Unix `nice`) of the "
+        "consumer and the scheduler started by `up` is: sharing cores with the API, their bursts "
+        "of work (a batch to ingest, a fine-tune) wait for the page views instead of delaying "
+        "them; 0 runs them at the API's priority.",
+    )
     spool_dir: str = Field(
         "./var/spool",
         description="Directory of the API's append-only decision log: every decision and event "

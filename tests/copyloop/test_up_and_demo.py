@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from core.broker import free_port
@@ -32,7 +33,10 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "copyloop", "up", "--port", str(port)]
         + ["--shop-port", str(shop_port)],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 90
@@ -56,6 +60,11 @@ def test_up_starts_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         children = descendants(proc.pid)
         for part in ("tansu", "copyloop serve", "copyloop consume", "copyloop scheduler"):
             assert descendants(proc.pid, part), part
+        # The API at the supervisor's CPU priority, the consumer and the scheduler below it.
+        base = psutil.Process(proc.pid).nice()
+        background = min(19, base + 10)
+        for part, nice in (("serve", base), ("consume", background), ("scheduler", background)):
+            assert {p.nice() for p in descendants(proc.pid, f"copyloop {part}")} == {nice}, part
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert not [c for c in children if is_live(c)]
@@ -68,7 +77,11 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COPYLOOP_")}
     out = subprocess.run(
         [sys.executable, "-m", "copyloop", "demo", "--impressions", "2500", "--json"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
