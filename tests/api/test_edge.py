@@ -4,6 +4,7 @@ and OpenAPI that states the limits the server applies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.app import TELEMETRY_OFF, create_app, fastapi_telemetry
+from api.cors import StorefrontCors
 from consumer.errors import BadMessage
 from consumer.records import decode_event
 from core.settings import Settings
@@ -253,3 +256,56 @@ def test_fastapi_opentelemetry_is_on_only_where_the_operator_asks_for_it() -> No
     assert not any(TELEMETRY_OFF.values())
     assert fastapi_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}) is None
     assert fastapi_telemetry({"FASTAPI_OTEL_AUTO_CONFIGURE": "true"}) is None
+
+
+@pytest.mark.parametrize(
+    "answer_headers",
+    [
+        [],
+        [(b"content-type", b"application/json")],
+        [(b"vary", b"Accept")],
+        [(b"vary", b"Accept"), (b"x-a", b"1"), (b"Vary", b"Cookie")],
+    ],
+)
+@pytest.mark.parametrize(
+    "request_headers",
+    [
+        [],
+        [(b"origin", b"https://shop.example")],
+        [(b"origin", b"https://elsewhere.example")],
+        [(b"authorization", b"Bearer k")],
+    ],
+)
+@pytest.mark.parametrize("origins", [["*"], ["https://shop.example"]])
+def test_storefront_cors_answers_as_starlettes_cors_middleware(
+    answer_headers: list[tuple[bytes, bytes]],
+    request_headers: list[tuple[bytes, bytes]],
+    origins: list[str],
+) -> None:
+    """The storefront routes' CORS (with its shortcut for requests without an `Origin`) sends
+    what Starlette's `CORSMiddleware` sends, byte for byte."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": list(answer_headers)})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def sent_by(app: ASGIApp) -> list[Message]:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/v1/products/p1/variant",
+            "headers": list(request_headers),
+        }
+        messages: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Message) -> None:
+            messages.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        return messages
+
+    ours = StorefrontCors(route, origins=origins)
+    assert sent_by(ours) == sent_by(ours.cors)
