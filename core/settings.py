@@ -241,7 +241,12 @@ class Settings(BaseSettings):
         description="A logged decision or event that the ledger still lacks this long after it "
         "was sent to Kafka is sent again (then after twice as long, …); duplicates are harmless.",
     )
-    catalog_refresh_s: float = Field(5.0, gt=0, description="How often the API refreshes variants.")
+    catalog_refresh_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the API looks for catalog changes (new, retired variants, product "
+        "updates) and reloads the catalog when it changed; every 12th look it reloads anyway.",
+    )
     max_body_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,
