@@ -24,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.bodies import BodyLimit
 from api.catalog_cache import CatalogCache
-from api.cors import StorefrontCors
+from api.cors import StorefrontCors, storefront_cors
 from api.decision_log import DecisionLog
 from api.deps import Resources
-from api.fastlane import VariantFastLane
+from api.fastlane import PageViewLane, ServingApp
 from api.keys import KeyCache
 from api.metrics import LatencyMiddleware, Metrics
 from api.policy_holder import PolicyHolder
@@ -88,21 +88,23 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await run_in_threadpool(_stop, resources)
 
-    app = FastAPI(
+    telemetry = fastapi_telemetry()
+    app = ServingApp(
         title="copyloop",
         summary="Serve the product copy that sells; learn from storefront events.",
         version="0.1.0",
         lifespan=lifespan,
-        telemetry=fastapi_telemetry(),
+        telemetry=telemetry,
     )
     errors.install(app)
-    app.add_middleware(VariantFastLane, fastapi_app=app)  # the innermost: see api.fastlane
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(StorefrontCors, origins=settings.cors_origins)
     routers = (decisions, activations, events, products, variants, reports, features, models)
     for module in (*routers, health, client_js):
         app.include_router(module.router)
+    if telemetry is TELEMETRY_OFF:  # with FastAPI's spans on, every request goes through it
+        app.lane = PageViewLane(app, metrics, storefront_cors(app, settings.cors_origins))
     return app
 
 

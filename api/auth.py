@@ -81,14 +81,31 @@ async def _role(
     header_key: str | None,
     allowed: frozenset[str],
 ) -> str:
-    """The caller's role, or `Unauthorized` / `Forbidden` / `RateLimited`, from the bearer key
-    of the `Authorization` header, else a `?key=`. Async: a cached key costs no thread hop on
-    the hot path."""
+    """`key_role` for a route's request: the key of the `Authorization` header, else a `?key=`;
+    the caller's role and key hash are left on `request.state`."""
+    client = request.client.host if request.client else ""
+    query_key = None if header_key else request.query_params.get("key")
+    role, key_hash = await key_role(resources, header_key, query_key, client, allowed)
+    request.state.role, request.state.key_hash = role, key_hash
+    return role
+
+
+async def key_role(
+    resources: Resources,
+    header_key: str | None,
+    query_key: str | None,
+    client: str,
+    allowed: frozenset[str],
+) -> tuple[str, str]:
+    """The caller's role and key hash, or `Unauthorized` / `Forbidden` / `RateLimited`, from the
+    bearer key of the `Authorization` header, else `query_key` (`?key=`); `client` is the
+    caller's address (a storefront key's rate limit is per key and address). Async: a cached
+    key costs no thread hop on the hot path."""
     in_query = False
     if header_key:
         key = header_key
     else:
-        key = request.query_params.get("key") or ""
+        key = query_key or ""
         in_query = bool(key)
         if not key:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
@@ -110,14 +127,12 @@ async def _role(
             {"role": role, "allowed": sorted(allowed)},
         )
     if role == "storefront":
-        client = request.client.host if request.client else ""
         wait = resources.storefront.visitors.take((key_hash, client))
         if wait:
             raise RateLimited(
                 "too many requests from this storefront key and address; retry later", wait
             )
-    request.state.role, request.state.key_hash = role, key_hash
-    return role
+    return role, key_hash
 
 
 def _allowed(roles: tuple[str, ...]) -> frozenset[str]:

@@ -23,14 +23,7 @@ class StorefrontCors:
 
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         self.app = app
-        self.cors = CORSMiddleware(
-            app,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Retry-After"],
-            max_age=600,
-        )
+        self.cors = storefront_cors(app, origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not STOREFRONT_PATHS.match(scope.get("path", "")):
@@ -39,6 +32,28 @@ class StorefrontCors:
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, _vary_by_origin(send, self.cors, scope))
+
+
+def storefront_cors(app: ASGIApp, origins: list[str]) -> CORSMiddleware:
+    """Starlette's `CORSMiddleware` as the storefront routes answer it (`api.fastlane` adds its
+    headers to the page-view route's answers with the same one)."""
+    return CORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
+
+
+def append_vary(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Append `Vary: Origin` to an answer's `headers` holding no `Vary` (what `CORSMiddleware`
+    adds for a request without an `Origin`); False, untouched, when one is there."""
+    if any(name.lower() == b"vary" for name, _ in headers):
+        return False
+    headers.append((b"vary", b"Origin"))
+    return True
 
 
 def _vary_by_origin(send: Send, cors: CORSMiddleware, scope: Scope) -> Send:
@@ -51,14 +66,14 @@ def _vary_by_origin(send: Send, cors: CORSMiddleware, scope: Scope) -> Send:
 
     async def varying(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = message.get("headers", [])
-            if any(name.lower() == b"vary" for name, _ in headers):
+            headers = list(message.get("headers", []))
+            if not append_vary(headers):
                 await cors.send(message, send, Headers(scope=scope))
                 return
-            message["headers"] = [*headers, (b"vary", b"Origin")]
+            message["headers"] = headers
         await send(message)
 
     return varying
 
 
-__all__ = ["STOREFRONT_PATHS", "StorefrontCors"]
+__all__ = ["STOREFRONT_PATHS", "StorefrontCors", "append_vary", "storefront_cors"]

@@ -208,6 +208,7 @@ async def open_loop(
     res["generator_max_lag_ms"] = round(max_lag * 1000, 2)  # how late it sent (its own lag)
     if timeline:  # request i fell due at i / rate s: 0 = unfinished, NaN = connection lost
         np.save(timeline, lat)
+        res["timeline_start"] = start  # perf_counter: CLOCK_MONOTONIC, shared by processes
     return res
 
 

@@ -41,8 +41,10 @@ from core.messages import ID_MAX
 ServingDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
 #: Query names that are not context.
 RESERVED = ("defer", "key")
-#: The page-view route (also answered by `api.fastlane`, below the middlewares).
+#: The page-view route (also answered by `api.fastlane`, above the middlewares).
 VARIANT_PATH = "/v1/products/{product_id}/variant"
+#: The answers' media type.
+JSON = "application/json"
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 router = APIRouter(
@@ -63,6 +65,12 @@ async def variant_for_page_view(
     """Serve one variant; every query parameter but `defer` and `key` is a context feature
     (`?device=mobile&…`); `defer=1` starts it not activated."""
     params = query_dict(request.scope["query_string"])
+    return Response(await page_view(resources, product_id, params), media_type=JSON)
+
+
+async def page_view(resources: Resources, product_id: str, params: dict[str, str]) -> bytes:
+    """The page-view route's work after the key check (`params`: the query, `query_dict`;
+    emptied of the reserved names): its answer's JSON, or the `ApiError` it answers."""
     reserved = {name: params.pop(name, None) for name in RESERVED}
     defer = _FLAGS.get((reserved["defer"] or "").lower())
     if defer is None:
@@ -91,7 +99,8 @@ async def decide(request: Request, resources: ServingDep) -> Response:
     """Serve one variant of `product_id` for the page view described by `context`."""
     body = await read_model(request, DecisionRequest)  # after the key check, never before
     entry = await _entry(resources.catalog, body.product_id)
-    return _decide(entry, body.product_id, body.context, resources, body.defer)
+    answer = _decide(entry, body.product_id, body.context, resources, body.defer)
+    return Response(answer, media_type=JSON)
 
 
 def query_dict(query_string: bytes) -> dict[str, str]:
@@ -127,8 +136,8 @@ def _decide(
     context: dict[str, Any],
     resources: Resources,
     defer: bool = False,
-) -> Response:
-    """Choose, log the decision (durable before the answer), count it, answer it
+) -> bytes:
+    """Choose, log the decision (durable before the answer), count it, and return the answer
     (`DecisionOut`'s JSON)."""
     choice = choose(entry, context, resources.policies.policy)
     decision_id = new_id()
@@ -153,4 +162,4 @@ def _decide(
         "activated": not defer,
         "token": resources.storefront.signer.sign(decision_id),
     }
-    return Response(orjson.dumps(answer), media_type="application/json")
+    return orjson.dumps(answer)

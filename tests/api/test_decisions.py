@@ -221,9 +221,10 @@ def test_decisions_are_published_to_kafka(
 def test_the_page_view_route_keeps_the_frameworks_answers_where_the_fast_lane_stops(
     client: TestClient, product: Any, headers: dict[str, dict[str, str]]
 ) -> None:
-    """`api.fastlane` answers GET /v1/products/{id}/variant below the middlewares. What it
+    """`api.fastlane` answers GET /v1/products/{id}/variant before the middlewares. What it
     leaves to FastAPI keeps FastAPI's answers, the latency metric keeps the route's label, and
-    OpenAPI still documents the route."""
+    OpenAPI still documents the route (`test_fastlane`: the lane's answers against the whole
+    stack's)."""
     path = f"/v1/products/{product.product_id}/variant"
     for _ in range(3):
         assert client.get(path, headers=headers["serve"]).status_code == 200
