@@ -207,7 +207,15 @@ class FairTrial:
         """
         if self.floor == 0.0 or self.exposure == 0:
             return list(pmf)
-        floors = self.floors(exposures, offered)
+        return self.lift(pmf, self.floors(exposures, offered))
+
+    @staticmethod
+    def lift(pmf: Sequence[float], floors: Sequence[float]) -> list[float]:
+        """`apply` with the arms' `floors` worked out already.
+
+        >>> FairTrial.lift([0.5, 0.5], [0.2, 0.0]), FairTrial.lift([0.5, 0.5], [0.2, 0.2])
+        ([0.6000000000000001, 0.4], [0.5, 0.5])
+        """
         total = sum(floors)
         if total == 0.0 or all(f > 0 for f in floors):
             return list(pmf)

@@ -45,6 +45,9 @@ _KEEP = 1.0 - 1.0 / RESIDUAL_HORIZON
 #: The prior on a variant's residual variance in `Policy.offset`: this many pseudo-decisions of
 #: a Bernoulli's largest variance.
 _PSEUDO_N, _PSEUDO_VARIANCE = 4.0, 0.25
+#: Action sets whose own effects and floors a `Policy` keeps (`Policy._arm_terms`): more than a
+#: catalog's products, a bound on memory.
+_MAX_TERMS = 65_536
 
 
 class BanditError(Exception):
@@ -147,6 +150,9 @@ class Policy:
         self.residual: dict[str, tuple[float, float, float]] = (
             {} if header is None else dict(header.residual)
         )
+        # action set (variant ids) → each arm's own effect (`offset`; None with VW's explorers)
+        # and fair-trial floor (None without a trial): they move only when the model learns
+        self._terms: dict[tuple[str, ...], tuple[list[float] | None, list[float] | None]] = {}
         # A plain `random.Random`: numpy's per-call overhead is larger than the work on 4-6 arms.
         self._rng = random.Random(seed)
         self.workspace_args = workspace_args  # what VW itself was given (`bandit.importance`)
@@ -215,17 +221,31 @@ class Policy:
 
     def _pmf(self, lines: list[str], arms: Sequence[Arm]) -> list[float]:
         predicted = _predict_multi(self._vw, "\n".join(lines))
-        if self.explorer is None:
+        offsets, floors = self._arm_terms(arms)
+        if offsets is None or self.explorer is None:
             total = float(sum(predicted))
             pmf = [float(p) / total for p in predicted]
         else:
-            costs = [
-                float(c) - self.offset(a.variant_id) for c, a in zip(predicted, arms, strict=True)
-            ]
+            costs = [float(c) - o for c, o in zip(predicted, offsets, strict=True)]
             pmf = self.explorer.pmf(costs, self.learned)
-        if self.fair_trial is not None:
-            pmf = self.fair_trial.apply(pmf, *self._counts(arms))
+        if floors is not None:
+            pmf = FairTrial.lift(pmf, floors)
         return pmf
+
+    def _arm_terms(self, arms: Sequence[Arm]) -> tuple[list[float] | None, list[float] | None]:
+        """Each arm's own effect (`offset`; None with VW's own explorers) and fair-trial floor
+        (None without a trial), kept per action set until the model learns again: a serving
+        model never does, and working them out per page view cost ~15 % of `choose`."""
+        key = tuple(a.variant_id for a in arms)
+        terms = self._terms.get(key)
+        if terms is None:
+            offsets = None if self.explorer is None else [self.offset(v) for v in key]
+            trial = self.fair_trial
+            floors = None if trial is None else trial.floors(*self._counts(arms))
+            if len(self._terms) >= _MAX_TERMS:
+                self._terms.clear()
+            terms = self._terms[key] = (offsets, floors)
+        return terms
 
     def _counts(self, arms: Sequence[Arm]) -> tuple[list[int], list[int]]:
         """Each arm's exposure and how many learned decisions offered it (`FairTrial`)."""
@@ -273,6 +293,8 @@ class Policy:
                     pmf = self.fair_trial.apply(pmf, *counts)
                 shadow_pmfs.append(pmf)
         self.learned += 1
+        if self._terms:
+            self._terms.clear()
         served = logged.arms[logged.chosen].variant_id
         self.exposure[served] = self.exposure.get(served, 0) + 1
         offered = self.offered

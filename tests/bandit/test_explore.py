@@ -149,3 +149,31 @@ def test_a_bare_vw_model_from_before_the_header_still_loads() -> None:
     loaded = Policy("--cb_explore_adf --epsilon 0.1 -q UA", model=bare)
     assert loaded.learned == 0
     assert loaded.scores(CONTEXT, PRODUCT, ARMS) == old.scores(CONTEXT, PRODUCT, ARMS)
+
+
+def test_the_kept_own_effects_and_floors_follow_every_update() -> None:
+    """`Policy._arm_terms` keeps each action set's own effects and floors until the model
+    learns again: the served distribution equals the one worked out afresh from the costs and
+    counts (`costs` reads the own effects anew), after every update, on both action sets."""
+    trial = FairTrial(40, 0.2)
+    policy = Policy("--cb_adf --squarecb -q UT", seed=2, fair_trial=trial, own_effect_z=0.5)
+
+    def afresh(arms: tuple[Arm, ...]) -> list[float]:
+        explorer = policy.explorer
+        costs = policy.costs(CONTEXT, PRODUCT, arms)
+        assert explorer is not None and costs is not None
+        pmf = explorer.pmf(costs, policy.learned)
+        exposures = [policy.exposure.get(a.variant_id, 0) for a in arms]
+        offered = [policy.offered.get(a.variant_id, 0) for a in arms]
+        return trial.apply(pmf, exposures, offered)
+
+    lifted = 0
+    for k in range(120):
+        arms = ARMS if k >= 60 else ARMS[:2]  # v2 arrives late: a floor, shrinking as it serves
+        for served in (ARMS, ARMS[:2]):
+            for _ in range(2):  # the second from what was kept
+                assert policy.scores(CONTEXT, PRODUCT, served) == afresh(served)
+        lifted += policy.scores(CONTEXT, PRODUCT, ARMS)[2] > 0.2
+        chosen = k % len(arms)
+        policy.learn(LoggedDecision(CONTEXT, PRODUCT, arms, chosen, 0.5), float(chosen == 1))
+    assert lifted > 0  # the floor was there to be kept
