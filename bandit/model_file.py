@@ -1,8 +1,19 @@
-"""The bandit's model file: VW's binary model behind a one-line JSON header.
+"""The bandit's model file: VW's binary model behind a one-line JSON header and the counts.
 
-    CLVW1\\n
-    {"vw_args": "...", "features": 2, "learned": 5120, "exposure": {"v1": 310, ...}}\\n
+    CLVW2\\n
+    {"vw_args": "...", "features": 2, "learned": 5120, "counts": {"exposure": [n, b], ...}}\\n
+    <exposure: b bytes of variant ids joined by newlines (UTF-8), then n little-endian int64>
+    <offered: the same>
+    <residual: the ids, then n × 3 little-endian float64 (sum, sum of squares, weight)>
     <VW bytes>
+
+The counts per variant are binary because every serving process reads each new snapshot (one
+a second while the learner learns) and the learner writes it: as JSON, with 50,000 variants, a
+snapshot took ~0.5 s to write and its one-call parse held a serving process's GIL for tens of
+ms; binary, they are written in one pass and read `_CHUNK` variants per call
+(`bench/model_file.py`). Files written before (`CLVW1\\n`, the counts in the JSON line) still
+load, and a file whose ids cannot be joined by newlines (a newline in an id) is written that
+way.
 
 An exported file (`copyloop model export`) is the same file with `version` (the ledger's version
 it was exported from) and `namespaces` (what each feature namespace holds) in the header;
@@ -20,14 +31,24 @@ existed: they load with an empty header.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import orjson
 
-MAGIC = b"CLVW1\n"
+MAGIC = b"CLVW2\n"
+#: Files with their counts in the JSON line (read, and written where the binary layout cannot
+#: hold an id).
+MAGIC_JSON = b"CLVW1\n"
+#: The count sections, in file order: their values' type and how many per variant.
+_SECTIONS = (("exposure", "<i8", 1), ("offered", "<i8", 1), ("residual", "<f8", 3))
+#: Variants per step when a file's counts are read (`_mapping`).
+_CHUNK = 4096
 #: Bumped whenever `bandit.features` / `bandit.vw_format` change what an arm's features are.
 FEATURES_VERSION = 2
 #: What each VW namespace holds under FEATURES_VERSION (`bandit.vw_format`).
@@ -62,13 +83,20 @@ class ModelHeader:
     version: int = 0  # 0: not exported (the ledger row knows its version)
 
     def to_json(self) -> dict[str, Any]:
+        """The header as JSON, counts included (`MAGIC_JSON`'s line)."""
+        out = self._meta()
+        out.update(
+            exposure=dict(self.exposure),
+            residual={k: [round(x, 9) for x in v] for k, v in self.residual.items()},
+            offered=dict(self.offered),
+        )
+        return out
+
+    def _meta(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "vw_args": self.vw_args,
             "features": self.features,
             "learned": self.learned,
-            "exposure": dict(self.exposure),
-            "residual": {k: [round(x, 9) for x in v] for k, v in self.residual.items()},
-            "offered": dict(self.offered),
         }
         if self.version:
             out["version"] = self.version
@@ -81,22 +109,48 @@ def pack(header: ModelHeader, vw_model: bytes) -> bytes:
 
     >>> data = pack(ModelHeader("--cb_adf", learned=3, exposure=MappingProxyType({"v": 2})), b"VW")
     >>> data.splitlines()[0], unpack(data)[0].exposure["v"], unpack(data)[1]
-    (b'CLVW1', 2, b'VW')
+    (b'CLVW2', 2, b'VW')
     """
-    line = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode()
-    return MAGIC + line + b"\n" + vw_model
+    try:
+        blocks = [
+            _section(getattr(header, name), dtype, width) for name, dtype, width in _SECTIONS
+        ]
+    except (ValueError, OverflowError):  # an id with a newline, a count past 64 bits
+        line = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode()
+        return MAGIC_JSON + line + b"\n" + vw_model
+    meta = header._meta()
+    meta["counts"] = {
+        name: [n, len(ids)] for (name, _, _), (n, ids, _) in zip(_SECTIONS, blocks, strict=True)
+    }
+    line = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    body = b"".join(part for _, ids, values in blocks for part in (ids, values))
+    return MAGIC + line + b"\n" + body + vw_model
+
+
+def _section(counts: Mapping[str, Any], dtype: str, width: int) -> tuple[int, bytes, bytes]:
+    """(how many, the ids joined by newlines, the values) of one count section; ValueError when
+    an id holds a newline."""
+    ids = "\n".join(counts).encode()
+    n = len(counts)
+    if n and ids.count(b"\n") != n - 1:
+        raise ValueError("a variant id holds a newline")
+    flat = counts.values() if width == 1 else itertools.chain.from_iterable(counts.values())
+    values = np.fromiter(flat, dtype=dtype, count=n * width)
+    return n, ids, values.tobytes()
 
 
 def unpack(data: bytes) -> tuple[ModelHeader | None, bytes]:
     """The header (None for a bare VW model) and VW's bytes. Raises ValueError on a header that
     is not what `pack` writes."""
-    if not data.startswith(MAGIC):
+    if data.startswith(MAGIC):
+        return _unpack_binary(data)
+    if not data.startswith(MAGIC_JSON):
         return None, data
-    end = data.find(b"\n", len(MAGIC))
+    end = data.find(b"\n", len(MAGIC_JSON))
     if end < 0:
         raise ValueError("model file header is not terminated")
     try:
-        raw = _loads(data[len(MAGIC) : end])
+        raw = _loads(data[len(MAGIC_JSON) : end])
         header = ModelHeader(
             vw_args=str(raw["vw_args"]),
             features=int(raw["features"]),
@@ -114,6 +168,56 @@ def unpack(data: bytes) -> tuple[ModelHeader | None, bytes]:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"model file header is unreadable: {exc}") from None
     return header, data[end + 1 :]
+
+
+def _unpack_binary(data: bytes) -> tuple[ModelHeader, bytes]:
+    end = data.find(b"\n", len(MAGIC))
+    if end < 0:
+        raise ValueError("model file header is not terminated")
+    try:
+        raw = _loads(data[len(MAGIC) : end])
+        sizes = raw["counts"]
+        position = end + 1
+        maps: dict[str, dict[str, Any]] = {}
+        for name, dtype, width in _SECTIONS:
+            n, ids_bytes = (int(x) for x in sizes[name])
+            values_bytes = n * width * 8
+            if n < 0 or ids_bytes < 0 or position + ids_bytes + values_bytes > len(data):
+                raise ValueError(f"the {name} counts run past the end of the file")
+            ids = data[position : position + ids_bytes].decode().split("\n") if n else []
+            position += ids_bytes
+            if len(ids) != n:
+                raise ValueError(f"{len(ids)} ids for {n} {name} counts")
+            values = np.frombuffer(data, dtype, n * width, position)
+            position += values_bytes
+            maps[name] = _mapping(ids, values, width)
+        header = ModelHeader(
+            vw_args=str(raw["vw_args"]),
+            features=int(raw["features"]),
+            learned=int(raw["learned"]),
+            exposure=MappingProxyType(maps["exposure"]),
+            residual=MappingProxyType(maps["residual"]),
+            offered=MappingProxyType(maps["offered"]),
+            version=int(raw.get("version", 0)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"model file header is unreadable: {exc}") from None
+    return header, data[position:]
+
+
+def _mapping(ids: list[str], values: np.ndarray, width: int) -> dict[str, Any]:
+    """`{id: value}` (a triple where `width` is 3), built `_CHUNK` ids at a time: each step is
+    one call that holds the GIL, and a serving process's requests wait for the longest one."""
+    out: dict[str, Any] = {}
+    for start in range(0, len(ids), _CHUNK):
+        stop = start + _CHUNK
+        chunk = values[start * width : stop * width].tolist()
+        out.update(zip(ids[start:stop], chunk if width == 1 else _triples(chunk), strict=True))
+    return out
+
+
+def _triples(values: list[float]) -> Iterator[tuple[float, float, float]]:
+    return zip(values[0::3], values[1::3], values[2::3], strict=True)
 
 
 def _loads(line: bytes) -> Any:
@@ -156,7 +260,7 @@ def checked(data: bytes, vw_args: str) -> ModelHeader:
         raise ModelFileError(str(exc)) from None
     if header is None:
         raise ModelFileError(
-            "not a copyloop model file (no CLVW1 header): a bare VW model does not say which "
+            "not a copyloop model file (no CLVW header): a bare VW model does not say which "
             "arguments and features it was trained with"
         )
     if header.features != FEATURES_VERSION:

@@ -141,14 +141,14 @@ class Policy:
                 f"writes v{FEATURES_VERSION}"
             )
         self.learned = 0 if header is None else header.learned
-        self.exposure: dict[str, int] = {} if header is None else dict(header.exposure)
+        self.exposure: dict[str, int] = {} if header is None else header.exposure.copy()
         # variant id → how many learned decisions offered it (served or not): new copy is copy
         # offered in fewer decisions than its siblings (`FairTrial`)
-        self.offered: dict[str, int] = {} if header is None else dict(header.offered)
+        self.offered: dict[str, int] = {} if header is None else header.offered.copy()
         # variant id → (Σ residual, Σ residual², Σ weight) of its learned decisions, each
         # older one weighted down so that about `RESIDUAL_HORIZON` of the newest count
         self.residual: dict[str, tuple[float, float, float]] = (
-            {} if header is None else dict(header.residual)
+            {} if header is None else header.residual.copy()  # the dict's own copy: fast
         )
         # action set (variant ids) → each arm's own effect (`offset`; None with VW's explorers)
         # and fair-trial floor (None without a trial): they move only when the model learns

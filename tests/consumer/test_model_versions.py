@@ -175,7 +175,7 @@ def test_import_refuses_other_arguments_bare_models_and_garbage(sessions, settin
 
     assert all(o.returncode == 2 for o in outs.values()), {k: o.stderr for k, o in outs.items()}
     assert "trained with VW arguments '--cb_adf --epsilon 0.2'" in outs["other.clvw"].stderr
-    assert "no CLVW1 header" in outs["bare.vw"].stderr
+    assert "no CLVW header" in outs["bare.vw"].stderr
     assert "does not load" in outs["broken.clvw"].stderr
     assert model_versions.list_versions(sessions) == []
     missing = cli(settings, "model", "import", str(tmp_path / "nope"))

@@ -1,0 +1,147 @@
+"""Model snapshots at a catalog's size: how long the learner takes to write one, how long each
+API worker takes to load it, and how long a serving thread waits meanwhile.
+
+A `Policy` with the settings' VW arguments and counts for `--variants` variants (exposure,
+offered, residual: what a model that has served them all carries) is written with
+`Policy.save` and loaded with `Policy(model=…)`, as the learner and each API worker's reloader
+do, in a process with an API worker's garbage-collector settings (`core.runtime.tune_gc`).
+Meanwhile another thread ticks every millisecond, as the event loop's requests would; its
+longest wait is how long a page view can stall behind a reload.
+
+- **copyloop**: the model file as written now (`bandit.model_file`, `CLVW2`: counts in a binary
+  block).
+- **baseline**: the same header with its counts in the JSON line (`CLVW1`, how every model file
+  was written before `CLVW2`, still read).
+
+    .venv/bin/python bench/model_file.py --variants 1500,50000
+
+Writes `bench/results/model_file.json` (or `--json PATH`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bandit import Policy  # noqa: E402
+from bandit.model_file import FEATURES_VERSION, MAGIC_JSON, ModelHeader  # noqa: E402
+from core.runtime import tune_gc  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "model_file.json"
+
+
+def policy_with(variants: int, seed: int = 1) -> Policy:
+    rng = random.Random(seed)
+    policy = Policy(load_settings().vw_args)
+    ids = [f"v_{rng.getrandbits(64):016x}" for _ in range(variants)]
+    policy.learned = 40 * variants
+    policy.exposure = {v: rng.randint(1, 10_000) for v in ids}
+    policy.offered = {v: policy.exposure[v] + rng.randint(0, 50_000) for v in ids}
+    policy.residual = {
+        v: (rng.uniform(-5, 5), rng.uniform(0, 50), float(rng.randint(1, 300))) for v in ids
+    }
+    return policy
+
+
+def save_as_json(policy: Policy) -> bytes:
+    """`Policy.save` as it wrote model files before `CLVW2`: the counts in the JSON line."""
+    header = ModelHeader(
+        vw_args=policy.vw_args,
+        features=FEATURES_VERSION,
+        learned=policy.learned,
+        exposure=MappingProxyType(dict(policy.exposure)),
+        residual=MappingProxyType(dict(policy.residual)),
+        offered=MappingProxyType(dict(policy.offered)),
+    )
+    line = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    return MAGIC_JSON + line + b"\n" + policy.vw_model()
+
+
+def stalled(work: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds `work` took, the longest a 1 ms ticker thread waited meanwhile, in seconds)."""
+    worst = 0.0
+    done = threading.Event()
+
+    def tick() -> None:
+        nonlocal worst
+        before = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            worst = max(worst, now - before - 0.001)
+            before = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    work()
+    took = time.perf_counter() - start
+    time.sleep(0.02)
+    done.set()
+    ticker.join()
+    return took, worst
+
+
+def measure(variants: int, rounds: int) -> dict[str, Any]:
+    policy = policy_with(variants)
+    vw_args = policy.vw_args
+    new = policy.save()
+    old = save_as_json(policy)
+    assert Policy(vw_args, model=new).exposure == Policy(vw_args, model=old).exposure
+    out: dict[str, list[float]] = {}
+    for _ in range(rounds):  # alternating, so both see the same spells of the machine
+        for name, write in (("copyloop", policy.save), ("baseline", lambda: save_as_json(policy))):
+            start = time.perf_counter()
+            write()
+            out.setdefault(f"{name}_write_ms", []).append((time.perf_counter() - start) * 1e3)
+        for name, data in (("copyloop", new), ("baseline", old)):
+            took, worst = stalled(lambda data=data: Policy(vw_args, model=data))
+            out.setdefault(f"{name}_load_ms", []).append(took * 1e3)
+            out.setdefault(f"{name}_stall_ms", []).append(worst * 1e3)
+    res: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in out.items()}
+    res.update(variants=variants, bytes=len(new), baseline_bytes=len(old))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default="1500,50000", help="catalog sizes, comma-separated")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    tune_gc()  # as in an API worker (`api.server`)
+    print(f"# model file bench: load={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'variants':>9} {'figure':<34} {'copyloop':>9} {'baseline':>9} {'ratio':>6}")
+    results = []
+    for variants in (int(v) for v in args.variants.split(",")):
+        r = measure(variants, args.rounds)
+        results.append(r)
+        for key, label in (
+            ("write_ms", "learner writes a snapshot, ms"),
+            ("load_ms", "a worker loads it, ms"),
+            ("stall_ms", "longest 1 ms tick meanwhile, ms"),
+        ):
+            mine, base = r[f"copyloop_{key}"], r[f"baseline_{key}"]
+            print(f"{variants:>9} {label:<34} {mine:>9} {base:>9} {mine / base:>6.2f}")
+        print(f"{variants:>9} {'file size, bytes':<34} {r['bytes']:>9} {r['baseline_bytes']:>9}")
+    print(f"# done; load={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
