@@ -91,7 +91,9 @@ def test_an_answered_decision_is_in_the_log_while_kafka_is_down_then_shipped(
 
     # The next process, on a reachable Kafka, adopts the log and ships it in order.
     with TestClient(create_app(settings)) as client:
-        messages = read_topic(settings.decisions_topic, expected=20, settle_s=0.5)
+        # A generous wait: once, with other test runs loading the machine, nothing had arrived
+        # within the reader's default 20 s (alone it takes ~1 s).
+        messages = read_topic(settings.decisions_topic, expected=20, settle_s=0.5, timeout_s=90)
         assert [k.decode() for _, k, _ in messages if k] == served
         events = read_topic(settings.events_topic, expected=1, settle_s=0.2)
         assert [json.loads(v)["event_id"] for _, _, v in events] == ["e1"]
