@@ -77,6 +77,23 @@ TASTE = {
 BASE = 0.08
 
 
+def wait_for_learning(
+    client: httpx.Client, analyst: dict[str, str], stack: Stack, rewards: int
+) -> None:
+    """Until the API serves a model that has learned `rewards` closed decisions: how far the
+    learner has got when the traffic reaches a point depends on the machine's speed (in one
+    loaded CI run the last third was served mostly by early models)."""
+    deadline = time.monotonic() + 90
+    while True:
+        stack.check()
+        newest = client.get("/v1/models", headers=analyst).json()["versions"][0]
+        served = client.get("/healthz").json()["model_version"]
+        if newest["last_seq"] >= rewards and served >= newest["version"]:
+            return
+        assert time.monotonic() < deadline, f"the learner got to {newest['last_seq']} rewards"
+        time.sleep(0.2)
+
+
 def test_outside_client_counts_match_and_bandit_wins(
     database_url: str, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -109,7 +126,10 @@ def test_outside_client_counts_match_and_bandit_wins(
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
         with httpx.Client(base_url=base, timeout=10) as client:
             wait_for_model(client, stack)
+            analyst = {"Authorization": f"Bearer {keys['analyst']}"}
             for i in range(n_views):
+                if i == n_views * 2 // 3:  # the last third is served by a model that learned
+                    wait_for_learning(client, analyst, stack, n_views // 3)
                 device = "mobile" if rng.random() < 0.5 else "desktop"
                 pid = ids[int(rng.integers(len(ids)))]
                 if i % 2:
@@ -166,7 +186,6 @@ def test_outside_client_counts_match_and_bandit_wins(
             producer.flush()
             producer.close()
 
-            analyst = {"Authorization": f"Bearer {keys['analyst']}"}
             deadline = time.monotonic() + 90
             while True:
                 stack.check()
