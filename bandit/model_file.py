@@ -116,15 +116,18 @@ def pack(header: ModelHeader, vw_model: bytes) -> bytes:
             _section(getattr(header, name), dtype, width) for name, dtype, width in _SECTIONS
         ]
     except (ValueError, OverflowError):  # an id with a newline, a count past 64 bits
-        line = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode()
-        return MAGIC_JSON + line + b"\n" + vw_model
+        return MAGIC_JSON + _line(header.to_json()) + vw_model
     meta = header._meta()
     meta["counts"] = {
         name: [n, len(ids)] for (name, _, _), (n, ids, _) in zip(_SECTIONS, blocks, strict=True)
     }
-    line = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     body = b"".join(part for _, ids, values in blocks for part in (ids, values))
-    return MAGIC + line + b"\n" + body + vw_model
+    return MAGIC + _line(meta) + body + vw_model
+
+
+def _line(header: dict[str, Any]) -> bytes:
+    """A header's JSON line, newline included."""
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
 def _section(counts: Mapping[str, Any], dtype: str, width: int) -> tuple[int, bytes, bytes]:
@@ -142,67 +145,62 @@ def _section(counts: Mapping[str, Any], dtype: str, width: int) -> tuple[int, by
 def unpack(data: bytes) -> tuple[ModelHeader | None, bytes]:
     """The header (None for a bare VW model) and VW's bytes. Raises ValueError on a header that
     is not what `pack` writes."""
-    if data.startswith(MAGIC):
-        return _unpack_binary(data)
-    if not data.startswith(MAGIC_JSON):
+    magic = next((m for m in (MAGIC, MAGIC_JSON) if data.startswith(m)), None)
+    if magic is None:
         return None, data
-    end = data.find(b"\n", len(MAGIC_JSON))
+    end = data.find(b"\n", len(magic))
     if end < 0:
         raise ValueError("model file header is not terminated")
     try:
-        raw = _loads(data[len(MAGIC_JSON) : end])
+        raw = _loads(data[len(magic) : end])
+        if magic == MAGIC:
+            counts, position = _binary_counts(data, end + 1, raw["counts"])
+        else:
+            counts, position = _json_counts(raw), end + 1
         header = ModelHeader(
             vw_args=str(raw["vw_args"]),
             features=int(raw["features"]),
             learned=int(raw["learned"]),
-            exposure=MappingProxyType(_counts(raw["exposure"])),
-            residual=MappingProxyType(
-                {
-                    str(k): (float(v[0]), float(v[1]), float(v[2]))
-                    for k, v in raw.get("residual", {}).items()
-                }
-            ),
-            offered=MappingProxyType(_counts(raw.get("offered", {}))),
-            version=int(raw.get("version", 0)),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"model file header is unreadable: {exc}") from None
-    return header, data[end + 1 :]
-
-
-def _unpack_binary(data: bytes) -> tuple[ModelHeader, bytes]:
-    end = data.find(b"\n", len(MAGIC))
-    if end < 0:
-        raise ValueError("model file header is not terminated")
-    try:
-        raw = _loads(data[len(MAGIC) : end])
-        sizes = raw["counts"]
-        position = end + 1
-        maps: dict[str, dict[str, Any]] = {}
-        for name, dtype, width in _SECTIONS:
-            n, ids_bytes = (int(x) for x in sizes[name])
-            values_bytes = n * width * 8
-            if n < 0 or ids_bytes < 0 or position + ids_bytes + values_bytes > len(data):
-                raise ValueError(f"the {name} counts run past the end of the file")
-            ids = data[position : position + ids_bytes].decode().split("\n") if n else []
-            position += ids_bytes
-            if len(ids) != n:
-                raise ValueError(f"{len(ids)} ids for {n} {name} counts")
-            values = np.frombuffer(data, dtype, n * width, position)
-            position += values_bytes
-            maps[name] = _mapping(ids, values, width)
-        header = ModelHeader(
-            vw_args=str(raw["vw_args"]),
-            features=int(raw["features"]),
-            learned=int(raw["learned"]),
-            exposure=MappingProxyType(maps["exposure"]),
-            residual=MappingProxyType(maps["residual"]),
-            offered=MappingProxyType(maps["offered"]),
+            exposure=MappingProxyType(counts["exposure"]),
+            residual=MappingProxyType(counts["residual"]),
+            offered=MappingProxyType(counts["offered"]),
             version=int(raw.get("version", 0)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"model file header is unreadable: {exc}") from None
     return header, data[position:]
+
+
+def _json_counts(raw: Any) -> dict[str, dict[str, Any]]:
+    """The counts of a `MAGIC_JSON` header's line."""
+    return {
+        "exposure": _counts(raw["exposure"]),
+        "residual": {
+            str(k): (float(v[0]), float(v[1]), float(v[2]))
+            for k, v in raw.get("residual", {}).items()
+        },
+        "offered": _counts(raw.get("offered", {})),
+    }
+
+
+def _binary_counts(
+    data: bytes, position: int, sizes: Any
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The counts of a `MAGIC` file, its sections from `position` on, and where they end."""
+    maps: dict[str, dict[str, Any]] = {}
+    for name, dtype, width in _SECTIONS:
+        n, ids_bytes = (int(x) for x in sizes[name])
+        values_bytes = n * width * 8
+        if n < 0 or ids_bytes < 0 or position + ids_bytes + values_bytes > len(data):
+            raise ValueError(f"the {name} counts run past the end of the file")
+        ids = data[position : position + ids_bytes].decode().split("\n") if n else []
+        position += ids_bytes
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} {name} counts")
+        values = np.frombuffer(data, dtype, n * width, position)
+        position += values_bytes
+        maps[name] = _mapping(ids, values, width)
+    return maps, position
 
 
 def _mapping(ids: list[str], values: np.ndarray, width: int) -> dict[str, Any]:

@@ -12,7 +12,8 @@ the API's publisher thread 4-6 ms of CPU per 1,000 ids on SQLite, against 2.4 ms
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 from sqlalchemy import select
@@ -48,20 +49,27 @@ def _present(s: Session, column: InstrumentedAttribute[str], ids: Sequence[str])
     connection = s.connection()
     dialect = connection.dialect.name
     name, table = column.property.columns[0].name, column.class_.__tablename__
+    select_ = f"SELECT {name} FROM {table} WHERE {name}"
+    param: Callable[[Sequence[str]], Any]
     if dialect == "sqlite":
-        sql = f"SELECT {name} FROM {table} WHERE {name} IN (SELECT value FROM json_each(?))"
-        for chunk in _chunks(unique, CHUNK):
-            rows = connection.exec_driver_sql(sql, (orjson.dumps(chunk).decode(),))
-            found.update(row[0] for row in rows)
+        sql, param = f"{select_} IN (SELECT value FROM json_each(?))", _json_array
     elif dialect == "postgresql":
-        sql = f"SELECT {name} FROM {table} WHERE {name} = ANY(%(ids)s)"
-        for chunk in _chunks(unique, CHUNK):
-            rows = connection.exec_driver_sql(sql, {"ids": list(chunk)})
-            found.update(row[0] for row in rows)
+        sql, param = f"{select_} = ANY(%(ids)s)", _array
     else:
         for chunk in _chunks(unique, LIST_CHUNK):
             found.update(s.scalars(select(column).where(column.in_(chunk))))
+        return found
+    for chunk in _chunks(unique, CHUNK):
+        found.update(row[0] for row in connection.exec_driver_sql(sql, param(chunk)))
     return found
+
+
+def _json_array(ids: Sequence[str]) -> tuple[str]:
+    return (orjson.dumps(list(ids)).decode(),)
+
+
+def _array(ids: Sequence[str]) -> dict[str, list[str]]:
+    return {"ids": list(ids)}
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
