@@ -3,7 +3,8 @@
 One worker runs the app built from `settings` in this process. Several workers need an import
 string and a factory, so `settings` travel to the worker processes as JSON in the environment
 variable `COPYLOOP_API_SETTINGS_JSON` (overrides given on the command line survive) and
-`app_from_env` rebuilds them there. Several workers also get prometheus-client's multiprocess
+`app_from_env` rebuilds them there; `api.workers.WorkerPool` runs them, each on its own
+listening socket. Several workers also get prometheus-client's multiprocess
 mode (`metrics_dir`), so each one's `/metrics` answers for all of them.
 """
 
@@ -19,9 +20,11 @@ from contextlib import contextmanager
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
 from api.app import create_app
 from api.wire import CoalescingHttpToolsProtocol
+from api.workers import WorkerPool
 from core.runtime import tune_gc
 from core.settings import Settings, load_settings
 
@@ -59,17 +62,25 @@ def serve(settings: Settings) -> None:
 
 
 def _run(app: FastAPI | str, settings: Settings) -> None:
-    workers = settings.api_workers if settings.api_workers > 1 else None
-    uvicorn.run(
+    """One worker: uvicorn in this process. Several: a `WorkerPool` (a socket each)."""
+    config = uvicorn.Config(
         app,
         host=settings.api_host,
         port=settings.api_port,
-        workers=workers,
-        factory=workers is not None,
+        factory=isinstance(app, str),
         access_log=False,
         log_level="info",
         http=CoalescingHttpToolsProtocol,
     )
+    if settings.api_workers <= 1:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:  # as uvicorn.run: the app or the socket failed
+            raise SystemExit(STARTUP_FAILURE)
+        return
+    status = WorkerPool(config, settings.api_workers).run()
+    if status:
+        raise SystemExit(status)
 
 
 @contextmanager

@@ -16,7 +16,10 @@ the serving processes), then:
   `/healthz` and the variant route;
 * `--profile`: py-spy (`record --nonblocking`, 100 Hz) on the API process tree during one more
   closed-loop variant run; prints the top self and inclusive frames;
-* `--micro`: the in-process pieces of one decision, timed in this process (µs per call).
+* `--micro`: the in-process pieces of one decision, timed in this process (µs per call);
+* `--snapshot-every S` (open loop, and `--compare-to`): a new model snapshot every S seconds
+  during each run, as the learner saves them while it learns, so every worker reloads it under
+  load (`--snapshot-variants N`: with counts for N more variants, a large catalog's model).
 
 Each result line carries the load average and the CPU seconds used by the API, the broker, the
 consumer and the load generator during the run; ratios are to `/healthz` measured in the same run.
@@ -37,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -286,8 +290,62 @@ def run_wrk(stack: ServeStack, script: Path, duration: float, connections: int) 
 
 
 # -- load: loadgen.py (open loop, or closed loop cross-check) -----------------------------------
+class Snapshots:
+    """While the block runs, a new model snapshot every `every_s` seconds (0: none), as the
+    learner saves them while it learns; every API worker reloads each one. The model is the
+    newest snapshot's, with counts for `variants` more variants (a large catalog's model file:
+    `bench/model_file.py`)."""
+
+    def __init__(self, settings: Settings, every_s: float, variants: int = 0) -> None:
+        self.settings, self.every_s, self.variants = settings, every_s, variants
+        self.saved = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Snapshots:
+        if self.every_s > 0:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        from model_file import policy_with
+
+        from bandit import Policy
+        from core.ledger import make_engine, make_sessionmaker, snapshots
+
+        s = self.settings
+        engine = make_engine(s.database_url)
+        sessions = make_sessionmaker(engine)
+        latest = snapshots.load_latest(sessions)
+        assert latest is not None
+        policy = Policy(latest.vw_args, model=latest.model)
+        if self.variants:
+            extra = policy_with(self.variants)
+            policy.exposure = {**policy.exposure, **extra.exposure}
+            policy.offered = {**policy.offered, **extra.offered}
+            policy.residual = {**policy.residual, **extra.residual}
+        model = policy.save()
+        while not self._stop.wait(self.every_s):
+            snapshots.save(sessions, model, latest.last_seq, latest.vw_args, s.snapshot_dir)
+            self.saved += 1
+        engine.dispose()
+
+
 def run_loadgen(
-    stack: ServeStack, paths_file: Path, key: str, rate: float, duration: float, connections: int
+    stack: ServeStack,
+    paths_file: Path,
+    key: str,
+    rate: float,
+    duration: float,
+    connections: int,
+    snapshot_every: float = 0.0,
+    snapshot_variants: int = 0,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -306,9 +364,13 @@ def run_loadgen(
         str(connections),
     ]
     meter = CpuMeter(stack.pids()).start()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with Snapshots(stack.settings, snapshot_every, snapshot_variants) as snaps:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     usage = meter.stop()
     res = json.loads(out.strip().splitlines()[-1])
+    if snapshot_every:
+        res["snapshots_saved"] = snaps.saved
+        res["model_version_after"] = stack.health()["model_version"]
     res["tool"] = "loadgen"
     res.update(usage)
     res["cpu_loadgen"] = round(res.pop("client_cpu_s"), 2)
@@ -699,6 +761,8 @@ def fmt(name: str, r: dict, base: dict | None) -> str:
         extra += f"  p999 {r['p999_ms']:.2f} ms"
     if r.get("settled_before_s"):
         extra += f"  (settled {r['settled_before_s']}s before)"
+    if r.get("snapshots_saved"):
+        extra += f"  snapshots {r['snapshots_saved']} (model v{r['model_version_after']} after)"
     cpu = " ".join(f"{k[4:]}={v}s" for k, v in r.items() if k.startswith("cpu_"))
     return (
         f"{name:<38} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f}  p90 {r['p90_ms']:6.2f}  "
@@ -751,6 +815,21 @@ def main() -> None:
         "and of git revision REV (a temporary worktree), alternating, --repeat times",
     )
     p.add_argument("--repeat", type=int, default=2, help="rounds of --compare-to")
+    p.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="open loop: save a new model snapshot every S seconds during each run, as the "
+        "learner does while it learns (every worker reloads it); 0: one snapshot throughout",
+    )
+    p.add_argument(
+        "--snapshot-variants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --snapshot-every: counts for N more variants in each snapshot",
+    )
     p.add_argument("--json", help="write all results here")
     args = p.parse_args()
     if args.compare_to:
@@ -834,7 +913,14 @@ def main() -> None:
             record(
                 f"open {r:.0f}/s GET /healthz (loadgen)",
                 run_loadgen(
-                    stack, tmp / "health_paths.txt", "", r, args.duration, args.open_connections
+                    stack,
+                    tmp / "health_paths.txt",
+                    "",
+                    r,
+                    args.duration,
+                    args.open_connections,
+                    args.snapshot_every,
+                    args.snapshot_variants,
                 ),
                 None,
             )
@@ -842,7 +928,14 @@ def main() -> None:
             record(
                 f"open {r:.0f}/s GET variant (loadgen)",
                 run_loadgen(
-                    stack, tmp / "variant_paths.txt", key, r, args.duration, args.open_connections
+                    stack,
+                    tmp / "variant_paths.txt",
+                    key,
+                    r,
+                    args.duration,
+                    args.open_connections,
+                    args.snapshot_every,
+                    args.snapshot_variants,
                 ),
                 f"open {r:.0f}/s GET /healthz (loadgen)",
             )
@@ -916,6 +1009,8 @@ def compare(args: argparse.Namespace) -> None:
                             rate,
                             args.duration,
                             args.open_connections,
+                            args.snapshot_every,
+                            args.snapshot_variants,
                         )
                         r["load"] = loadavg()
                         runs[f"{rate:.0f}/s {label}"].append(r)
