@@ -118,6 +118,7 @@ class PolicyHolder:
                 version=snapshot.version,
                 fair_trial=self.fair_trial,
                 own_effect_z=self.own_effect_z,
+                previous=self.policy,  # most of its counts are this one's: read as a change
             )
         except (ModelLoadError, ValueError) as exc:
             log.error("model snapshot %d cannot be loaded, skipped: %s", snapshot.version, exc)

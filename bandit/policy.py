@@ -100,7 +100,11 @@ class Policy:
         fair_trial: FairTrial | None = None,
         own_effect_z: float = 3.0,
         importance_cap: float = 1.0,
+        previous: Policy | None = None,
     ) -> None:
+        """`previous`: a policy loaded before from a file this `model` continues (the serving
+        model this snapshot replaces): its file's counts are reused where they did not change
+        (`model_file.unpack`), the same counts as without it, read faster."""
         if not 0.0 <= holdout <= 1.0:
             raise ValueError(f"holdout must be in [0, 1], got {holdout}")
         flags = vw_args.split()
@@ -134,7 +138,10 @@ class Policy:
             # Unweighted (`dm`) unless a cap above 1 asks for capped 1/p weights (`mtr`).
             cb_type = "dm" if importance_cap == 1.0 else "mtr"
             workspace_args = rest if "--cb_type" in rest.split() else f"{rest} --cb_type {cb_type}"
-        header, vw_model = (None, None) if model is None else _unpack(model)
+        before = previous.header if previous is not None else None
+        header, vw_model = (None, None) if model is None else _unpack(model, before)
+        # what the file said (its counts as read, not as learned since): the next load's base
+        self.header = header
         if header is not None and header.features != FEATURES_VERSION:
             raise ModelMismatchError(
                 f"the model was trained on feature definitions v{header.features}, this copyloop "
@@ -381,9 +388,9 @@ def _sample(pmf: Sequence[float], u: float) -> int:
     return max(i for i, p in enumerate(pmf) if p > 0)
 
 
-def _unpack(model: bytes) -> tuple[ModelHeader | None, bytes]:
+def _unpack(model: bytes, previous: ModelHeader | None) -> tuple[ModelHeader | None, bytes]:
     try:
-        return unpack(model)
+        return unpack(model, previous)
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model: {exc}") from exc
 

@@ -13,6 +13,11 @@ longest wait is how long a page view can stall behind a reload.
 - **baseline**: the same header with its counts in the JSON line (`CLVW1`, how every model file
   was written before `CLVW2`, still read).
 
+The next snapshot (`--decisions` learned since: each offered 5 variants of one product and
+served one of them, and one product got 5 new variants) is then loaded as a worker's reloader
+does, with the policy it replaces (`Policy(model=…, previous=…)`: the counts read as a change
+of the previous file's), against a full read of the same file (baseline).
+
     .venv/bin/python bench/model_file.py --variants 1500,50000
 
 Writes `bench/results/model_file.json` (or `--json PATH`).
@@ -89,7 +94,33 @@ def stalled(work: Callable[[], Any]) -> tuple[float, float]:
     return took, worst
 
 
-def measure(variants: int, rounds: int) -> dict[str, Any]:
+def learned_more(policy: Policy, decisions: int, seed: int = 2) -> Policy:
+    """`policy` after `decisions` more learned decisions (its counts only, on a copy): each
+    offered the 5 variants of one product (consecutive ids) and served one; one product got 5
+    new variants."""
+    rng = random.Random(seed)
+    ids = list(policy.exposure)
+    nxt = Policy(policy.vw_args)
+    nxt.learned = policy.learned + decisions
+    nxt.exposure, nxt.offered = dict(policy.exposure), dict(policy.offered)
+    nxt.residual = dict(policy.residual)
+    for _ in range(decisions if len(ids) > 5 else 0):
+        start = rng.randrange(0, len(ids) - 5)
+        for v in ids[start : start + 5]:
+            nxt.offered[v] += 1
+        served = ids[start + rng.randrange(5)]
+        nxt.exposure[served] += 1
+        total, squares, weight = nxt.residual[served]
+        r = rng.uniform(-1, 1)
+        nxt.residual[served] = (0.99 * total + r, 0.99 * squares + r * r, 0.99 * weight + 1)
+    new = f"v_{rng.getrandbits(64):016x}"
+    for i in range(5):
+        nxt.exposure[f"{new}{i}"], nxt.offered[f"{new}{i}"] = 1, 1
+        nxt.residual[f"{new}{i}"] = (0.5, 0.25, 1.0)
+    return nxt
+
+
+def measure(variants: int, rounds: int, decisions: int) -> dict[str, Any]:
     policy = policy_with(variants)
     vw_args = policy.vw_args
     new = policy.save()
@@ -110,6 +141,17 @@ def measure(variants: int, rounds: int) -> dict[str, Any]:
             took, worst = stalled(functools.partial(Policy, vw_args, model=data))
             out.setdefault(f"{name}_load_ms", []).append(took * 1e3)
             out.setdefault(f"{name}_stall_ms", []).append(worst * 1e3)
+    loaded = Policy(vw_args, model=new)
+    following = learned_more(policy, decisions).save()
+    assert Policy(vw_args, model=following, previous=loaded).residual == (
+        Policy(vw_args, model=following).residual
+    )
+    for _ in range(rounds):
+        for name, previous in (("copyloop", loaded), ("baseline", None)):
+            load = functools.partial(Policy, vw_args, model=following, previous=previous)
+            took, worst = stalled(load)
+            out.setdefault(f"{name}_next_ms", []).append(took * 1e3)
+            out.setdefault(f"{name}_next_stall_ms", []).append(worst * 1e3)
     res: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in out.items()}
     res.update(variants=variants, bytes=len(new), baseline_bytes=len(old))
     return res
@@ -119,6 +161,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="1500,50000", help="catalog sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--decisions", type=int, default=2000, help="learned between two snapshots (one second)"
+    )
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args()
     tune_gc()  # as in an API worker (`api.server`)
@@ -126,12 +171,14 @@ def main() -> None:
     print(f"{'variants':>9} {'figure':<34} {'copyloop':>9} {'baseline':>9} {'ratio':>6}")
     results = []
     for variants in (int(v) for v in args.variants.split(",")):
-        r = measure(variants, args.rounds)
+        r = measure(variants, args.rounds, args.decisions)
         results.append(r)
         for key, label in (
             ("write_ms", "learner writes a snapshot, ms"),
             ("load_ms", "a worker loads it, ms"),
             ("stall_ms", "longest 1 ms tick meanwhile, ms"),
+            ("next_ms", "it loads the next one, ms"),
+            ("next_stall_ms", "longest 1 ms tick meanwhile, ms"),
         ):
             mine, base = r[f"copyloop_{key}"], r[f"baseline_{key}"]
             print(f"{variants:>9} {label:<34} {mine:>9} {base:>9} {mine / base:>6.2f}")

@@ -292,18 +292,21 @@ def run_wrk(stack: ServeStack, script: Path, duration: float, connections: int) 
 # -- load: loadgen.py (open loop, or closed loop cross-check) -----------------------------------
 class Snapshots:
     """While the block runs, a new model snapshot every `every_s` seconds (0: none), as the
-    learner saves them while it learns; every API worker reloads each one. The model is the
-    newest snapshot's, with counts for `variants` more variants (a large catalog's model file:
-    `bench/model_file.py`)."""
+    learner saves them while it learns; every API worker reloads each one. The first is the
+    newest snapshot's model with counts for `variants` more variants (a large catalog's model
+    file), each next one that model after 2,000 more learned decisions (`bench/model_file.py`:
+    `learned_more`), all built before the block starts."""
 
-    def __init__(self, settings: Settings, every_s: float, variants: int = 0) -> None:
+    def __init__(self, settings: Settings, every_s: float, variants: int, duration: float) -> None:
         self.settings, self.every_s, self.variants = settings, every_s, variants
+        self.count = int(duration / every_s) + 1 if every_s > 0 else 0
         self.saved = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Snapshots:
         if self.every_s > 0:
+            self._models = self._build()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
@@ -313,25 +316,41 @@ class Snapshots:
         if self._thread is not None:
             self._thread.join()
 
-    def _run(self) -> None:
-        from model_file import policy_with
+    def _build(self) -> list[bytes]:
+        from model_file import learned_more, policy_with
 
         from bandit import Policy
         from core.ledger import make_engine, make_sessionmaker, snapshots
 
-        s = self.settings
-        engine = make_engine(s.database_url)
-        sessions = make_sessionmaker(engine)
-        latest = snapshots.load_latest(sessions)
+        engine = make_engine(self.settings.database_url)
+        latest = snapshots.load_latest(make_sessionmaker(engine))
+        engine.dispose()
         assert latest is not None
+        self._latest = latest
         policy = Policy(latest.vw_args, model=latest.model)
+        extra = policy_with(self.variants)
         if self.variants:
-            extra = policy_with(self.variants)
             policy.exposure = {**policy.exposure, **extra.exposure}
             policy.offered = {**policy.offered, **extra.offered}
             policy.residual = {**policy.residual, **extra.residual}
-        model = policy.save()
-        while not self._stop.wait(self.every_s):
+        models = []
+        for i in range(self.count):
+            models.append(policy.save())
+            following = learned_more(policy, 2000, seed=i)
+            policy.close()
+            policy = following
+        policy.close()
+        extra.close()
+        return models
+
+    def _run(self) -> None:
+        from core.ledger import make_engine, make_sessionmaker, snapshots
+
+        s, latest = self.settings, self._latest
+        engine = make_engine(s.database_url)
+        sessions = make_sessionmaker(engine)
+        while not self._stop.wait(self.every_s) and self.saved < len(self._models):
+            model = self._models[self.saved]
             snapshots.save(sessions, model, latest.last_seq, latest.vw_args, s.snapshot_dir)
             self.saved += 1
         engine.dispose()
@@ -364,7 +383,7 @@ def run_loadgen(
         str(connections),
     ]
     meter = CpuMeter(stack.pids()).start()
-    with Snapshots(stack.settings, snapshot_every, snapshot_variants) as snaps:
+    with Snapshots(stack.settings, snapshot_every, snapshot_variants, duration) as snaps:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     usage = meter.stop()
     res = json.loads(out.strip().splitlines()[-1])

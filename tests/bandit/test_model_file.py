@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bandit.model_file import MAGIC, MAGIC_JSON, ModelHeader, pack, unpack
 
@@ -81,3 +84,95 @@ def test_counts_that_run_past_the_file_are_refused() -> None:
     data = pack(ModelHeader("--cb_adf", exposure=MappingProxyType({"v1": 1, "v2": 2})), b"")
     with pytest.raises(ValueError, match="run past the end"):
         unpack(data[:-4])
+
+
+# -- the next snapshot read as a change of the one before ------------------------------------
+def _bits(header: ModelHeader | None) -> tuple[list[tuple[str, object]], ...]:
+    """The header's counts, in order, floats by their bit patterns (NaN and -0.0 exactly)."""
+    assert header is not None
+
+    def exact(v: object) -> object:
+        return tuple(struct.pack("<d", x) for x in v) if isinstance(v, tuple) else v
+
+    return tuple(
+        [(k, exact(v)) for k, v in getattr(header, name).items()]
+        for name in ("exposure", "offered", "residual")
+    )
+
+
+_floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+_ids = st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=6)
+
+
+@st.composite
+def _two_snapshots(draw: st.DrawFn) -> tuple[ModelHeader, ModelHeader]:
+    """A header and a following one: counts changed, variants added at the end (the learner's
+    way), and at times what the learner never does (a variant gone, ids reordered)."""
+    ids = draw(st.lists(_ids, unique=True, max_size=12))
+    exposure = {v: draw(st.integers(0, 2**62)) for v in ids}
+    residual = {v: (draw(_floats), draw(_floats), draw(_floats)) for v in ids}
+    first = ModelHeader(
+        "--cb_adf", exposure=MappingProxyType(exposure), residual=MappingProxyType(residual)
+    )
+    exposure, residual = dict(exposure), dict(residual)
+    for v in ids:
+        if draw(st.booleans()):
+            exposure[v] += 1
+        if draw(st.booleans()):
+            residual[v] = (draw(_floats), residual[v][1], draw(_floats))
+    for v in draw(st.lists(_ids, unique=True, max_size=4)):
+        exposure.setdefault(v, draw(st.integers(0, 9)))
+        residual.setdefault(v, (draw(_floats), 0.0, -0.0))
+    change = draw(st.sampled_from(["grow", "drop one", "reverse"]))
+    if change == "drop one" and ids:
+        exposure.pop(ids[0])
+    elif change == "reverse":
+        exposure = dict(reversed(exposure.items()))
+    second = ModelHeader(
+        "--cb_adf", exposure=MappingProxyType(exposure), residual=MappingProxyType(residual)
+    )
+    return first, second
+
+
+@given(_two_snapshots())
+@settings(max_examples=300, deadline=None)
+def test_a_snapshot_read_as_a_change_equals_it_read_whole(
+    pair: tuple[ModelHeader, ModelHeader],
+) -> None:
+    first, second = pair
+    before, _ = unpack(pack(first, b"VW1"))
+    data = pack(second, b"VW2")
+    whole, vw_whole = unpack(data)
+    changed, vw_changed = unpack(data, previous=before)
+    assert vw_whole == vw_changed == b"VW2"
+    assert _bits(changed) == _bits(whole) == _bits(second)
+    assert changed is not None and whole is not None
+    assert (changed.vw_args, changed.learned) == (whole.vw_args, whole.learned)
+
+
+def test_unchanged_counts_are_taken_from_the_previous_read() -> None:
+    residual = {f"v{i}": (float(i), 0.5, 1.0) for i in range(10_000)}
+    first = ModelHeader("--cb_adf", residual=MappingProxyType(residual))
+    before, _ = unpack(pack(first, b""))
+    residual["v3"] = (3.0, 0.5, 2.0)
+    residual["v_new"] = (1.0, 1.0, 1.0)
+    data = pack(ModelHeader("--cb_adf", residual=MappingProxyType(residual)), b"")
+    after, _ = unpack(data)
+    changed, _ = unpack(data, before)
+    assert before is not None and after is not None and changed is not None
+    assert changed.residual == after.residual == residual
+    # the same tuple objects where nothing changed: read as a change, not whole
+    assert changed.residual["v9"] is before.residual["v9"]
+    assert after.residual["v9"] is not before.residual["v9"]
+    assert changed.residual["v3"] == (3.0, 0.5, 2.0) and before.residual["v3"] == (3.0, 0.5, 1.0)
+
+
+def test_ids_that_do_not_match_their_count_are_refused_with_a_previous_read() -> None:
+    before, _ = unpack(pack(ModelHeader("--cb_adf", exposure=MappingProxyType({"a": 1})), b""))
+    data = pack(ModelHeader("--cb_adf", exposure=MappingProxyType({"a": 1, "b": 2})), b"")
+    # the header says 2 exposure counts; make it say 1 with the 2 ids' bytes still there
+    forged = data.replace(b'"exposure":[2,3]', b'"exposure":[1,3]', 1)
+    assert forged != data
+    for previous in (None, before):
+        with pytest.raises(ValueError, match="model file header is unreadable"):
+            unpack(forged, previous)
