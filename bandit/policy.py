@@ -141,7 +141,7 @@ class Policy:
         before = previous.header if previous is not None else None
         header, vw_model = (None, None) if model is None else _unpack(model, before)
         # what the file said (its counts as read, not as learned since): the next load's base
-        self.header = header
+        self.header: ModelHeader | None = header
         if header is not None and header.features != FEATURES_VERSION:
             raise ModelMismatchError(
                 f"the model was trained on feature definitions v{header.features}, this copyloop "
