@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -47,7 +47,7 @@ MAGIC = b"CLVW2\n"
 MAGIC_JSON = b"CLVW1\n"
 #: The count sections, in file order: their values' type and how many per variant.
 _SECTIONS = (("exposure", "<i8", 1), ("offered", "<i8", 1), ("residual", "<f8", 3))
-#: Variants per step when a file's counts are read (`_set_rows`).
+#: Variants per step when a file's counts are copied into a dict (`Counts.copy`).
 _CHUNK = 4096
 #: Bumped whenever `bandit.features` / `bandit.vw_format` change what an arm's features are.
 FEATURES_VERSION = 2
@@ -75,15 +75,13 @@ class ModelHeader:
     vw_args: str = ""
     features: int = FEATURES_VERSION
     learned: int = 0
-    exposure: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    residual: MappingProxyType[str, tuple[float, float, float]] = field(
+    # read-only: a `MappingProxyType`, or a `Counts` view of the file they were read from
+    exposure: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    residual: Mapping[str, tuple[float, float, float]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    offered: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    offered: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 0  # 0: not exported (the ledger row knows its version)
-    # The binary count sections the counts were read from (a `MAGIC` file), kept so that the
-    # next snapshot is read as a change of this one (`unpack(…, previous=)`).
-    sections: Mapping[str, Section] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The header as JSON, counts included (`MAGIC_JSON`'s line)."""
@@ -136,6 +134,8 @@ def _line(header: dict[str, Any]) -> bytes:
 def _section(counts: Mapping[str, Any], dtype: str, width: int) -> tuple[int, bytes, bytes]:
     """(how many, the ids joined by newlines, the values) of one count section; ValueError when
     an id holds a newline."""
+    if isinstance(counts, Counts):  # a file's counts, written back as they were read
+        return len(counts), counts.joined(), counts.raw()
     ids = "\n".join(counts).encode()
     n = len(counts)
     if n and ids.count(b"\n") != n - 1:
@@ -145,15 +145,114 @@ def _section(counts: Mapping[str, Any], dtype: str, width: int) -> tuple[int, by
     return n, ids, values.tobytes()
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
-    """One count section as a file held it: its ids (bytes and list), its values' bit patterns
-    (8-byte integers, so that NaN and -0.0 compare exactly) and the map read from them."""
+V = TypeVar("V")
 
-    ids_bytes: bytes
-    ids: list[str]
-    bits: np.ndarray
-    mapping: dict[str, Any]
+
+class _Ids:
+    """Variant ids in a file's order, and each one's row: shared by the views of successive
+    snapshots, whose ids only grow, at the end (the learner's maps are insertion-ordered), so
+    that a new snapshot reads only its new ids. Rows never change once given; a view reads
+    only its first `n`."""
+
+    __slots__ = ("joined", "ids", "rows")
+
+    def __init__(self) -> None:
+        self.joined = b""  # the ids joined by newlines, as the file holds them
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+
+    def holds(self, joined: bytes, n: int) -> bool:
+        """True when the `n` ids `joined` joins are the first `n` of these."""
+        if n > len(self.ids) or n == 0:
+            return n == 0 and not joined
+        mine = self.joined
+        at_boundary = len(joined) == len(mine) or mine[len(joined) : len(joined) + 1] == b"\n"
+        return at_boundary and mine.startswith(joined) and joined.count(b"\n") == n - 1
+
+    def continued_by(self, joined: bytes) -> bool:
+        """True when `joined` joins these ids and then more."""
+        if not self.ids:
+            return True
+        size = len(self.joined)
+        return joined[size : size + 1] == b"\n" and joined.startswith(self.joined)
+
+    def extend(self, joined: bytes, n: int) -> None:
+        """Grow to the `n` ids `joined` joins, which `continued_by` accepted (ValueError where
+        the count disagrees or an id repeats; then nothing changes)."""
+        tail = joined[len(self.joined) + 1 :] if self.ids else joined
+        more = tail.decode().split("\n") if n > len(self.ids) else []
+        if len(self.ids) + len(more) != n or len(set(more)) != len(more):
+            raise ValueError(f"{len(self.ids) + len(more)} ids for {n} counts")
+        start = len(self.ids)
+        rows = {v: start + i for i, v in enumerate(more)}
+        if not rows.keys().isdisjoint(self.rows):
+            raise ValueError("a variant id repeats")
+        self.ids += more
+        self.rows.update(rows)
+        self.joined = joined
+
+
+class Counts(Mapping[str, V]):
+    """A count section of a model file, read in place: `{variant id: count}` (a triple for
+    the residuals) looked up in the file's own array. Building a dict of 50,000 variants held
+    a serving process's GIL for tens of ms at every snapshot; a view costs nothing to build,
+    and a lookup (a few per action set and model version: `Policy` keeps the terms) ~1 µs.
+    Read-only: `copy()` gives a dict."""
+
+    __slots__ = ("_ids", "_n", "_values", "_width")
+
+    def __init__(self, ids: _Ids, n: int, values: np.ndarray, width: int) -> None:
+        self._ids, self._n, self._width = ids, n, width
+        self._values = values.reshape(n, width) if width > 1 else values
+
+    def _value(self, row: int) -> V:
+        if self._width == 1:
+            return cast(V, self._values.item(row))
+        return cast(V, tuple(self._values[row].tolist()))
+
+    def __getitem__(self, key: str) -> V:
+        row = self._ids.rows[key]
+        if row >= self._n:
+            raise KeyError(key)
+        return self._value(row)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._ids.rows.get(key)
+        return default if row is None or row >= self._n else self._value(row)
+
+    def __contains__(self, key: object) -> bool:
+        row = self._ids.rows.get(key) if isinstance(key, str) else None
+        return row is not None and row < self._n
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids.ids[: self._n])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def copy(self) -> dict[str, V]:
+        """A dict of the counts, built `_CHUNK` variants a call (each call holds the GIL)."""
+        out: dict[str, V] = {}
+        ids = self._ids.ids
+        for start in range(0, self._n, _CHUNK):
+            stop = min(start + _CHUNK, self._n)
+            chunk = self._values[start:stop].tolist()
+            values = cast(Iterable[V], chunk if self._width == 1 else map(tuple, chunk))
+            out.update(zip(ids[start:stop], values, strict=True))
+        return out
+
+    def joined(self) -> bytes:
+        """The ids joined by newlines, as the file held them."""
+        if self._n == len(self._ids.ids):
+            return self._ids.joined
+        return "\n".join(self._ids.ids[: self._n]).encode()
+
+    def raw(self) -> bytes:
+        """The values' bytes, as the file held them."""
+        return self._values.tobytes()
+
+    def ids_store(self) -> _Ids:
+        return self._ids
 
 
 def unpack(
@@ -162,12 +261,10 @@ def unpack(
     """The header (None for a bare VW model) and VW's bytes. Raises ValueError on a header that
     is not what `pack` writes.
 
-    With `previous` (the header of a file read before, typically the snapshot before this one),
-    a count section whose ids start with the previous file's, in the same order (the learner's
-    maps only grow, at the end), is read as a change: the previous map is copied and only the
-    variants whose values differ, or that are new, are set. The result equals a full read; a
-    serving process reads each new snapshot that way in a fraction of the time at 50,000
-    variants (`bench/model_file.py`)."""
+    A `MAGIC` file's counts are `Counts` views of `data`. With `previous` (the header of a file
+    read before, typically the snapshot before this one), a section whose ids are the previous
+    file's, or begin with them (the learner's maps only grow, at the end), shares its ids and
+    rows and reads only the new ones (`bench/model_file.py`)."""
     magic = next((m for m in (MAGIC, MAGIC_JSON) if data.startswith(m)), None)
     if magic is None:
         return None, data
@@ -176,22 +273,20 @@ def unpack(
         raise ValueError("model file header is not terminated")
     try:
         raw = _loads(data[len(magic) : end])
-        sections: dict[str, Section] | None = None
+        counts: Mapping[str, Mapping[str, Any]]
         if magic == MAGIC:
-            before = previous.sections if previous is not None else None
-            sections, position = _binary_counts(data, end + 1, raw["counts"], before)
-            counts = {name: section.mapping for name, section in sections.items()}
+            counts, position = _binary_counts(data, end + 1, raw["counts"], previous)
         else:
-            counts, position = _json_counts(raw), end + 1
+            json_counts, position = _json_counts(raw), end + 1
+            counts = {name: MappingProxyType(m) for name, m in json_counts.items()}
         header = ModelHeader(
             vw_args=str(raw["vw_args"]),
             features=int(raw["features"]),
             learned=int(raw["learned"]),
-            exposure=MappingProxyType(counts["exposure"]),
-            residual=MappingProxyType(counts["residual"]),
-            offered=MappingProxyType(counts["offered"]),
+            exposure=counts["exposure"],
+            residual=counts["residual"],
+            offered=counts["offered"],
             version=int(raw.get("version", 0)),
-            sections=sections,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"model file header is unreadable: {exc}") from None
@@ -211,79 +306,37 @@ def _json_counts(raw: Any) -> dict[str, dict[str, Any]]:
 
 
 def _binary_counts(
-    data: bytes, position: int, sizes: Any, previous: Mapping[str, Section] | None
-) -> tuple[dict[str, Section], int]:
-    """The count sections of a `MAGIC` file, from `position` on, and where they end."""
-    sections: dict[str, Section] = {}
+    data: bytes, position: int, sizes: Any, previous: ModelHeader | None
+) -> tuple[dict[str, Counts[Any]], int]:
+    """Views of the count sections of a `MAGIC` file, from `position` on, and where they end."""
+    views: dict[str, Counts[Any]] = {}
     for name, dtype, width in _SECTIONS:
         n, ids_bytes = (int(x) for x in sizes[name])
         values_bytes = n * width * 8
         if n < 0 or ids_bytes < 0 or position + ids_bytes + values_bytes > len(data):
             raise ValueError(f"the {name} counts run past the end of the file")
-        raw_ids = data[position : position + ids_bytes]
+        joined = data[position : position + ids_bytes]
         position += ids_bytes
         values = np.frombuffer(data, dtype, n * width, position)
         position += values_bytes
-        before = previous.get(name) if previous is not None else None
-        sections[name] = _section_read(name, raw_ids, n, values, width, before)
-    return sections, position
+        before = getattr(previous, name, None)
+        ids = _ids_for(joined, n, before.ids_store() if isinstance(before, Counts) else None)
+        views[name] = Counts(ids, n, values, width)
+    return views, position
 
 
-def _section_read(
-    name: str, raw_ids: bytes, n: int, values: np.ndarray, width: int, before: Section | None
-) -> Section:
-    """One section's map: as a change of `before` where its ids extend `before`'s, else read
-    whole."""
-    bits = values.view("<i8")
-    m = len(before.ids) if before is not None else 0
-    if before is not None and _extends(raw_ids, n, before):
-        tail = raw_ids[len(before.ids_bytes) + 1 :] if m else raw_ids
-        ids = before.ids + tail.decode().split("\n") if n > m else before.ids
-        rows = np.arange(m, n)
-        if m:
-            differ = bits[: m * width] != before.bits
-            changed = np.flatnonzero(differ if width == 1 else differ.reshape(m, width).any(1))
-            rows = np.concatenate([changed, rows])
-        mapping = before.mapping.copy()
-    else:
-        ids = raw_ids.decode().split("\n") if n else []
-        rows, mapping = np.arange(n), {}
-    if len(ids) != n:
-        raise ValueError(f"{len(ids)} ids for {n} {name} counts")
-    _set_rows(mapping, ids, values, width, rows)
-    return Section(raw_ids, ids, bits, mapping)
-
-
-def _extends(ids_bytes: bytes, n: int, before: Section) -> bool:
-    """True when the `n` ids `ids_bytes` joins are `before`'s, then (when `n` is larger) more."""
-    m, old = len(before.ids), before.ids_bytes
-    if n == m:
-        return ids_bytes == old
-    if n < m:
-        return False
-    return not m or (ids_bytes.startswith(old) and ids_bytes[len(old) : len(old) + 1] == b"\n")
-
-
-def _set_rows(
-    mapping: dict[str, Any], ids: list[str], values: np.ndarray, width: int, rows: np.ndarray
-) -> None:
-    """`mapping[ids[r]] = value of row r` (a triple where `width` is 3) for each row in `rows`,
-    `_CHUNK` rows at a time: each step is one call that holds the GIL, and a serving process's
-    requests wait for the longest one."""
-    table = values.reshape(-1, width) if width > 1 else values
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:  # a run: slices, no gather
-            first, stop = int(chunk[0]), int(chunk[-1]) + 1
-            keys, picked = ids[first:stop], table[first:stop]
-        else:
-            keys, picked = [ids[r] for r in chunk.tolist()], table[chunk]
-        flat = picked.ravel().tolist()
-        mapping.update(zip(keys, flat if width == 1 else _triples(flat), strict=True))
-
-
-def _triples(values: list[float]) -> Iterator[tuple[float, float, float]]:
-    return zip(values[0::3], values[1::3], values[2::3], strict=True)
+def _ids_for(joined: bytes, n: int, before: _Ids | None) -> _Ids:
+    """The ids of a section whose `n` ids `joined` joins: `before`'s when it holds them (grown
+    when they continue it), else read afresh."""
+    if before is not None:
+        if before.holds(joined, n):
+            return before
+        if n > len(before.ids) and before.continued_by(joined):
+            before.extend(joined, n)
+            return before
+    ids = _Ids()
+    ids.extend(joined, n)
+    return ids
 
 
 def _loads(line: bytes) -> Any:

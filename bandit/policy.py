@@ -30,14 +30,17 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar, cast
 
 import pylibvw
 from vowpalwabbit import pyvw
 
 from bandit.explore import Explorer, FairTrial, InverseGap, parse_explorer, split_args
 from bandit.features import Arm, ProductFeatures
-from bandit.model_file import FEATURES_VERSION, ModelHeader, pack, unpack
+from bandit.model_file import FEATURES_VERSION, Counts, ModelHeader, pack, unpack
 from bandit.vw_format import to_vw
+
+V = TypeVar("V")
 
 #: About how many of a variant's newest decisions its own effect rests on (`Policy.offset`).
 RESIDUAL_HORIZON = 300.0
@@ -148,14 +151,17 @@ class Policy:
                 f"writes v{FEATURES_VERSION}"
             )
         self.learned = 0 if header is None else header.learned
-        self.exposure: dict[str, int] = {} if header is None else header.exposure.copy()
+        # The counts below are the file's own (read-only views: a serving model never learns)
+        # until the policy first learns; then they become its dicts (`_own_counts`).
+        # variant id → how many learned decisions served it
+        self.exposure: Mapping[str, int] = {} if header is None else header.exposure
         # variant id → how many learned decisions offered it (served or not): new copy is copy
         # offered in fewer decisions than its siblings (`FairTrial`)
-        self.offered: dict[str, int] = {} if header is None else header.offered.copy()
+        self.offered: Mapping[str, int] = {} if header is None else header.offered
         # variant id → (Σ residual, Σ residual², Σ weight) of its learned decisions, each
         # older one weighted down so that about `RESIDUAL_HORIZON` of the newest count
-        self.residual: dict[str, tuple[float, float, float]] = (
-            {} if header is None else header.residual.copy()  # the dict's own copy: fast
+        self.residual: Mapping[str, tuple[float, float, float]] = (
+            {} if header is None else header.residual
         )
         # action set (variant ids) → each arm's own effect (`offset`; None with VW's explorers)
         # and fair-trial floor (None without a trial): they move only when the model learns
@@ -302,21 +308,37 @@ class Policy:
         self.learned += 1
         if self._terms:
             self._terms.clear()
+        exposure, offered, residuals = self._own_counts()
         served = logged.arms[logged.chosen].variant_id
-        self.exposure[served] = self.exposure.get(served, 0) + 1
-        offered = self.offered
+        exposure[served] = exposure.get(served, 0) + 1
         for arm in logged.arms:
             offered[arm.variant_id] = offered.get(arm.variant_id, 0) + 1
         if self.explorer is not None:  # predicted: each action's cost before the update
             residual = float(reward) + float(predicted[logged.chosen])
-            total, squares, weight = self.residual.get(served, (0.0, 0.0, 0.0))
+            total, squares, weight = residuals.get(served, (0.0, 0.0, 0.0))
             keep = _KEEP if weight >= RESIDUAL_HORIZON else 1.0  # tastes drift: forget slowly
-            self.residual[served] = (
+            residuals[served] = (
                 keep * total + residual,
                 keep * squares + residual * residual,
                 keep * weight + 1.0,
             )
         return shadow_pmfs
+
+    def _own_counts(
+        self,
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, tuple[float, float, float]]]:
+        """The counts as this policy's own dicts, copied from the file's views the first time."""
+        if type(self.exposure) is not dict:
+            self.exposure = _as_dict(self.exposure)
+        if type(self.offered) is not dict:
+            self.offered = _as_dict(self.offered)
+        if type(self.residual) is not dict:
+            self.residual = _as_dict(self.residual)
+        return (
+            cast(dict[str, int], self.exposure),
+            cast(dict[str, int], self.offered),
+            cast(dict[str, tuple[float, float, float]], self.residual),
+        )
 
     def offset(self, variant_id: str) -> float:
         """The variant's own effect in reward units: what its results say beyond what its
@@ -363,9 +385,9 @@ class Policy:
             vw_args=self.vw_args,
             features=FEATURES_VERSION,
             learned=self.learned,
-            exposure=MappingProxyType(dict(self.exposure)),
-            residual=MappingProxyType(dict(self.residual)),
-            offered=MappingProxyType(dict(self.offered)),
+            exposure=_frozen(self.exposure),
+            residual=_frozen(self.residual),
+            offered=_frozen(self.offered),
         )
         return pack(header, vw_model)
 
@@ -386,6 +408,17 @@ def _sample(pmf: Sequence[float], u: float) -> int:
         if u < cumulative:
             return i
     return max(i for i, p in enumerate(pmf) if p > 0)
+
+
+def _as_dict(counts: Mapping[str, V]) -> dict[str, V]:
+    """A dict of `counts` (a file's `Counts` view copies itself fast)."""
+    return counts.copy() if isinstance(counts, Counts) else dict(counts)
+
+
+def _frozen(counts: Mapping[str, V]) -> Mapping[str, V]:
+    """`counts` as a model file's header holds them: a file's view as it is (read-only), a
+    dict as a read-only copy."""
+    return counts if isinstance(counts, Counts) else MappingProxyType(dict(counts))
 
 
 def _unpack(model: bytes, previous: ModelHeader | None) -> tuple[ModelHeader | None, bytes]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bandit import Arm, FairTrial, LoggedDecision, ModelMismatchError, Policy, ProductFeatures
 from bandit.explore import OWN_FLAGS, EpsilonGreedy, InverseGap, parse_explorer, split_args
-from bandit.model_file import MAGIC, ModelHeader, pack, unpack
+from bandit.model_file import MAGIC, Counts, ModelHeader, pack, unpack
 from core.settings import OWN_EXPLORER_FLAGS, Settings
 
 PRODUCT = ProductFeatures("p1", "lamps")
@@ -124,6 +124,31 @@ def test_only_copy_that_arrived_late_is_put_on_trial() -> None:
         late.learn(LoggedDecision(CONTEXT, PRODUCT, arms, chosen, 0.5), float(chosen == 1))
     assert late.exposure["v2"] == 4
     assert late.scores(CONTEXT, PRODUCT, ARMS)[2] > 0.1
+
+
+def test_a_loaded_model_reads_its_files_counts_until_it_learns() -> None:
+    """A loaded policy serves from the file's count views; learning gives it its own counts
+    (the file's, and the header's, stay as read), and a model loaded after it from the next
+    snapshot counts the same as one loaded alone."""
+    policy = Policy("--cb_adf --squarecb -q UT")
+    for k in range(3):
+        policy.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS[:2], k % 2, 0.5), 1.0)
+    first = Policy("--cb_adf --squarecb -q UT", model=policy.save())
+    assert isinstance(first.exposure, Counts) and first.exposure == {"v0": 2, "v1": 1}
+    first.learn(LoggedDecision(CONTEXT, PRODUCT, ARMS, 2, 0.5), 1.0)
+    assert type(first.exposure) is dict and first.exposure == {"v0": 2, "v1": 1, "v2": 1}
+    assert first.offered == {"v0": 4, "v1": 4, "v2": 1} and set(first.residual) == {
+        "v0",
+        "v1",
+        "v2",
+    }
+    assert first.header is not None and first.header.exposure == {"v0": 2, "v1": 1}
+    following = first.save()
+    alone = Policy("--cb_adf --squarecb -q UT", model=following)
+    after = Policy("--cb_adf --squarecb -q UT", model=following, previous=first)
+    for name in ("exposure", "offered", "residual"):
+        assert dict(getattr(after, name)) == dict(getattr(alone, name)) == getattr(first, name)
+    assert after.costs(CONTEXT, PRODUCT, ARMS) == alone.costs(CONTEXT, PRODUCT, ARMS)
 
 
 def test_the_model_file_carries_counts_and_refuses_other_features() -> None:

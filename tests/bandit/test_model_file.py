@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandit.model_file import MAGIC, MAGIC_JSON, ModelHeader, pack, unpack
+from bandit.model_file import MAGIC, MAGIC_JSON, Counts, ModelHeader, pack, unpack
 
 
 def test_a_header_reads_back_as_written() -> None:
@@ -150,7 +150,7 @@ def test_a_snapshot_read_as_a_change_equals_it_read_whole(
     assert (changed.vw_args, changed.learned) == (whole.vw_args, whole.learned)
 
 
-def test_unchanged_counts_are_taken_from_the_previous_read() -> None:
+def test_the_next_snapshot_reads_only_its_new_ids() -> None:
     residual = {f"v{i}": (float(i), 0.5, 1.0) for i in range(10_000)}
     first = ModelHeader("--cb_adf", residual=MappingProxyType(residual))
     before, _ = unpack(pack(first, b""))
@@ -161,10 +161,14 @@ def test_unchanged_counts_are_taken_from_the_previous_read() -> None:
     changed, _ = unpack(data, before)
     assert before is not None and after is not None and changed is not None
     assert changed.residual == after.residual == residual
-    # the same tuple objects where nothing changed: read as a change, not whole
-    assert changed.residual["v9"] is before.residual["v9"]
-    assert after.residual["v9"] is not before.residual["v9"]
+    # the previous file's ids, grown by the new one, not read again
+    assert isinstance(changed.residual, Counts) and isinstance(before.residual, Counts)
+    assert isinstance(after.residual, Counts)
+    assert changed.residual.ids_store() is before.residual.ids_store()
+    assert after.residual.ids_store() is not before.residual.ids_store()
     assert changed.residual["v3"] == (3.0, 0.5, 2.0) and before.residual["v3"] == (3.0, 0.5, 1.0)
+    assert "v_new" not in before.residual and len(before.residual) == 10_000
+    assert list(before.residual)[-1] == "v9999" and before.residual.get("v_new") is None
 
 
 def test_ids_that_do_not_match_their_count_are_refused_with_a_previous_read() -> None:
