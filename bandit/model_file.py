@@ -181,14 +181,17 @@ class _Ids:
         the count disagrees or an id repeats; then nothing changes)."""
         tail = joined[len(self.joined) + 1 :] if self.ids else joined
         more = tail.decode().split("\n") if n > len(self.ids) else []
-        if len(self.ids) + len(more) != n or len(set(more)) != len(more):
+        if len(self.ids) + len(more) != n:
             raise ValueError(f"{len(self.ids) + len(more)} ids for {n} counts")
         start = len(self.ids)
-        rows = {v: start + i for i, v in enumerate(more)}
-        if not rows.keys().isdisjoint(self.rows):
+        rows = dict(zip(more, range(start, n), strict=True))
+        if len(rows) != len(more) or not rows.keys().isdisjoint(self.rows):
             raise ValueError("a variant id repeats")
         self.ids += more
-        self.rows.update(rows)
+        if self.rows:
+            self.rows.update(rows)
+        else:
+            self.rows = rows
         self.joined = joined
 
 
@@ -310,6 +313,7 @@ def _binary_counts(
 ) -> tuple[dict[str, Counts[Any]], int]:
     """Views of the count sections of a `MAGIC` file, from `position` on, and where they end."""
     views: dict[str, Counts[Any]] = {}
+    read: list[_Ids] = []  # this file's ids so far: sections often hold the same ids
     for name, dtype, width in _SECTIONS:
         n, ids_bytes = (int(x) for x in sizes[name])
         values_bytes = n * width * 8
@@ -319,8 +323,11 @@ def _binary_counts(
         position += ids_bytes
         values = np.frombuffer(data, dtype, n * width, position)
         position += values_bytes
-        before = getattr(previous, name, None)
-        ids = _ids_for(joined, n, before.ids_store() if isinstance(before, Counts) else None)
+        ids = next((r for r in read if r.holds(joined, n)), None)
+        if ids is None:
+            before = getattr(previous, name, None)
+            ids = _ids_for(joined, n, before.ids_store() if isinstance(before, Counts) else None)
+            read.append(ids)
         views[name] = Counts(ids, n, values, width)
     return views, position
 
