@@ -180,3 +180,15 @@ def test_ids_that_do_not_match_their_count_are_refused_with_a_previous_read() ->
     for previous in (None, before):
         with pytest.raises(ValueError, match="model file header is unreadable"):
             unpack(forged, previous)
+
+
+def test_a_count_that_disagrees_with_ids_held_before_is_refused() -> None:
+    # The previous file held a, b, c; this one's ids are a, b but its header says 3 counts.
+    held = MappingProxyType({"a": 1, "b": 2, "c": 3})
+    before, _ = unpack(pack(ModelHeader("--cb_adf", exposure=held), b""))
+    data = pack(ModelHeader("--cb_adf", exposure=MappingProxyType({"a": 1, "b": 2})), b"VW" * 8)
+    forged = data.replace(b'"exposure":[2,3]', b'"exposure":[3,3]', 1)
+    assert forged != data
+    for previous in (None, before):
+        with pytest.raises(ValueError, match="model file header is unreadable"):
+            unpack(forged, previous)
