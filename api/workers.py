@@ -129,12 +129,6 @@ class WorkerPool:
                 sock.close()
         return status
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def pids(self) -> list[int]:
-        return [w.pid for w in self._workers if w is not None and w.pid is not None]
-
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stop.set()
 

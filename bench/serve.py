@@ -328,11 +328,12 @@ class Snapshots:
         assert latest is not None
         self._latest = latest
         policy = Policy(latest.vw_args, model=latest.model)
-        extra = policy_with(self.variants)
         if self.variants:
+            extra = policy_with(self.variants)
             policy.exposure = {**policy.exposure, **extra.exposure}
             policy.offered = {**policy.offered, **extra.offered}
             policy.residual = {**policy.residual, **extra.residual}
+            extra.close()
         models = []
         for i in range(self.count):
             models.append(policy.save())
@@ -340,7 +341,6 @@ class Snapshots:
             policy.close()
             policy = following
         policy.close()
-        extra.close()
         return models
 
     def _run(self) -> None:
