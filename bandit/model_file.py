@@ -166,7 +166,9 @@ class _Ids:
         if n > len(self.ids) or n == 0:
             return n == 0 and not joined
         mine = self.joined
-        at_boundary = len(joined) == len(mine) or mine[len(joined) : len(joined) + 1] == b"\n"
+        if len(joined) == len(mine):  # all of them (every reload): no need to count newlines
+            return n == len(self.ids) and joined == mine
+        at_boundary = mine[len(joined) : len(joined) + 1] == b"\n"
         return at_boundary and mine.startswith(joined) and joined.count(b"\n") == n - 1
 
     def continued_by(self, joined: bytes) -> bool:
@@ -185,7 +187,7 @@ class _Ids:
             raise ValueError(f"{len(self.ids) + len(more)} ids for {n} counts")
         start = len(self.ids)
         rows = dict(zip(more, range(start, n), strict=True))
-        if len(rows) != len(more) or not rows.keys().isdisjoint(self.rows):
+        if len(rows) != len(more) or not rows.keys().isdisjoint(self.rows.keys()):
             raise ValueError("a variant id repeats")
         self.ids += more
         if self.rows:

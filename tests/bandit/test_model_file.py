@@ -182,12 +182,22 @@ def test_ids_that_do_not_match_their_count_are_refused_with_a_previous_read() ->
             unpack(forged, previous)
 
 
-def test_a_count_that_disagrees_with_ids_held_before_is_refused() -> None:
-    # The previous file held a, b, c; this one's ids are a, b but its header says 3 counts.
+@pytest.mark.parametrize(
+    ("ids", "size", "forged_size"),
+    [
+        ("ab", b'"exposure":[2,3]', b'"exposure":[3,3]'),  # a, b said to be 3 counts
+        ("abc", b'"exposure":[3,5]', b'"exposure":[2,5]'),  # all the held ids, said to be 2
+    ],
+)
+def test_a_count_that_disagrees_with_ids_held_before_is_refused(
+    ids: str, size: bytes, forged_size: bytes
+) -> None:
+    # The previous file held a, b, c; this one's header miscounts its ids.
     held = MappingProxyType({"a": 1, "b": 2, "c": 3})
     before, _ = unpack(pack(ModelHeader("--cb_adf", exposure=held), b""))
-    data = pack(ModelHeader("--cb_adf", exposure=MappingProxyType({"a": 1, "b": 2})), b"VW" * 8)
-    forged = data.replace(b'"exposure":[2,3]', b'"exposure":[3,3]', 1)
+    exposure = MappingProxyType({v: i for i, v in enumerate(ids)})
+    data = pack(ModelHeader("--cb_adf", exposure=exposure), b"VW" * 8)
+    forged = data.replace(size, forged_size, 1)
     assert forged != data
     for previous in (None, before):
         with pytest.raises(ValueError, match="model file header is unreadable"):
