@@ -106,16 +106,9 @@ class Decision(Base):
             postgresql_where=text("closed_at IS NULL"),
             sqlite_where=text("closed_at IS NULL"),
         ),
+        # Per-product reads (the product stats route, exports). No wider index keyed by product:
+        # each one costs every ingested decision a random leaf page (migration 0010).
         Index("ix_decisions_product", "product_id", "ts"),
-        Index(
-            "ix_decisions_report",
-            "product_id",
-            "variant_id",
-            "policy",
-            "ts",
-            "probability",
-            "activated",
-        ),
         Index("ix_decisions_ts_policy_variant", "ts", "policy", "variant_id", "activated"),
     )
 
