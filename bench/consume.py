@@ -14,11 +14,16 @@ data.
    then the group's committed offsets, until every row is in the ledger and every offset is
    committed.
 
+With `--ledger-decisions N` the ledger already holds N decisions (and their events) of the two
+days before, all closed (`reports.synthetic.fill`), as a production ledger does: its indexes are
+that much larger, and an index keyed at random (by product) costs each insert a page of its own.
+
 Rates are "steady" (first message/row seen → last) and "end-to-end" (process start or subscribe →
 everything done, start-up and group join included). The ratio compares steady msgs/s.
 
     .venv/bin/python bench/consume.py --decisions 100000 --events-per-decision 1
     .venv/bin/python bench/consume.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/consume.py --ledger-decisions 500000
 """
 
 from __future__ import annotations
@@ -220,6 +225,26 @@ def counts(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return int(d), int(e)
 
 
+def prefill(db_url: str, n: int) -> tuple[int, int]:
+    """Fill the ledger with `n` closed decisions and their events; returns the row counts."""
+    from sqlalchemy import text
+
+    from core.ledger import make_engine
+    from reports.synthetic import fill
+
+    engine = make_engine(db_url)
+    try:
+        fill(engine, n, n_products=128, seed=1)
+        with engine.begin() as c:  # closed: the learner has nothing of theirs to do
+            c.execute(text("UPDATE decisions SET closed_at = ts + 1800"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            pg = engine.dialect.name == "postgresql"
+            c.exec_driver_sql("VACUUM ANALYZE" if pg else "ANALYZE")
+        return counts(engine)
+    finally:
+        engine.dispose()
+
+
 def committed(settings: Settings, tps: list) -> dict:
     """The group's committed offsets (a group member that never subscribes reads them)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -239,6 +264,7 @@ def copyloop_ingest(
     settings: Settings,
     n_dec: int,
     n_ev: int,
+    before: tuple[int, int],
     broker_pid: int,
     tmp: Path,
     timeout_s: float,
@@ -267,7 +293,7 @@ def copyloop_ingest(
                 raise RuntimeError(
                     f"consumer exited with {proc.returncode}; see {tmp}/consumer.log"
                 )
-            d, e = counts(engine)
+            d, e = (now - was for now, was in zip(counts(engine), before, strict=True))
             now = time.monotonic()
             if first is None and d + e > 0:
                 first = now
@@ -372,6 +398,12 @@ def main() -> None:
         "--database-url",
         help="PostgreSQL server URL (a fresh database is created); default: a fresh SQLite file",
     )
+    p.add_argument(
+        "--ledger-decisions",
+        type=int,
+        default=0,
+        help="decisions (closed, with their events) the ledger holds before the run",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--profile", action="store_true", help="py-spy the consumer while it ingests")
     p.add_argument("--gil", action="store_true", help="py-spy --gil")
@@ -415,6 +447,15 @@ def main() -> None:
         from core.migrations import upgrade
 
         upgrade(db_url)
+        before = (0, 0)
+        if args.ledger_decisions:
+            t = time.perf_counter()
+            before = prefill(db_url, args.ledger_decisions)
+            print(
+                f"# ledger holds {before[0]} decisions and {before[1]} events "
+                f"({time.perf_counter() - t:.0f}s); load={loadavg()}",
+                flush=True,
+            )
         ensure_topics(
             settings.bootstrap,
             [settings.decisions_topic, settings.events_topic, settings.dlq_topic],
@@ -440,7 +481,7 @@ def main() -> None:
                 flush=True,
             )
         ing = copyloop_ingest(
-            settings, n_dec, n_ev, bpid, tmp, args.timeout, args.profile, args.gil
+            settings, n_dec, n_ev, before, bpid, tmp, args.timeout, args.profile, args.gil
         )
         ing["load"] = loadavg()
         results["copyloop"] = ing
