@@ -1,14 +1,9 @@
 """A daemon thread that runs one step every few seconds until closed: the catalog refresh and the
-model reloader. A failed step is logged and the previous state kept; the next step tries again.
-
-After its first step each thread waits a random share of its interval once, so that the API's
-workers, started together, do not all reload a new snapshot (a few ms holding each one's GIL)
-in the same instant: their steps keep the interval, at phases of their own."""
+model reloader. A failed step is logged and the previous state kept; the next step tries again."""
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 
@@ -46,7 +41,6 @@ class Periodic:
             self._thread.join(30)
 
     def _run(self) -> None:
-        phase = random.random() * self.interval_s  # once: see the module's docstring
         while not self._stop.is_set():
             try:
                 self._step()
@@ -54,5 +48,4 @@ class Periodic:
                 log.warning("%s failed (%s); %s", self._thread.name, exc, self._keeping())
             except Exception:
                 log.exception("%s failed; %s", self._thread.name, self._keeping())
-            self._stop.wait(self.interval_s + phase)
-            phase = 0.0
+            self._stop.wait(self.interval_s)
