@@ -23,7 +23,7 @@ everything done, start-up and group join included). The ratio compares steady ms
 
     .venv/bin/python bench/consume.py --decisions 100000 --events-per-decision 1
     .venv/bin/python bench/consume.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
-    .venv/bin/python bench/consume.py --ledger-decisions 500000
+    .venv/bin/python bench/consume.py --ledger-decisions 300000
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def prefill(db_url: str, n: int) -> tuple[int, int]:
     engine = make_engine(db_url)
     try:
         fill(engine, n, n_products=128, seed=1)
-        with engine.begin() as c:  # closed: the learner has nothing of theirs to do
+        with engine.begin() as c:  # closed: nothing for the learner to close
             c.execute(text("UPDATE decisions SET closed_at = ts + 1800"))
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             pg = engine.dialect.name == "postgresql"
@@ -293,7 +293,7 @@ def copyloop_ingest(
                 raise RuntimeError(
                     f"consumer exited with {proc.returncode}; see {tmp}/consumer.log"
                 )
-            d, e = (now - was for now, was in zip(counts(engine), before, strict=True))
+            d, e = (total - held for total, held in zip(counts(engine), before, strict=True))
             now = time.monotonic()
             if first is None and d + e > 0:
                 first = now

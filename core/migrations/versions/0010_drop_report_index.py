@@ -5,8 +5,8 @@ grouped full scans. The report now sums per-hour rollups and reads directly only
 ranges (`ix_decisions_ts_policy_variant`) and the open decisions (`ix_decisions_open`); the
 per-product reads that remain (the product stats route, exports and counts by product) have
 `ix_decisions_product`. Keyed by product first, the index took each ingested decision's row to a
-random leaf page: on SQLite, with 100,000 decisions in the ledger, inserting a decision cost
-≈60 µs of the consumer's CPU with it and ≈20 without (`bench/consume.py`).
+random leaf page: on SQLite, inserting 20,000 decisions into a ledger of 200,000 cost 87–103 µs
+of CPU a decision with it and 46–63 without (`bench/consume.py --ledger-decisions`).
 
 Revision ID: 0010_drop_report_index
 Revises: 0009_decision_indexes
