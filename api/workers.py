@@ -1,4 +1,4 @@
-"""The API's worker processes, each accepting on its own listening socket (`SO_REUSEPORT`).
+"""The API's worker processes, each accepting on its own socket (`SO_REUSEPORT`).
 
 uvicorn's supervisor binds one socket and every worker accepts from it: whichever worker wakes
 first takes the whole backlog. A client that opens its keep-alive connections at once (a load
@@ -10,8 +10,13 @@ about as many connections each, whoever is awake.
 
 `WorkerPool(config, n).run()` binds the n sockets, starts one `uvicorn.Server` per socket in a
 spawned process and, until SIGINT or SIGTERM, starts a fresh worker on the same socket when one
-dies (the socket stays open in this process meanwhile, so its connections wait in the backlog
-instead of being refused). A worker that fails its start-up (uvicorn's `STARTUP_FAILURE`: the
+dies. A socket listens only once its worker's app has started (uvicorn's server calls `listen`
+after the app's start-up), so while a worker starts, the kernel hashes new connections to the
+workers that serve: had the pool listened on every socket at once, a connection hashed to a
+worker still importing its app waited there for seconds, and a client with a 5 s timeout gave
+up (`tests/test_durability.py`, on a slow machine). Once listening, a socket stays open in this
+process, so when its worker dies its connections wait in the backlog for the replacement
+instead of being refused. A worker that fails its start-up (uvicorn's `STARTUP_FAILURE`: the
 app could not be built) stops the pool, as it would fail again. On stop, every worker gets
 SIGTERM (uvicorn's graceful shutdown: the app's lifespan flushes the publisher) and is killed if
 it has not exited within `config.timeout_graceful_shutdown` (or 30 s).
@@ -42,7 +47,6 @@ SHORT_LIFE_S = 10.0
 MAX_RESTART_DELAY_S = 30.0
 #: A worker given this long to exit after SIGTERM when the config sets no graceful timeout.
 STOP_TIMEOUT_S = 30.0
-_BACKLOG = 2048  # uvicorn's default
 
 _spawn = multiprocessing.get_context("spawn")
 
@@ -52,9 +56,10 @@ def balanced() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
-    """`n` sockets listening on `host:port`, bound with `SO_REUSEPORT` (one, shared, where
-    that does not balance). Raises `OSError` when the address cannot be bound."""
+def bound_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """`n` sockets bound to `host:port` with `SO_REUSEPORT` (one, shared, where that does not
+    balance), not yet listening: each worker's server listens on its own when its app has
+    started. Raises `OSError` when the address cannot be bound."""
     family, _, _, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -67,7 +72,6 @@ def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
             if balanced():
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
-            sock.listen(_BACKLOG)
             sock.set_inheritable(True)
             address = sock.getsockname()  # port 0: the others bind the port the first got
     except OSError:
@@ -84,7 +88,7 @@ def _serve(config: uvicorn.Config, sock: socket.socket) -> None:
 
 
 class WorkerPool:
-    """`n` uvicorn workers for `config` (an import string app), a listening socket each."""
+    """`n` uvicorn workers for `config` (an import string app), a socket each."""
 
     def __init__(self, config: uvicorn.Config, n: int) -> None:
         self.config = config
@@ -99,7 +103,7 @@ class WorkerPool:
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (or a worker's failed start); the exit status."""
         try:
-            self._sockets = listening_sockets(self.config.host, self.config.port, self.n)
+            self._sockets = bound_sockets(self.config.host, self.config.port, self.n)
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, exc)
             return STARTUP_FAILURE
@@ -184,4 +188,4 @@ class WorkerPool:
                 worker.join()
 
 
-__all__ = ["MAX_RESTART_DELAY_S", "SHORT_LIFE_S", "WorkerPool", "balanced", "listening_sockets"]
+__all__ = ["MAX_RESTART_DELAY_S", "SHORT_LIFE_S", "WorkerPool", "balanced", "bound_sockets"]

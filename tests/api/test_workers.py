@@ -21,11 +21,11 @@ import psutil
 import pytest
 from uvicorn.config import STARTUP_FAILURE
 
-from api.workers import WorkerPool, balanced, listening_sockets
+from api.workers import WorkerPool, balanced, bound_sockets
 from core.broker import free_port, wait_for_port
 
 APP = '''
-import os, pathlib
+import asyncio, os, pathlib
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -35,6 +35,15 @@ async def app(scope, receive, send):
                 if os.environ.get("POOL_TEST_FAIL"):
                     await send({"type": "lifespan.startup.failed", "message": "refused"})
                     return
+                slow = pathlib.Path(os.environ["POOL_TEST_DIR"], "slow")
+                if os.environ.get("POOL_TEST_SLOW_S") and not os.path.exists(slow):
+                    try:  # the first worker here starts slowly, the others at once
+                        os.close(os.open(slow, os.O_CREAT | os.O_EXCL))
+                    except FileExistsError:
+                        pass
+                    else:
+                        await asyncio.sleep(float(os.environ["POOL_TEST_SLOW_S"]))
+                        slow.with_name("slow-started").touch()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 pathlib.Path(os.environ["POOL_TEST_DIR"], f"stopped-{os.getpid()}").touch()
@@ -56,13 +65,15 @@ pytestmark = pytest.mark.skipif(not balanced(), reason="SO_REUSEPORT balances on
 
 
 class Pool:
-    def __init__(self, tmp: Path, n: int = 2, fail: bool = False) -> None:
+    def __init__(self, tmp: Path, n: int = 2, fail: bool = False, slow_s: float = 0.0) -> None:
         (tmp / "pool_app.py").write_text(APP)
         self.tmp, self.n, self.port = tmp, n, free_port()
         env = {**os.environ, "PYTHONPATH": f"{tmp}{os.pathsep}{os.getcwd()}"}
         env["POOL_TEST_DIR"] = str(tmp)
         if fail:
             env["POOL_TEST_FAIL"] = "1"
+        if slow_s:
+            env["POOL_TEST_SLOW_S"] = str(slow_s)
         self.log = open(tmp / "pool.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", RUN.format(port=self.port, n=n)],
@@ -124,11 +135,30 @@ def ask_many(port: int, n: int, timeout: float = 60.0) -> list[int]:
 
 
 def test_sockets_share_the_port_with_reuseport() -> None:
-    sockets = listening_sockets("127.0.0.1", 0, 3)
+    sockets = bound_sockets("127.0.0.1", 0, 3)
     try:
         ports = {s.getsockname()[1] for s in sockets}
         assert len(sockets) == 3 and len(ports) == 1
         assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_connections_reach_only_the_sockets_whose_worker_listens() -> None:
+    # A worker's server listens once its app has started; until then no connection may wait
+    # on its socket: the kernel hashes them over the listening ones only.
+    sockets = bound_sockets("127.0.0.1", 0, 2)
+    port = sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ConnectionRefusedError):  # nobody serves yet
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        sockets[1].listen()
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(16)]
+        sockets[1].settimeout(2)
+        accepted = [sockets[1].accept()[0] for _ in clients]  # all 16 on the listening one
+        for conn in clients + accepted:
+            conn.close()
     finally:
         for s in sockets:
             s.close()
@@ -145,6 +175,21 @@ def test_a_busy_port_fails_the_start(tmp_path: Path) -> None:
         assert WorkerPool(config, 2).run() == STARTUP_FAILURE
     finally:
         taken.close()
+
+
+def test_no_connection_waits_on_a_worker_still_starting(tmp_path: Path) -> None:
+    # One worker's app takes 10 s to start. Meanwhile the port answers from the other one
+    # only: when the pool listened on every socket at once, about half of these connections
+    # were hashed to the starting worker and waited for it (a 5 s client timeout gave up).
+    p = Pool(tmp_path, slow_s=10.0)
+    try:
+        wait_for_port("127.0.0.1", p.port, 60)
+        answered_by = set(ask_many(p.port, 32, timeout=4.0))
+        assert not (tmp_path / "slow-started").exists(), "asked too late to show anything"
+        assert len(answered_by) == 1
+        p.wait_ready()  # and then both serve
+    finally:
+        p.stop()
 
 
 def test_connections_opened_at_once_spread_over_the_workers(pool: Pool) -> None:
