@@ -1,12 +1,14 @@
 """The application factory: `create_app(settings)` and the lifespan that owns its resources.
 
-Start-up builds, in order: the engine and sessions; the API-key cache; the catalog cache (its
-first full load runs on its own thread; a request for a product not loaded yet reads it once);
-the policy holder (one synchronous look for a snapshot, ~13 ms, then a reloader thread); the
-decision log and its publisher (whose thread creates the Kafka topics, so an unreachable Kafka
-never delays start-up); the storefront's token signer (its key from settings or the ledger) and
-rate limiters. Shut-down stops them in reverse; the log keeps whatever the ledger does not hold
-yet, for the next process.
+Start-up builds, in order: the engines and sessions (the model reloader, the catalog cache, the
+key look-ups, the publisher and the routes that only read use a read-only engine of their own:
+on SQLite they neither wait for the consumer's write lock nor hold it off); the API-key cache;
+the catalog cache (its first full load runs on its own thread; a request for a product not
+loaded yet reads it once); the policy holder (one synchronous look for a snapshot, ~13 ms, then
+a reloader thread); the decision log and its publisher (whose thread creates the Kafka topics,
+so an unreachable Kafka never delays start-up); the storefront's token signer (its key from
+settings or the ledger) and rate limiters. Shut-down stops them in reverse; the log keeps
+whatever the ledger does not hold yet, for the next process.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from api.routes import (
 )
 from api.storefront import Storefront
 from bandit import FairTrial
-from core.ledger import make_engine, make_sessionmaker
+from core.ledger import is_sqlite, make_engine, make_sessionmaker
 from core.ledger.modes import Mode
 from core.ledger.presence import held_ids
 from core.settings import Settings
@@ -111,9 +113,14 @@ def create_app(settings: Settings) -> FastAPI:
 def _start(settings: Settings, metrics: Metrics) -> Resources:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    catalog = CatalogCache(sessions, settings.catalog_refresh_s)
+    # A second engine only where reads need one (on PostgreSQL they never wait for a writer).
+    read_engine = (
+        make_engine(settings.database_url, read_only=True) if is_sqlite(engine) else engine
+    )
+    reads = make_sessionmaker(read_engine)
+    catalog = CatalogCache(reads, settings.catalog_refresh_s)
     policies = PolicyHolder(
-        sessions,
+        reads,
         holdout=settings.holdout,
         seed=settings.seed,
         reload_s=settings.model_reload_s,
@@ -124,7 +131,7 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     publisher = Publisher(
         settings.bootstrap,
         DecisionLog(settings.spool_dir, fsync=settings.log_fsync),
-        lambda wanted: held_ids(sessions, wanted),
+        lambda wanted: held_ids(reads, wanted),
         topics=[settings.decisions_topic, settings.events_topic, settings.dlq_topic],
         partitions=settings.topic_partitions,
         resend_after_s=settings.log_resend_after_s,
@@ -132,11 +139,13 @@ def _start(settings: Settings, metrics: Metrics) -> Resources:
     resources = Resources(
         settings=settings,
         engine=engine,
+        read_engine=read_engine,
         sessions=sessions,
+        reads=reads,
         catalog=catalog,
         policies=policies,
         publisher=publisher,
-        keys=KeyCache(sessions),
+        keys=KeyCache(sessions, reads=reads),
         metrics=metrics,
         storefront=Storefront(load_signer(sessions, settings.token_secret), settings),
     )
@@ -163,3 +172,4 @@ def _stop(resources: Resources) -> None:
     resources.keys.close()
     resources.publisher.close()
     resources.engine.dispose()
+    resources.read_engine.dispose()

@@ -29,7 +29,9 @@ class Resources:
 
     settings: Settings
     engine: Engine
+    read_engine: Engine  # the background readers' (`core.ledger.make_engine(read_only=True)`)
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]  # on `read_engine`: for what only reads
     catalog: CatalogCache
     policies: PolicyHolder
     publisher: Publisher
@@ -54,6 +56,10 @@ async def get_sessions(r: ResourcesDep) -> sessionmaker[Session]:
     return r.sessions
 
 
+async def get_reads(r: ResourcesDep) -> sessionmaker[Session]:
+    return r.reads
+
+
 async def get_catalog(r: ResourcesDep) -> CatalogCache:
     return r.catalog
 
@@ -72,6 +78,9 @@ async def get_metrics(r: ResourcesDep) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+#: Sessions for routes that only read (reports, stats, listings): on SQLite they do not wait for
+#: the consumer's write lock, nor hold it off while they read.
+ReadsDep = Annotated[sessionmaker[Session], Depends(get_reads)]
 CatalogDep = Annotated[CatalogCache, Depends(get_catalog)]
 PoliciesDep = Annotated[PolicyHolder, Depends(get_policies)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]

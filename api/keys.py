@@ -13,7 +13,8 @@ latency spikes every 5 s.)
 
 The cache also notes when each key was last used — a dict store per request — and a thread
 writes those times to the ledger every `last_used_every_s` seconds, one small transaction for
-all keys, instead of a database write per request.
+all keys, instead of a database write per request. Look-ups may go through a read-only engine
+(`reads`, the API's: on SQLite a read then never waits for the consumer's write lock).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class KeyCache:
         max_entries: int = 10_000,
         last_used_every_s: float = 60.0,
         refresh_ahead: float = 0.5,
+        reads: sessionmaker[Session] | None = None,
     ) -> None:
-        self._sessions = sessions
+        self._sessions = sessions  # writes the last-used times
+        self._reads = reads or sessions  # looks keys up
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
         self.max_entries = max_entries
@@ -120,7 +123,7 @@ class KeyCache:
 
     def lookup(self, key_hash: str) -> str | None:
         """Read the role from the ledger (blocking) and cache the answer."""
-        with self._sessions() as s:
+        with self._reads() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
         role = None if row is None or row.revoked else row.role
         ttl = self.ttl_s if role is not None else self.negative_ttl_s

@@ -538,7 +538,7 @@ def report(
 
     settings = _settings()
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, read_only=True)  # the consumer writes on
     try:
         data = uplift_report(
             make_sessionmaker(engine),
@@ -586,7 +586,7 @@ def export(
 
     settings = _settings()
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, read_only=True)  # the consumer writes on
     try:
         sessions = make_sessionmaker(engine)
         if out is None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -25,6 +27,8 @@ from core.settings import Settings, load_settings
 
 PG_URL = os.environ.get("COPYLOOP_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+T = TypeVar("T")
 
 
 #: Settings that make the loop turn in seconds: short windows, frequent snapshots and reloads.
@@ -64,6 +68,27 @@ def wait_for_model(client: httpx.Client, stack: Stack, timeout_s: float = 60) ->
         assert time.monotonic() < deadline, "no model was ever loaded"
         stack.check()
         time.sleep(0.2)
+
+
+def within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`, run on a thread that must finish within `seconds` (a read that waits for a
+    lock waits for SQLite's 30 s busy timeout)."""
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the read waited more than {seconds}s"
+    if errors:
+        raise errors[0]
+    return out[0]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -85,7 +85,7 @@ async def activate(
                 {"field": "token", "decision_id": decision_id},
             )
     elif not storefront.recently_served(decision_id) and not await run_in_threadpool(
-        _in_ledger, resources.sessions, decision_id
+        _in_ledger, resources.reads, decision_id
     ):
         raise DecisionNotFound(
             f"no decision {decision_id!r} was served here", {"decision_id": decision_id}

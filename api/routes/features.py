@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from api.auth import require
-from api.deps import SessionsDep, SettingsDep
+from api.deps import ReadsDep, SettingsDep
 from api.errors import AUTH_RESPONSES
 from api.routes.reports import TimeParam, parse_time
 from reports import finite
@@ -23,7 +23,7 @@ router = APIRouter(
 
 @router.get("/v1/reports/features", response_model=dict[str, Any])
 def features(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     settings: SettingsDep,
     since: TimeParam = None,
     until: TimeParam = None,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from api.auth import require
-from api.deps import SessionsDep
+from api.deps import ReadsDep
 from api.errors import AUTH_RESPONSES
 from core.ledger.model_versions import list_versions
 
@@ -18,7 +18,7 @@ router = APIRouter(
 
 
 @router.get("/v1/models", response_model=dict[str, Any])
-def models(sessions: SessionsDep) -> dict[str, Any]:
+def models(sessions: ReadsDep) -> dict[str, Any]:
     """Model versions, newest first: version, created_at, source (learned, rollback, import) and
     origin, last_seq and the last learned decision, when it served (served_from, served_until;
     null: now), current, storage (database or file) and size in bytes."""

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import require
 from api.bodies import batch_items, read_json
-from api.deps import CatalogDep, SessionsDep
+from api.deps import CatalogDep, ReadsDep, SessionsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound
 from api.schemas import ProductOut, UpsertOut, VariantOut, VariantStats
 from core.catalog import ProductIn, describe_validation_error, upsert_products
@@ -79,7 +79,7 @@ async def upsert(request: Request, sessions: SessionsDep, catalog: CatalogDep) -
     responses={404: {"model": ErrorResponse, "description": "Unknown product."}},
 )
 def read_product(
-    product_id: Annotated[str, Path(min_length=1, max_length=128)], sessions: SessionsDep
+    product_id: Annotated[str, Path(min_length=1, max_length=128)], sessions: ReadsDep
 ) -> ProductOut:
     """The product, every variant (active, rejected, retired) and each variant's outcomes."""
     with sessions() as s:

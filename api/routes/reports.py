@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, Response
 
 from api.auth import require
-from api.deps import SessionsDep, SettingsDep
+from api.deps import ReadsDep, SettingsDep
 from api.errors import AUTH_RESPONSES, AUTH_RESPONSES_NOT_JSON, InvalidRequest
 from reports import to_csv, uplift_report
 from reports.features import DEFAULT_FEATURE_SAMPLE
@@ -90,7 +90,7 @@ def parse_time(value: str | None, name: str) -> float | None:
 
 
 def _report(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     settings: SettingsDep,
     since: str | None,
     until: str | None,
@@ -117,7 +117,7 @@ def _report(
     responses={200: {"content": {"text/csv": {}}, "description": "The report (JSON or CSV)."}},
 )
 def uplift(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     settings: SettingsDep,
     since: TimeParam = None,
     until: TimeParam = None,
@@ -143,7 +143,7 @@ def uplift(
 
 @router.get("/reports", response_class=HTMLResponse, responses=AUTH_RESPONSES_NOT_JSON)
 def report_page(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     settings: SettingsDep,
     since: TimeParam = None,
     until: TimeParam = None,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import QueryParams
 
@@ -20,6 +21,7 @@ from api.routes.decisions import query_dict
 from bandit import Policy
 from core.ledger import snapshots
 from core.settings import Settings
+from tests.conftest import within
 
 DECISION_FIELDS = {
     "decision_id",
@@ -184,6 +186,39 @@ def test_hot_reload_changes_model_version_without_blocking(
     _save_model(sessions, api_settings)
     wait_until(lambda: decide()["model_version"] == 3, what="v3")
     assert client.get("/healthz").json()["model_version"] == 3
+
+
+def test_serving_reads_the_ledger_while_a_writer_holds_it(
+    api_settings: Settings,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    product: Any,
+    seed: Callable[..., Any],
+    headers: dict[str, dict[str, str]],
+    wait_until: Callable[..., None],
+) -> None:
+    """The model reloader and the catalog read the ledger beside a write in progress (the
+    consumer's, most of the time): a new snapshot is loaded and a product not cached yet is
+    served at once, not when the write ends (on SQLite a reader that took the write lock waited
+    for it)."""
+    settings = api_settings.model_copy(
+        update={"model_reload_s": 3600.0, "catalog_refresh_s": 3600.0}  # only what the test asks
+    )
+    with TestClient(create_app(settings)) as client:
+        resources = client.app_state["resources"]
+        wait_until(lambda: len(resources.catalog) == 1, what="the catalog's first load")
+        version = _save_model(sessions, settings)
+        late = seed("late")
+        with engine.connect() as writer, writer.begin() as write:
+            writer.execute(text("DELETE FROM serving_modes"))  # a write, as the consumer's
+            within(5.0, resources.policies.reload_once)
+            assert resources.policies.version == version
+            answer = within(
+                5.0, lambda: client.get("/v1/products/late/variant", headers=headers["serve"])
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["variant_id"] in late.variant_ids
+            write.rollback()
 
 
 def test_decisions_are_published_to_kafka(
