@@ -105,7 +105,7 @@ class WorkerPool:
         try:
             self._sockets = bound_sockets(self.config.host, self.config.port, self.n)
         except OSError as exc:
-            log.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, exc)
+            log.error("cannot bind %s:%s: %s", self.config.host, self.config.port, exc)
             return STARTUP_FAILURE
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)

@@ -54,6 +54,13 @@ TYPES = ("click", "click", "click", "add_to_cart", "purchase")
 
 #: Events per second (plus as many decisions) one consumer process should write (issue 12).
 EVENTS_GOAL = 20_000
+#: Shortest span a steady rate is computed over (rows are counted every 0.2 s).
+MIN_STEADY_S = 0.5
+
+
+def _rate(count: int, seconds: float) -> int | None:
+    """`count` per second over `seconds`, or None when the span is too short to measure."""
+    return round(count / seconds) if seconds >= MIN_STEADY_S else None
 
 
 def decision_id(run: str, i: int) -> str:
@@ -208,7 +215,7 @@ def raw_drain(settings: Settings, total: int, broker_pid: int, timeout_s: float)
         "bytes": nbytes,
         "join_s": round((first or t1) - t0, 2),
         "steady_s": round(steady, 2),
-        "steady_msgs_per_s": round(seen / steady) if steady else 0,
+        "steady_msgs_per_s": _rate(seen, steady),
         "e2e_msgs_per_s": round(seen / (t1 - t0)),
         "cpu_consumer": round(time.process_time() - c0, 2),
         **usage,
@@ -349,8 +356,8 @@ def copyloop_ingest(
         "events": n_ev,
         "startup_s": round(first - t0, 2),  # type: ignore[operator]
         "steady_s": round(steady, 2),
-        "steady_msgs_per_s": round(total / steady),
-        "steady_events_per_s": round(n_ev / steady),
+        "steady_msgs_per_s": _rate(total, steady),
+        "steady_events_per_s": _rate(n_ev, steady),
         "e2e_s": round(all_rows - t0, 2),
         "e2e_msgs_per_s": round(total / (all_rows - t0)),
         "offsets_committed_after_s": round((all_committed or float("nan")) - t0, 2),
@@ -494,7 +501,13 @@ def main() -> None:
             f"exit={ing['consumer_exit_code']}; load={ing['load']}",
             flush=True,
         )
-        if "raw" in results:
+        if ing["steady_msgs_per_s"] is None:
+            print(
+                f"# the rows all arrived within {MIN_STEADY_S}s: too fast for a steady rate "
+                "(rows are counted every 0.2 s); run more --decisions",
+                flush=True,
+            )
+        elif "raw" in results and results["raw"]["steady_msgs_per_s"] is not None:
             ratio = ing["steady_msgs_per_s"] / results["raw"]["steady_msgs_per_s"]
             results["ratio_steady"] = round(ratio, 3)
             print(
