@@ -14,6 +14,11 @@ fixed-size samples with VW (`ope_sample=0, feature_sample=0`: what the rollups s
 HTML rendering, next to two baselines measured
 on the same database in the same run: `SELECT COUNT(*) FROM decisions` and a plain full
 aggregate `SELECT policy, COUNT(*), SUM(probability) FROM decisions GROUP BY policy`.
+Reports read through the read-only engine, as the API and `copyloop report` do. Last, a writer
+beside one report (a lease renewal every 10 ms, what the consumer's closer writes, in its own
+process): the longest one write waited, with the report on the read-only engine and, as the
+baseline, on a writable one (on SQLite its transaction takes the write lock: what the report
+did before); with `--export`, the same beside `copyloop export` of the whole ledger.
 
     .venv/bin/python bench/report.py --decisions 1000000 --backend sqlite,postgresql
     .venv/bin/python bench/report.py --decisions 100000 --keep /tmp/ledger.db   # reuse a file
@@ -29,20 +34,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from core.ledger import make_engine, make_sessionmaker, snapshots
+from core.ledger import leases, make_engine, make_sessionmaker, snapshots
 from core.migrations import upgrade
 from core.settings import load_settings
 from reports import uplift_report
+from reports.export import export as write_export
 from reports.html import to_html
 from reports.synthetic import fill
 
@@ -60,6 +71,54 @@ def _timed(fn: Any, repeat: int) -> tuple[list[float], Any]:
         out = fn()
         times.append(time.perf_counter() - t)
     return times, out
+
+
+#: A writer beside a report: the lease renewal the consumer's closer makes, every 10 ms, until
+#: SIGTERM; prints "ready" after its first write, then its longest wait.
+_WRITER = """
+import json, signal, sys, time
+from sqlalchemy.exc import OperationalError
+from core.ledger import leases, make_engine, make_sessionmaker
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+sessions = make_sessionmaker(make_engine(sys.argv[1]))
+waits, failed = [], []
+while not stop:
+    t = time.perf_counter()
+    try:
+        leases.acquire(sessions, "bench-writer", "bench", 60.0)
+    except OperationalError as exc:  # SQLite: locked past the 30 s busy timeout
+        failed.append(str(exc.orig))
+    waits.append(time.perf_counter() - t)
+    if len(waits) == 1:
+        print("ready", flush=True)
+    time.sleep(0.01)
+out = {"writes": len(waits), "longest_s": max(waits), "failed": len(failed)}
+print(json.dumps(out | {"errors": sorted(set(failed))}), flush=True)
+"""
+
+
+def writer_beside(url: str, report: Callable[[], Any]) -> dict[str, Any]:
+    """How long `report()` took, and the longest a writer in another process waited for one
+    write meanwhile (and how many of its writes failed)."""
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        t = time.perf_counter()
+        report()
+        took = time.perf_counter() - t
+        proc.send_signal(signal.SIGTERM)
+        out = json.loads(proc.stdout.readline())
+    finally:
+        proc.wait(30)
+    return {
+        "took_s": round(took, 2),
+        "writes": out["writes"],
+        "longest_write_s": round(out["longest_s"], 3),
+        "failed_writes": out["failed"],
+        "errors": out["errors"],
+    }
 
 
 def close_windows(sessions: Any, settings: Any, truth: Any, n: int, still_open: int) -> int:
@@ -87,10 +146,13 @@ def run(
     ope_sample: int,
     still_open: int,
     feature_sample: int = 2000,
+    export: bool = False,
 ) -> dict[str, Any]:
     upgrade(url)  # a kept ledger follows the code's migrations
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
+    read_engine = make_engine(url, read_only=True)
+    reads = make_sessionmaker(read_engine)  # the reports' (the API's and the CLI's)
     settings = load_settings(database_url=url)
     out: dict[str, Any] = {"backend": engine.dialect.name, "decisions": n}
     try:
@@ -123,18 +185,16 @@ def run(
             events = c.execute(text("SELECT COUNT(*) FROM events")).scalar()
         out["events"] = events
         every: dict[str, Any] = {"ope_sample": ope_sample, "feature_sample": feature_sample}
-        report_t, report = _timed(lambda: uplift_report(sessions, settings, **every), repeat)
+        report_t, report = _timed(lambda: uplift_report(reads, settings, **every), repeat)
         html_t, html = _timed(lambda: to_html(report), 1)
-        no_feat_t, _ = _timed(
-            lambda: uplift_report(sessions, settings, ope_sample=ope_sample), repeat
-        )
-        no_ope_t, _ = _timed(lambda: uplift_report(sessions, settings, ope_sample=0), 1)
-        full_t, full = _timed(lambda: uplift_report(sessions, settings, rollups=False, **every), 1)
+        no_feat_t, _ = _timed(lambda: uplift_report(reads, settings, ope_sample=ope_sample), repeat)
+        no_ope_t, _ = _timed(lambda: uplift_report(reads, settings, ope_sample=0), 1)
+        full_t, full = _timed(lambda: uplift_report(reads, settings, rollups=False, **every), 1)
         # What the rollups serve: every section but the sampled ones (the counterfactual panel
         # and the feature section score samples of fixed size with VW, whatever N).
         core: dict[str, Any] = {"ope_sample": 0, "feature_sample": 0}
-        core_t, _ = _timed(lambda: uplift_report(sessions, settings, **core), repeat)
-        core_full_t, _ = _timed(lambda: uplift_report(sessions, settings, rollups=False, **core), 1)
+        core_t, _ = _timed(lambda: uplift_report(reads, settings, **core), repeat)
+        core_full_t, _ = _timed(lambda: uplift_report(reads, settings, rollups=False, **core), 1)
         assert report["rollups"]["used"], report["rollups"]
         assert (
             report["arms"]["bandit"]["impressions"] + report["arms"]["control"]["impressions"] == n
@@ -147,6 +207,20 @@ def run(
             assert abs(fast["revenue"] - slow["revenue"]) <= 1e-6 * max(1.0, slow["revenue"])
         for section in ("ope", "apprentice", "features"):  # the same samples, scored alike
             assert report[section] == full[section], section
+        beside, beside_writable = (
+            {
+                kind: writer_beside(url, partial(uplift_report, on, settings, **every, **kw))
+                for kind, kw in (("report", {}), ("full_scan", {"rollups": False}))
+            }
+            for on in (reads, sessions)
+        )
+        if export:  # `copyloop export` of the whole ledger, to /dev/null
+            with open(os.devnull, "w") as sink:
+                out["writer_beside_export"] = {
+                    name: writer_beside(url, partial(write_export, on, sink, "dsjson"))
+                    for name, on in (("read_only_engine", reads), ("writable_engine", sessions))
+                }
+        leases.release(sessions, "bench-writer", "bench")
         with engine.connect() as c:
             rollup_rows = c.execute(text("SELECT COUNT(*) FROM report_rollups")).scalar()
             still = c.execute(text("SELECT COUNT(*) FROM decisions WHERE closed_at IS NULL"))
@@ -172,11 +246,14 @@ def run(
                 "feature_sample": feature_sample,
                 "ratio_to_count": round(report_s / count_s, 1),
                 "ratio_to_full_aggregate": round(report_s / agg_s, 2),
+                "writer_beside_report": beside,
+                "writer_beside_report_on_a_writable_engine": beside_writable,
             }
         )
         return out
     finally:
         engine.dispose()
+        read_engine.dispose()
 
 
 def main() -> None:
@@ -197,6 +274,11 @@ def main() -> None:
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--keep", help="SQLite file to build once and reuse (not deleted)")
     ap.add_argument("--pg-keep", help="PostgreSQL database to build once and reuse (not dropped)")
+    ap.add_argument(
+        "--export",
+        action="store_true",
+        help="also time `copyloop export` of the whole ledger with a writer beside it",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     results = []
@@ -213,6 +295,7 @@ def main() -> None:
                         args.ope_sample,
                         args.open,
                         args.feature_sample,
+                        args.export,
                     )
                 )
             else:
@@ -227,6 +310,7 @@ def main() -> None:
                             args.ope_sample,
                             args.open,
                             args.feature_sample,
+                            args.export,
                         )
                     )
         elif backend == "postgresql":
@@ -249,6 +333,7 @@ def main() -> None:
                         args.ope_sample,
                         args.open,
                         args.feature_sample,
+                        args.export,
                     )
                 )
             finally:
