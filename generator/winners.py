@@ -45,6 +45,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CONTROL_SOURCE
+from core.ledger.sessions import reading
 from core.ledger.tables import Decision, Reward, Variant
 from reports.estimators import Z95, Estimate, snips
 
@@ -154,7 +155,7 @@ def compare_variants(
     """Every non-control, non-rejected variant that has been in a closed decision, compared with
     its product's active control; ordered by product, then gain (best first)."""
     params = params or WinnerParams()
-    with sessions() as session:
+    with reading(sessions) as session:  # every closed decision: the consumer writes on
         variants = _variants(session, params.products)
         rows = _closed_decisions(session, params)
     out: list[Comparison] = []

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bandit.features import Arm
 from bandit.vw_format import arm_namespaces, token
+from core.ledger.sessions import reading
 from core.ledger.tables import Decision, Product, Reward, Variant
 
 FORMATS = ("dsjson",)
@@ -124,7 +125,7 @@ def iter_dsjson(
         stmt = stmt.where(Decision.ts < until)
     if product_id is not None:
         stmt = stmt.where(Decision.product_id == product_id)
-    with sessions() as s:
+    with reading(sessions) as s:  # one snapshot, however long; the consumer writes on
         arms = {
             v.variant_id: Arm.from_variant(
                 v.variant_id, v.text, v.style, v.source, v.generator_version

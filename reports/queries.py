@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.ledger.sessions import reading
 from core.ledger.tables import Decision, Event, Product, Reward, ShadowScore, Variant
 from core.settings import Settings
 
@@ -448,16 +449,9 @@ def report_reader(
     """A `ReportReader` on one connection in one snapshot (every query sees the same ledger, so
     rollups and the decisions they do not hold add up exactly), `report_outcomes` created
     empty: the caller fills it (`ReportReader.fill_outcomes`)."""
-    with sessions() as s:
+    with reading(sessions) as s:  # one snapshot; on SQLite without the write lock
         conn = s.connection()
         sqlite = conn.dialect.name == "sqlite"
-        if sqlite:
-            # The ledger's engine opens every SQLite transaction with BEGIN IMMEDIATE (the write
-            # lock). A report only reads: trade it for a deferred (snapshot) read transaction.
-            conn.exec_driver_sql("COMMIT")
-            conn.exec_driver_sql("BEGIN")
-        else:  # READ COMMITTED would give each statement its own snapshot
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         drop = "DROP TABLE IF EXISTS " + ("temp." if sqlite else "pg_temp.") + OUTCOMES.name
         conn.exec_driver_sql(drop)
         OUTCOMES.create(conn)

@@ -4,7 +4,7 @@ Tables are in `tables`, engines and sessions in `sessions`, shared reads and ide
 `queries`. Schema changes go through Alembic (`copyloop db upgrade`, `core.migrations`).
 """
 
-from core.ledger.sessions import is_sqlite, make_engine, make_sessionmaker
+from core.ledger.sessions import is_sqlite, make_engine, make_sessionmaker, reading
 from core.ledger.tables import (
     Activation,
     ApiKey,
@@ -40,4 +40,5 @@ __all__ = [
     "is_sqlite",
     "make_engine",
     "make_sessionmaker",
+    "reading",
 ]

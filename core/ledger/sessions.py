@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,23 @@ def _sqlite_main_read_only(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin_deferred(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads alone that sees one snapshot of the ledger, on any engine. On SQLite
+    its transaction is a deferred read instead of the write lock a writable engine takes first,
+    so the consumer's writes go on while it reads (it waits at most for the transaction in
+    progress when it starts); on PostgreSQL it is REPEATABLE READ (READ COMMITTED would give
+    each statement its own snapshot)."""
+    with sessions() as s:
+        connection = s.connection()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("COMMIT")
+            connection.exec_driver_sql("BEGIN")
+        elif connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield s
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -1,6 +1,7 @@
 """`core.ledger.make_engine(read_only=True)`: the readers' engine reads while another connection
 holds the ledger's write lock (SQLite and PostgreSQL), fills temporary tables, and on SQLite
-refuses to change the ledger."""
+refuses to change the ledger. `core.ledger.reading`: a long read on the writable engine lets
+writers commit meanwhile, and sees one snapshot."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from core.ledger import make_engine, make_sessionmaker
+from core.ledger import make_engine, make_sessionmaker, reading
 from core.ledger.presence import held_ids
 from core.ledger.tables import ServingMode
 from core.migrations import upgrade
@@ -76,3 +77,20 @@ def test_a_reader_fills_temporary_tables(read_engine: Engine) -> None:
         c.exec_driver_sql("INSERT INTO scratch VALUES (1), (2)")
         c.exec_driver_sql("CREATE INDEX ix_scratch ON scratch (x)")
         assert c.exec_driver_sql("SELECT sum(x) FROM scratch").scalar() == 3
+
+
+def test_a_writer_commits_while_a_reading_session_reads(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    with engine.begin() as c:
+        _insert_mode(c, 1.0)
+
+    def write() -> None:
+        with engine.begin() as c:
+            _insert_mode(c, 2.0)
+
+    with reading(sessions) as s:
+        count = select(func.count()).select_from(ServingMode)
+        assert s.scalar(count) == 1
+        within(5.0, write)  # a plain session would hold the write lock until it ends
+        assert s.scalar(count) == 1  # its snapshot
+    assert _modes(engine) == 2
