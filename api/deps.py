@@ -29,7 +29,7 @@ class Resources:
 
     settings: Settings
     engine: Engine
-    read_engine: Engine  # the background readers' (`core.ledger.make_engine(read_only=True)`)
+    read_engine: Engine  # `make_engine(read_only=True)` on SQLite, else `engine`
     sessions: sessionmaker[Session]
     reads: sessionmaker[Session]  # on `read_engine`: for what only reads
     catalog: CatalogCache
