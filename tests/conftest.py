@@ -71,8 +71,8 @@ def wait_for_model(client: httpx.Client, stack: Stack, timeout_s: float = 60) ->
 
 
 def within(seconds: float, work: Callable[[], T]) -> T:
-    """`work()`, run on a thread that must finish within `seconds` (a read that waits for a
-    lock waits for SQLite's 30 s busy timeout)."""
+    """`work()`, run on a thread that must finish within `seconds` (work that waits for a
+    SQLite lock waits up to the 30 s busy timeout)."""
     out: list[T] = []
     errors: list[BaseException] = []
 
@@ -85,7 +85,7 @@ def within(seconds: float, work: Callable[[], T]) -> T:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(seconds)
-    assert not thread.is_alive(), f"the read waited more than {seconds}s"
+    assert not thread.is_alive(), f"still waiting after {seconds}s"
     if errors:
         raise errors[0]
     return out[0]
