@@ -62,6 +62,8 @@ from generator.rules import STYLES, RulesGenerator  # noqa: E402
 
 SERVERS = ("copyloop", "uniform", "egreedy", "thompson", "thompson_ctx", "linucb", "oracle")
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
+#: Decisions per point of the learning curve (`--curve`).
+CURVE_WINDOW = 1000
 
 
 def new_variants(
@@ -183,6 +185,7 @@ def run_one(
         "second_half": outcome.share_of_oracle(0.5),
         "whole_run": outcome.share_of_oracle(0.0),
         "uniform_second_half": outcome.uniform_share(0.5),
+        "curve": outcome.windows(CURVE_WINDOW),
         "new_variant_shares": [
             {"variant_id": vid, "boost": boosts[vid], "share_401_500": s}
             for vid, s in shares.items()
@@ -230,6 +233,7 @@ def summarise(runs: Sequence[dict[str, Any]], baseline: str = "thompson") -> dic
                     [s["share_401_500"] < 0.1 for s in new if s["boost"] < 1]
                 ),
                 "seconds_per_run": float(np.mean([r["seconds"] for r in mine])),
+                "curve": [float(x) for x in np.mean([r["curve"] for r in mine], axis=0)],
             }
         out[scenario] = rows
     return out
@@ -272,6 +276,23 @@ def print_tables(summary: Mapping[str, Any], console: Console) -> None:
         console.print(table)
 
 
+def print_curves(summary: Mapping[str, Any], console: Console) -> None:
+    """Per scenario, each server's share of the oracle per `CURVE_WINDOW` decisions (mean over
+    seeds): how fast it learns, and in `drift` whether it recovers once tastes change."""
+    for scenario, rows in summary.items():
+        width = max(len(r["curve"]) for r in rows.values())
+        table = Table(
+            title=f"{scenario}: share of oracle per {CURVE_WINDOW:,} decisions",
+            title_justify="left",
+        )
+        table.add_column("server")
+        for i in range(width):
+            table.add_column(f"{i * CURVE_WINDOW // 1000}k–", justify="right")
+        for server, r in rows.items():
+            table.add_row(server, *(f"{x:.3f}" for x in r["curve"]))
+        console.print(table)
+
+
 def _pct(share: float | None, frac: float | None) -> str:
     if share is None or frac is None:
         return "-"
@@ -289,6 +310,12 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a copyloop setting for the copyloop server (repeatable)",
+    )
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help=f"also print each server's learning curve (share of oracle per {CURVE_WINDOW:,} "
+        "decisions)",
     )
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -329,6 +356,8 @@ def main() -> None:
                         progress.advance(task)
     summary = summarise(runs)
     print_tables(summary, console)
+    if args.curve:
+        print_curves(summary, console)
     payload = {
         "benchmark": "learning",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),

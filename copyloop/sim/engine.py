@@ -105,6 +105,18 @@ class Outcome:
         lo = int(len(self.expected) * start)
         return float(np.sum(self.expected[lo:]) / np.sum(self.oracle[lo:]))
 
+    def windows(self, width: int = 500) -> list[float]:
+        """The share of the oracle in consecutive windows of `width` decisions (the learning
+        curve: how fast a server learns, and whether it recovers after tastes drift).
+
+        >>> Outcome(expected=[0.1, 0.2, 0.3], oracle=[0.2, 0.2, 0.3]).windows(2)
+        [0.75..., 1.0]
+        """
+        e, o = np.asarray(self.expected), np.asarray(self.oracle)
+        return [
+            float(e[i : i + width].sum() / o[i : i + width].sum()) for i in range(0, len(e), width)
+        ]
+
     def uniform_share(self, start: float = 0.5) -> float:
         lo = int(len(self.expected) * start)
         return float(np.sum(self.uniform[lo:]) / np.sum(self.oracle[lo:]))
