@@ -23,9 +23,10 @@ The header carries what VW's own file does not: the arguments and feature defini
 trained with (a model refuses to load where they differ, `ModelMismatchError`), how many
 decisions it has learned (the explorer's schedule reads it), how many times each variant was
 the served one among them and how many of them offered it at all (the fair trial for new copy
-reads both: `offered` tells copy that arrived late from copy served rarely), and the sum, sum of
+reads both: `offered` tells copy that arrived late from copy served rarely), the sum, sum of
 squares and weight of that variant's (recent) residuals against the model (its own effect,
-`Policy.offset`). Bytes without the magic line are a bare VW model from before the header
+`Policy.offset`), and, for a model restarted by an operator, the first version whose decisions
+it learns (`learns_from`). Bytes without the magic line are a bare VW model from before the header
 existed: they load with an empty header.
 """
 
@@ -82,6 +83,9 @@ class ModelHeader:
     )
     offered: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 0  # 0: not exported (the ledger row knows its version)
+    # A restarted model (`copyloop model restart`) learns only the decisions that versions from
+    # this one on served (0: every decision): what older versions served shows the old tastes.
+    learns_from: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The header as JSON, counts included (`MAGIC_JSON`'s line)."""
@@ -99,6 +103,8 @@ class ModelHeader:
             "features": self.features,
             "learned": self.learned,
         }
+        if self.learns_from:
+            out["learns_from"] = self.learns_from
         if self.version:
             out["version"] = self.version
             out["namespaces"] = dict(NAMESPACES)
@@ -292,6 +298,7 @@ def unpack(
             residual=counts["residual"],
             offered=counts["offered"],
             version=int(raw.get("version", 0)),
+            learns_from=int(raw.get("learns_from", 0)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"model file header is unreadable: {exc}") from None
@@ -372,7 +379,8 @@ def with_version(data: bytes, version: int) -> bytes:
     header, vw_model = unpack(data)
     if header is None:
         raise ModelFileError(f"version {version} is a bare VW model without a header")
-    return pack(replace(header, version=version), vw_model)
+    # `learns_from` names versions of this ledger: meaningless where the file is imported
+    return pack(replace(header, version=version, learns_from=0), vw_model)
 
 
 def checked(data: bytes, vw_args: str) -> ModelHeader:

@@ -151,6 +151,8 @@ class Policy:
                 f"writes v{FEATURES_VERSION}"
             )
         self.learned = 0 if header is None else header.learned
+        # the first version whose decisions this model learns (0: all; `ModelHeader`)
+        self.learns_from = 0 if header is None else header.learns_from
         # The counts below are the file's own (read-only views: a serving model never learns)
         # until the policy first learns; then they become its dicts (`_own_counts`).
         # variant id → how many learned decisions served it
@@ -388,6 +390,7 @@ class Policy:
             exposure=_frozen(self.exposure),
             residual=_frozen(self.residual),
             offered=_frozen(self.offered),
+            learns_from=self.learns_from,
         )
         return pack(header, vw_model)
 

@@ -11,11 +11,14 @@ Printed per scenario: each server's share of the oracle's expected reward over t
 the run (mean over seeds and a 95 % t-interval), the whole run's share, and the ratio to
 per-product Thompson sampling (the baseline). In `new_variants`, the share each new variant took
 of its product's decisions 401-500 after it arrived (2x better ones should take most, 0.5x ones
-little). Results go to `bench/results/learning.json`.
+little). `--curve` adds each server's share per 1,000 decisions. `copyloop_restart` (not run
+by default) is copyloop with an operator who runs `copyloop model restart` the moment the tastes
+change (`drift`). Results go to `bench/results/learning.json`.
 
     .venv/bin/python bench/learning.py                                  # every scenario, 5 seeds
     .venv/bin/python bench/learning.py --scenarios context_text --servers copyloop,thompson
     .venv/bin/python bench/learning.py --set bandit_explorer="--epsilon 0.05"   # try a setting
+    .venv/bin/python bench/learning.py --scenarios drift --servers copyloop,copyloop_restart --curve
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ from generator.guardrails import GuardrailParams, check  # noqa: E402
 from generator.rules import STYLES, RulesGenerator  # noqa: E402
 
 SERVERS = ("copyloop", "uniform", "egreedy", "thompson", "thompson_ctx", "linucb", "oracle")
+#: Known but not run by default: copyloop with an operator who runs `copyloop model restart`
+#: the moment the tastes change (`drift`; elsewhere the same as copyloop).
+EXTRA_SERVERS = ("copyloop_restart",)
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
 #: Decisions per point of the learning curve (`--curve`).
 CURVE_WINDOW = 1000
@@ -109,7 +115,7 @@ def make_server(
 ) -> Any:
     weights = settings.reward_weights
     max_reward = sum(weights.values())
-    if name == "copyloop":
+    if name in ("copyloop", "copyloop_restart"):
         return CopyloopServer(template, timing, seed, **overrides)
     policy: Any
     if name == "uniform":
@@ -127,7 +133,7 @@ def make_server(
     elif name == "oracle":
         policy = Oracle(best)
     else:
-        raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+        raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS + EXTRA_SERVERS)}")
     return BaselineServer(name, policy, catalog, timing, weights)
 
 
@@ -169,6 +175,7 @@ def run_one(
         timing=timing,
         reward_weights=settings.reward_weights,
         new_variants=arrivals,
+        on_drift=server.restart if server_name == "copyloop_restart" else None,
     )
     holder["sim"] = sim
     started = time.perf_counter()

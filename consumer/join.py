@@ -81,6 +81,7 @@ class ClosedDecision:
     add_to_carts: int
     purchases: int
     revenue: float
+    model_version: int = 0  # the model version that served it (0: none, the fallback)
 
     @property
     def chosen(self) -> int:
@@ -192,6 +193,7 @@ _LEARNED_COLUMNS = (
     Decision.context,
     Decision.actions,
     Decision.probability,
+    Decision.model_version,
 )
 
 
@@ -333,6 +335,7 @@ def _closed(
         add_to_carts=add_to_carts,
         purchases=purchases,
         revenue=revenue,
+        model_version=row.model_version or 0,
     )
 
 

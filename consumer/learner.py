@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bandit import Arm, FairTrial, LoggedDecision, ModelLoadError, Policy, ProductFeatures
 from bandit.explore import Explorer, parse_explorer
+from bandit.model_file import unpack
 from bandit.vw_format import arm_lines
 from consumer.errors import Backoff, ConsumerError, LeaseLost, ledger_errors
 from consumer.join import (
@@ -81,6 +82,8 @@ class Learner:
         self.last_seq = 0
         self.learned = 0  # decisions taught to VW by this learner (replay included)
         self.skipped = 0  # closed decisions whose variants are unknown: rewarded, not learnable
+        # closed decisions served before the model's restart (`restart`): rewarded, not learned
+        self.ignored = 0
         self._unsaved = 0
         self._saved_at = self._clock()
         self._pruned_at = self._clock()
@@ -143,12 +146,9 @@ class Learner:
         fresh = policy is None
         self._continues = unreadable if snap is None else snap.version  # what a fresh one replaces
         if policy is None:
-            policy = Policy(
-                settings.vw_args,
-                seed=settings.seed,
-                importance_cap=settings.bandit_importance_cap,
-                fair_trial=FairTrial.of(settings),
-            )
+            policy = fresh_policy(settings)
+            # a restart's cut holds for the model trained in its place
+            policy.learns_from = _learns_from(snap)
             start = max(0, chain_tip(self._sessions) - settings.bandit_warm_start_max)
         if self._policy is not None:
             self._policy.close()
@@ -200,11 +200,14 @@ class Learner:
         policy = self.policy
         self._load_features(closed)
         scores: list[dict[str, object]] = []
+        ignored = self.ignored
         for c in closed:
             if c.seq != self.last_seq + 1:
                 raise LeaseLost(f"reward seq {c.seq} does not follow {self.last_seq}")
-            logged = self._logged(c)
-            if logged is None:
+            logged = None if c.model_version < policy.learns_from else self._logged(c)
+            if c.model_version < policy.learns_from:  # the tastes of before the restart
+                self.ignored += 1
+            elif logged is None:
                 self.skipped += 1
                 log.warning(
                     "decision %s: a variant of %s is unknown, rewarded but not learned",
@@ -229,6 +232,13 @@ class Learner:
             self._unsaved += 1
         if scores:
             self._write_scores(scores)
+        if self.ignored > ignored:
+            log.info(
+                "%d closed decisions were served before the restart at version %d: rewarded, "
+                "not learned",
+                self.ignored - ignored,
+                policy.learns_from,
+            )
 
     def maybe_snapshot(self, *, force: bool = False) -> int | None:
         """Save a snapshot when something was learned since the last one and `snapshot_every_s`
@@ -337,6 +347,61 @@ class Learner:
             chosen=c.chosen,
             probability=c.probability,
         )
+
+
+def fresh_policy(settings: Settings) -> Policy:
+    """An untrained model with the settings' arguments, as the learner starts one."""
+    return Policy(
+        settings.vw_args,
+        seed=settings.seed,
+        importance_cap=settings.bandit_importance_cap,
+        fair_trial=FairTrial.of(settings),
+    )
+
+
+def restart(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Start learning afresh (`copyloop model restart`): add an untrained model as the newest
+    version, which learns only the decisions that it and the versions after it serve. Returns
+    its version.
+
+    For when tastes changed (a season, a redesign, a new market): a model that learned the old
+    tastes serves what they favoured and predicts copy it no longer serves below what it earns
+    now, so it explores that copy about 1 % of the time each and recovers slowly if at all
+    (`bench/learning.py --scenarios drift --curve`); trained on what it served since, a fresh
+    model would learn the same bias. The restarted model starts as the very first one did: it
+    spreads page views evenly and narrows as it learns (its explorer's schedule and every
+    variant's counts start at zero). The learner continues from it within a round (`replaced`);
+    decisions that older versions served are rewarded and reported as before, not learned."""
+
+    def build(version: int) -> bytes:
+        policy = fresh_policy(settings)
+        try:
+            policy.learns_from = version
+            return policy.save()
+        finally:
+            policy.close()
+
+    with ledger_errors():
+        return model_versions.add_model(
+            sessions,
+            build,
+            settings.vw_args,
+            source="restart",
+            origin=None,
+            snapshot_dir=settings.snapshot_dir,
+        )
+
+
+def _learns_from(snap: snapshots.Snapshot | None) -> int:
+    """The restart cut (`ModelHeader.learns_from`) of a snapshot's model, 0 when it has none or
+    cannot be read."""
+    if snap is None:
+        return 0
+    try:
+        header, _ = unpack(snap.model)
+    except ValueError:
+        return 0
+    return 0 if header is None else header.learns_from
 
 
 def shadow_explorers(specs: Sequence[str]) -> dict[str, Explorer]:

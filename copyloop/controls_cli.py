@@ -198,6 +198,34 @@ def model_rollback(
     typer.echo(f"model version {version} is served again as version {new}")
 
 
+@model_app.command("restart")
+def model_restart(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do it: what the current model learned is not used.")
+    ] = False,
+) -> None:
+    """Start learning afresh when tastes changed (a season, a redesign, a new market): a new,
+    untrained version is served within seconds and learns only from the decisions served from
+    now on. The versions before it stay (`model rollback` serves one again)."""
+    from consumer.errors import ConsumerError
+    from consumer.learner import restart
+
+    settings = _settings()
+    if not yes:
+        _bad(
+            "a restart serves an untrained model that explores widely until it has learned "
+            "again; run it with --yes"
+        )
+    with _ledger(settings) as sessions:
+        try:
+            version = restart(sessions, settings)
+        except ConsumerError as exc:  # the ledger is unavailable
+            _fail(str(exc))
+    typer.echo(
+        f"model version {version} is a fresh model: it learns from the decisions served from now on"
+    )
+
+
 class ModeName(StrEnum):
     live = "live"
     apprentice = "apprentice"

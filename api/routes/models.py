@@ -19,7 +19,7 @@ router = APIRouter(
 
 @router.get("/v1/models", response_model=dict[str, Any])
 def models(sessions: ReadsDep) -> dict[str, Any]:
-    """Model versions, newest first: version, created_at, source (learned, rollback, import) and
-    origin, last_seq and the last learned decision, when it served (served_from, served_until;
-    null: now), current, storage (database or file) and size in bytes."""
+    """Model versions, newest first: version, created_at, source (learned, rollback, import,
+    restart) and origin, last_seq and the last learned decision, when it served (served_from,
+    served_until; null: now), current, storage (database or file) and size in bytes."""
     return {"versions": [v.to_json() for v in list_versions(sessions)]}

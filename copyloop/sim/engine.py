@@ -165,7 +165,9 @@ class Simulation:
         reward_weights: Mapping[str, float],
         new_variants: Sequence[NewVariant] = (),
         progress: Callable[[int], None] | None = None,
+        on_drift: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_drift(now)` runs when the world's tastes change (an operator who knows)."""
         self.world = world
         self.server = server
         self.timing = timing
@@ -179,6 +181,7 @@ class Simulation:
         }
         self.new_variants = list(new_variants)
         self._progress = progress
+        self._on_drift = on_drift
         self.outcome = Outcome()
 
     def _uid(self) -> str:
@@ -226,6 +229,8 @@ class Simulation:
                     due[name] = at + periods[name]
             if drift_at is not None and i == drift_at:
                 self.world.drift()
+                if self._on_drift is not None:
+                    self._on_drift(now)
             if arrive_at is not None and i == arrive_at:
                 self._arrive(now, i)
             product, context = self.world.page_view(self._rng)

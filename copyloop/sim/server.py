@@ -33,7 +33,7 @@ from api.policy_holder import PolicyHolder
 from api.serving import choose, decision_message
 from bandit import FairTrial
 from consumer.join import ingest
-from consumer.learner import Learner
+from consumer.learner import Learner, restart
 from consumer.records import DecisionRecord, decode_decision, decode_event
 from copyloop.sim.engine import Happened, PageView, Timing
 from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog, upsert_products
@@ -197,6 +197,12 @@ class CopyloopServer:
         if result.status != "active":
             raise ValueError(f"the new variant was refused: {result.reasons}")
         return result.variant_id
+
+    def restart(self, now: float) -> None:
+        """`copyloop model restart`, as an operator who knows the tastes changed runs it; the
+        learner continues from the new version (as `ElectedLearner` does on its next round)."""
+        restart(self.sessions, self.settings)
+        self.learner.catch_up()
 
     def close(self) -> None:
         self.learner.close()

@@ -1,4 +1,5 @@
-"""Bandit model versions: list them, add one (a rollback or an import), prune old ones.
+"""Bandit model versions: list them, add one (a rollback, an import or a restart), prune old
+ones.
 
 Every snapshot is a version (`snapshots`). The newest is served: each API process reloads it
 within `model_reload_s`, and the learner continues from it. So a version *served* from its
@@ -145,18 +146,35 @@ def add_version(
 ) -> int:
     """Store `snapshot`'s bytes as the new newest version, learning on from the reward tip.
     Retries when a concurrent save took the same version number."""
+    return add_model(
+        sessions,
+        snapshot.model,
+        snapshot.vw_args,
+        source=source,
+        origin=origin,
+        snapshot_dir=snapshot_dir,
+        attempts=attempts,
+    )
+
+
+def add_model(
+    sessions: sessionmaker[Session],
+    model: bytes | Callable[[int], bytes],
+    vw_args: str,
+    *,
+    source: str,
+    origin: int | None,
+    snapshot_dir: str | None,
+    attempts: int = 5,
+) -> int:
+    """`add_version` of a model's bytes, or of a function of the version they are saved as
+    (`snapshots.save`)."""
     for attempt in range(attempts):
         with sessions() as s:
             tip = reward_tip(s)
         try:
             return snapshots.save(
-                sessions,
-                snapshot.model,
-                tip,
-                snapshot.vw_args,
-                snapshot_dir,
-                source=source,
-                origin=origin,
+                sessions, model, tip, vw_args, snapshot_dir, source=source, origin=origin
             )
         except IntegrityError:
             if attempt == attempts - 1:

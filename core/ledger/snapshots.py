@@ -9,6 +9,7 @@ learner, so that it never writes its in-memory model over a version someone else
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def load_version(sessions: sessionmaker[Session], version: int) -> Snapshot | No
 
 def save(
     sessions: sessionmaker[Session],
-    model: bytes,
+    model: bytes | Callable[[int], bytes],
     last_seq: int,
     vw_args: str,
     snapshot_dir: str | None = None,
@@ -76,6 +77,8 @@ def save(
     With `expected_latest` (the version the saver's model continues; 0 for none) the save is
     refused with `SnapshotReplaced` when the newest version is another one. Two savers racing
     for the same version collide on the primary key (an IntegrityError for the caller).
+    `model` may be a function of the version being saved that returns the bytes (a restarted
+    model's header names its own version).
     """
     with sessions.begin() as s:
         newest = s.scalar(select(func.max(ModelSnapshot.version))) or 0
@@ -84,6 +87,8 @@ def save(
                 f"version {newest} is the newest, not {expected_latest}: continue from it"
             )
         version = newest + 1
+        if callable(model):
+            model = model(version)
         path = None
         blob: bytes | None = model
         if snapshot_dir:

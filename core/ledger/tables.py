@@ -175,8 +175,9 @@ class Reward(Base):
 class ModelSnapshot(Base):
     """A saved VW model: `version` increases by one per snapshot; `last_seq` is the last reward
     it has learned. `model` holds the bytes, or `path` names the file holding them. `source`
-    says where it came from: `learned` (the learner), `rollback` (a copy of version `origin`)
-    or `import` (a model file; `origin` is the version it had where it was exported)."""
+    says where it came from: `learned` (the learner), `rollback` (a copy of version `origin`),
+    `import` (a model file; `origin` is the version it had where it was exported) or `restart`
+    (an untrained model that learns only what it and later versions serve)."""
 
     __tablename__ = "model_snapshots"
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandit.model_file import MAGIC, MAGIC_JSON, Counts, ModelHeader, pack, unpack
+from bandit.model_file import MAGIC, MAGIC_JSON, Counts, ModelHeader, pack, unpack, with_version
 
 
 def test_a_header_reads_back_as_written() -> None:
@@ -23,6 +23,7 @@ def test_a_header_reads_back_as_written() -> None:
         residual=MappingProxyType({"v_a": (0.5, -1.25, 3.0)}),
         offered=MappingProxyType({"v_a": 5}),
         version=7,
+        learns_from=4,
     )
     data = pack(header, b"\x00VW bytes\n")
     assert data.startswith(MAGIC)
@@ -31,6 +32,17 @@ def test_a_header_reads_back_as_written() -> None:
     assert type(read.exposure["v_a"]) is int and type(read.residual["v_a"]) is tuple
     old = MAGIC_JSON + json.dumps(header.to_json()).encode() + b"\nVW"  # a file from before
     assert unpack(old) == (header, b"VW")
+
+
+def test_a_restart_cut_is_read_where_written_and_left_out_of_an_export() -> None:
+    plain = pack(ModelHeader("--cb_adf"), b"VW")
+    assert b"learns_from" not in plain  # files without a cut read as before
+    assert unpack(plain)[0] == ModelHeader("--cb_adf") and ModelHeader().learns_from == 0
+    restarted = pack(ModelHeader("--cb_adf", learns_from=9), b"VW")
+    header, _ = unpack(restarted)
+    assert header is not None and header.learns_from == 9
+    exported, _ = unpack(with_version(restarted, 12))  # versions of another ledger mean nothing
+    assert exported is not None and (exported.version, exported.learns_from) == (12, 0)
 
 
 def test_the_binary_counts_keep_what_json_would_round_and_empty_maps() -> None:
