@@ -1,6 +1,7 @@
 """The operator's controls on a running stack (two API worker processes, the consumer): a
-rollback is served by every API process within 5 s and learned on from, not overwritten; the
-serving mode switches every process within 5 s. Driven as an operator does, through the CLI."""
+rollback is served by every API process within 5 s and learned on from, not overwritten; so is
+a restart, which learns only what it serves; the serving mode switches every process within
+5 s. Driven as an operator does, through the CLI."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from bandit.model_file import unpack
 from copyloop.runner import Stack, settings_env
 from core.broker import EmbeddedBroker, free_port
 from core.ledger import make_engine, make_sessionmaker, snapshots
+from core.ledger.tables import Decision, Reward
 from core.settings import Settings
 from tests.conftest import FAST_LOOP, api_keys, cli, wait_for_model
 
@@ -131,6 +134,34 @@ def test_rollback_and_mode_reach_every_api_process(
                     unpack(back.model)[1]
                     == unpack(snapshots.load_version(sessions, first).model)[1]
                 )
+
+                # a restart: served everywhere as quickly, learned on from only what it serves
+                out = cli(env, "model", "restart", "--yes")
+                fresh = int(out.split()[2])
+                took = _within(
+                    5.0,
+                    lambda: _traffic(client, headers, ids, 1)[0]["model_version"] >= fresh,
+                    "the restart",
+                )
+                print(f"restart as version {fresh} served everywhere after {took:.2f} s")
+                deadline = time.monotonic() + 90
+                while (snapshots.latest_version(sessions) or 0) <= fresh:
+                    assert time.monotonic() < deadline, "no learning after the restart"
+                    stack.check()
+                    _traffic(client, headers, ids, 20)
+                    time.sleep(0.2)
+                start = snapshots.load_version(sessions, fresh)
+                after = snapshots.load_version(sessions, fresh + 1)
+                header = unpack(after.model)[0]
+                with sessions() as s:
+                    served = s.scalars(
+                        select(Decision.model_version)
+                        .join(Reward, Reward.decision_id == Decision.decision_id)
+                        .where(Reward.seq > start.last_seq, Reward.seq <= after.last_seq)
+                    ).all()
+                assert header.learns_from == fresh
+                assert header.learned == sum(v >= fresh for v in served)
+                assert unpack(start.model)[0].learned == 0
 
                 assert cli(env, "mode", "apprentice").strip() == "apprentice"
 
