@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from copyloop.sim.engine import NewVariant, Simulation, Timing
 from copyloop.sim.server import CopyloopServer, LedgerTemplate
 from copyloop.sim.shoppers import SCENARIOS, World
-from core.ledger import Decision, Reward
+from core.ledger import Decision, ModelSnapshot, Reward
 from generator.guardrails import GuardrailParams, check
 from generator.rules import STYLES, RulesGenerator
 
@@ -103,3 +103,45 @@ def test_new_copy_gets_a_fair_trial(template: LedgerTemplate, seed: int) -> None
     assert better and worse, shares
     assert all(s >= 0.5 for s in better.values()), better
     assert all(s < 0.1 for s in worse.values()), worse
+
+
+def test_a_restart_at_the_drift_learns_each_later_decision_once_or_leaves_it(
+    template: LedgerTemplate,
+) -> None:
+    """An operator's `copyloop model restart` when tastes change (bench/learning.py's
+    `copyloop_restart`): every closed decision is learned by exactly one lineage or left out,
+    and only those the restarted versions served are learned after it."""
+    scenario = dataclasses.replace(SCENARIOS["drift"], decisions=2000)
+    world = World(scenario, [p.category for p in template.products], 0)
+    server = CopyloopServer(template, Timing(), 0)
+    sim = Simulation(
+        world,
+        server,
+        template.catalog(),
+        [p.product_id for p in template.products],
+        seed=0,
+        timing=Timing(),
+        reward_weights=server.settings.reward_weights,
+        on_drift=server.restart,
+    )
+    try:
+        sim.run()
+        fresh, learned, ignored = (
+            server.learner.policy.learns_from,
+            server.learner.policy.learned,
+            server.learner.ignored,
+        )
+        with server.sessions() as s:
+            cut = s.scalar(select(ModelSnapshot.last_seq).where(ModelSnapshot.version == fresh))
+            tip = s.scalar(select(func.max(Reward.seq)))
+            served = s.scalars(
+                select(Decision.model_version)
+                .join(Reward, Reward.decision_id == Decision.decision_id)
+                .where(Reward.seq > cut)
+            ).all()
+    finally:
+        server.close()
+    assert fresh > 1 and 0 < cut < tip  # restarted half way, windows closed on both sides
+    assert len(served) == tip - cut == learned + ignored
+    assert learned == sum(v >= fresh for v in served) > 0
+    assert ignored == sum(v < fresh for v in served) > 0  # served before the API reloaded
