@@ -26,8 +26,8 @@ the served one among them and how many of them offered it at all (the fair trial
 reads both: `offered` tells copy that arrived late from copy served rarely), the sum, sum of
 squares and weight of that variant's (recent) residuals against the model (its own effect,
 `Policy.offset`), and, for a model restarted by an operator, the first version whose decisions
-it learns (`learns_from`). Bytes without the magic line are a bare VW model from before the header
-existed: they load with an empty header.
+it learns (`learns_from`). Bytes without the magic line are a bare VW model from before the
+header existed: they load with an empty header.
 """
 
 from __future__ import annotations

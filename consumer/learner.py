@@ -13,6 +13,8 @@ fence on the model version: when an operator added a newer version (`copyloop mo
 or `import`), the save fails with `LeaseLost` and the learner continues from that version
 instead of writing its own model over it (`ElectedLearner` also looks for one every round).
 After a snapshot, at most once a minute, old versions are pruned (`model_versions.prune`).
+An operator's restart (`restart`) is such a version too: an untrained model whose lineage learns
+only the decisions it served (`ModelHeader.learns_from`), the others rewarded but not learned.
 
 Shadow explorers (`COPYLOOP_SHADOW_EXPLORERS`) learn beside the live model: they share its
 regression, so each decision's update is theirs too, and just before it the learner records what
@@ -204,10 +206,9 @@ class Learner:
         for c in closed:
             if c.seq != self.last_seq + 1:
                 raise LeaseLost(f"reward seq {c.seq} does not follow {self.last_seq}")
-            logged = None if c.model_version < policy.learns_from else self._logged(c)
             if c.model_version < policy.learns_from:  # the tastes of before the restart
                 self.ignored += 1
-            elif logged is None:
+            elif (logged := self._logged(c)) is None:
                 self.skipped += 1
                 log.warning(
                     "decision %s: a variant of %s is unknown, rewarded but not learned",
