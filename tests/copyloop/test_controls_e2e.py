@@ -113,17 +113,24 @@ def test_rollback_and_mode_reach_every_api_process(
                 out = cli(env, "model", "rollback", str(first))
                 rolled = int(out.split()[-1])
 
-                def serves_rolled() -> bool:
-                    return _traffic(client, headers, ids, 1)[0]["model_version"] >= rolled
+                def served_then_learned(version: int, what: str) -> float:
+                    """Seconds until every worker served `version`; then waits until the
+                    learner saved a version after it."""
+                    took = _within(
+                        5.0,
+                        lambda: _traffic(client, headers, ids, 1)[0]["model_version"] >= version,
+                        what,
+                    )
+                    deadline = time.monotonic() + 90
+                    while (snapshots.latest_version(sessions) or 0) <= version:
+                        assert time.monotonic() < deadline, f"no learning after {what}"
+                        stack.check()
+                        _traffic(client, headers, ids, 20)
+                        time.sleep(0.2)
+                    return took
 
-                took = _within(5.0, serves_rolled, "the rollback")
+                took = served_then_learned(rolled, "the rollback")
                 print(f"rollback to {first} (as {rolled}) served everywhere after {took:.2f} s")
-                deadline = time.monotonic() + 90
-                while (snapshots.latest_version(sessions) or 0) <= rolled:
-                    assert time.monotonic() < deadline, "no learning after the rollback"
-                    stack.check()
-                    _traffic(client, headers, ids, 20)
-                    time.sleep(0.2)
                 # the learner continued from the rolled-back model: the next version's count of
                 # decisions learned is the rolled-back one's plus the rewards learned since
                 back = snapshots.load_version(sessions, rolled)
@@ -138,18 +145,8 @@ def test_rollback_and_mode_reach_every_api_process(
                 # a restart: served everywhere as quickly, learned on from only what it serves
                 out = cli(env, "model", "restart", "--yes")
                 fresh = int(out.split()[2])
-                took = _within(
-                    5.0,
-                    lambda: _traffic(client, headers, ids, 1)[0]["model_version"] >= fresh,
-                    "the restart",
-                )
+                took = served_then_learned(fresh, "the restart")
                 print(f"restart as version {fresh} served everywhere after {took:.2f} s")
-                deadline = time.monotonic() + 90
-                while (snapshots.latest_version(sessions) or 0) <= fresh:
-                    assert time.monotonic() < deadline, "no learning after the restart"
-                    stack.check()
-                    _traffic(client, headers, ids, 20)
-                    time.sleep(0.2)
                 start = snapshots.load_version(sessions, fresh)
                 after = snapshots.load_version(sessions, fresh + 1)
                 header = unpack(after.model)[0]
