@@ -43,8 +43,9 @@ def cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def produce(sessions, catalog, make_decision, make_event, n, start=0):
-    """`n` decisions (the second variant clicked more often), ingested; windows due at T0+100."""
+def produce(sessions, catalog, make_decision, make_event, n, start=0, version=1):
+    """`n` decisions (the second variant clicked more often) served by model version
+    `version`, ingested; windows due at T0+100."""
     from consumer.join import ingest
 
     products = sorted(catalog)
@@ -53,7 +54,8 @@ def produce(sessions, catalog, make_decision, make_event, n, start=0):
         pid = products[i % len(products)]
         actions = tuple(catalog[pid])
         chosen = i % len(actions)
-        decisions.append(make_decision(f"d{i:05d}", T0 + i * 0.001, pid, actions, chosen))
+        d = make_decision(f"d{i:05d}", T0 + i * 0.001, pid, actions, chosen)
+        decisions.append(d._replace(model_version=version))
         if chosen == 1 or i % 5 == 0:
             events.append(make_event(f"e{i}", f"d{i:05d}", "click", T0 + i * 0.001 + 0.1))
     ingest(sessions, decisions, events)
@@ -103,21 +105,6 @@ def test_rollback_is_the_newest_version_and_the_learner_continues_from_it(
     assert versions[5].source == "learned" and versions[5].current
 
 
-def produce_served_by(sessions, catalog, make_decision, make_event, n, start, version):
-    """`produce`, with every decision served by model version `version`."""
-    from consumer.join import ingest
-
-    products = sorted(catalog)
-    decisions, events = [], []
-    for i in range(start, start + n):
-        pid = products[i % len(products)]
-        actions = tuple(catalog[pid])
-        d = make_decision(f"d{i:05d}", T0 + i * 0.001, pid, actions, i % len(actions))
-        decisions.append(d._replace(model_version=version))
-        events.append(make_event(f"e{i}", d.decision_id, "click", d.ts + 0.1))
-    ingest(sessions, decisions, events)
-
-
 def test_restart_serves_a_fresh_model_that_learns_only_what_it_serves(
     sessions, settings, make_settings, seed_catalog, make_decision, make_event
 ):
@@ -139,8 +126,8 @@ def test_restart_serves_a_fresh_model_that_learns_only_what_it_serves(
     assert learner.replaced()  # the old learner may not write over it
     learner.close()
     # decisions the old versions served until the API reloaded, then ones version 4 served
-    produce_served_by(sessions, catalog, make_decision, make_event, 30, 120, version=3)
-    produce_served_by(sessions, catalog, make_decision, make_event, 30, 150, version=4)
+    produce(sessions, catalog, make_decision, make_event, 30, 120, version=3)
+    produce(sessions, catalog, make_decision, make_event, 30, 150, version=4)
 
     second = Learner(sessions, settings)
     assert second.catch_up() == 0 and second.model_version == 4
@@ -151,8 +138,8 @@ def test_restart_serves_a_fresh_model_that_learns_only_what_it_serves(
     v5, _ = unpack(snapshots.load_latest(sessions).model)
     assert (v5.learned, v5.learns_from, sum(v5.exposure.values())) == (30, 4, 30)
     # the cut holds for the lineage: after a restart of the process, and for late decisions
-    produce_served_by(sessions, catalog, make_decision, make_event, 10, 180, version=3)
-    produce_served_by(sessions, catalog, make_decision, make_event, 10, 190, version=5)
+    produce(sessions, catalog, make_decision, make_event, 10, 180, version=3)
+    produce(sessions, catalog, make_decision, make_event, 10, 190, version=5)
     third = Learner(sessions, settings)
     assert third.catch_up() == 0 and len(third.close_and_learn(T0 + 100)) == 20
     assert (third.ignored, third.policy.learned) == (10, 40)
