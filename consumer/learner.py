@@ -387,7 +387,7 @@ def restart(sessions: sessionmaker[Session], settings: Settings) -> int:
             sessions,
             build,
             settings.vw_args,
-            source="restart",
+            source=model_versions.RESTART_SOURCE,
             origin=None,
             snapshot_dir=settings.snapshot_dir,
         )

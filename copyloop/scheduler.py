@@ -39,11 +39,11 @@ def generate_job(sessions: sessionmaker[Session], settings: Settings) -> object:
 
 
 def retire_job(sessions: sessionmaker[Session], settings: Settings) -> object:
-    from generator.winners import WinnerParams, retire_losers
+    from generator.winners import current_params, retire_losers
 
     return retire_losers(
         sessions,
-        WinnerParams(min_exposure=settings.winner_min_exposure),
+        current_params(sessions, settings.winner_min_exposure),
         keep_active=settings.retire_keep_active,
     )
 

@@ -58,7 +58,7 @@ from generator.finetune_config import (
     parse_overrides,
 )
 from generator.versions import ensure_base, newest_shipped, register
-from generator.winners import Pair, Winner, WinnerParams, compare_variants, preference_pairs
+from generator.winners import Pair, Winner, compare_variants, current_params, preference_pairs
 from generator.winners import winners as pick_winners
 
 Progress = Callable[[str, int, int], None]
@@ -112,7 +112,8 @@ def split_heldout(product_ids: Sequence[str], fraction: float, seed: int) -> set
 
 def collect(sessions: sessionmaker[Session], cfg: FinetuneConfig) -> TrainingData:
     """Winners, pairs and the products they need, split into training and held-out sets."""
-    comparisons = compare_variants(sessions, WinnerParams(min_exposure=cfg.min_exposure))
+    params = current_params(sessions, cfg.min_exposure)
+    comparisons = compare_variants(sessions, params)
     winners = pick_winners(comparisons)
     pairs = preference_pairs(comparisons)
     heldout_ids = split_heldout([w.product_id for w in winners], cfg.heldout_fraction, cfg.seed)
@@ -148,6 +149,7 @@ def collect(sessions: sessionmaker[Session], cfg: FinetuneConfig) -> TrainingDat
         "heldout_products": sorted(heldout_ids),
         "winner_ids": sorted(w.variant_id for w in winners),
         "min_exposure": cfg.min_exposure,
+        "decisions_since": params.since,  # the newest model restart's time (None: all)
         "digest": digest,
     }
     return TrainingData(train, heldout, train_pairs, products, siblings, brands, summary)
@@ -264,7 +266,7 @@ def due(
         if wait > 0:
             return f"next round in {wait:.0f} s"
     seen = {vid for v in rounds for vid in v.data.get("winner_ids", [])}
-    found = select_winners(sessions, WinnerParams(min_exposure=settings.winner_min_exposure))
+    found = select_winners(sessions, current_params(sessions, settings.winner_min_exposure))
     new = sum(1 for w in found if w.variant_id not in seen)
     if new < settings.finetune_min_winners:
         return f"{new} new winners, {settings.finetune_min_winners} needed"

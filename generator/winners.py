@@ -25,6 +25,10 @@ more data. A variant *loses clearly* (the scheduler retires it) in the mirror ca
 approximation of the paired difference, whose variance comes from the per-decision influence
 terms of both SNIPS estimates (negatively correlated: a decision serves one or the other).
 
+**After a restart** (`copyloop model restart`: tastes changed) only the decisions served since
+the newest restart are compared: the jobs build their parameters with :func:`current_params`,
+so the fine-tune rounds and the retirement of losers judge copy by the tastes of now.
+
 Usage::
 
     comparisons = compare_variants(sessions, WinnerParams(min_exposure=200))
@@ -45,6 +49,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import CONTROL_SOURCE
+from core.ledger.model_versions import restarted_at
 from core.ledger.sessions import reading
 from core.ledger.tables import Decision, Reward, Variant
 from reports.estimators import Z95, Estimate, snips
@@ -63,6 +68,14 @@ class WinnerParams:
     def __post_init__(self) -> None:
         if self.min_exposure < 1:
             raise ValueError(f"min_exposure must be >= 1, got {self.min_exposure}")
+
+
+def current_params(sessions: sessionmaker[Session], min_exposure: int) -> WinnerParams:
+    """The parameters the jobs judge by: every product, decisions since the model's newest
+    restart (all of them when it was never restarted)."""
+    with sessions() as s:
+        since = restarted_at(s)
+    return WinnerParams(min_exposure=min_exposure, since=since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +424,7 @@ __all__ = [
     "Winner",
     "WinnerParams",
     "compare_variants",
+    "current_params",
     "preference_pairs",
     "retire_losers",
     "select_winners",

@@ -9,7 +9,8 @@ the learner learns from it the rewards closed after the rollback, not the ones t
 model it replaces (those stay in the ledger, and in the versions kept).
 
 Retention (`prune`) keeps the newest `keep_last`, every version that served in the last
-`keep_days` days, and the newest version that still loads (the last good one), whatever its age.
+`keep_days` days, the newest version that still loads (the last good one) and the newest
+restart (`restarted_at` reads its time), whatever their age.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from core.ledger.tables import ModelSnapshot, Reward
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
+#: `source` of a version added by `copyloop model restart` (`consumer.learner.restart`).
+RESTART_SOURCE = "restart"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,14 @@ class VersionNotFound(snapshots.SnapshotError):
 def reward_tip(s: Session) -> int:
     """The last reward's seq (0 when none is closed yet)."""
     return s.scalar(select(func.max(Reward.seq))) or 0
+
+
+def restarted_at(s: Session) -> float | None:
+    """When the newest restart was added (epoch s), None when the model was never restarted:
+    the time from which the ledger's decisions show the tastes of now."""
+    return s.scalar(
+        select(func.max(ModelSnapshot.created_at)).where(ModelSnapshot.source == RESTART_SOURCE)
+    )
 
 
 def list_versions(sessions: sessionmaker[Session], limit: int | None = None) -> list[ModelVersion]:
@@ -215,7 +226,8 @@ def prune(
     now: float | None = None,
 ) -> list[int]:
     """Delete the versions `retention` does not keep (rows and files); returns them, oldest
-    first. `is_good` says whether a snapshot loads; the newest one that does is always kept."""
+    first. `is_good` says whether a snapshot loads; the newest one that does is always kept, and
+    so is the newest restart (its time bounds the decisions that winners compare)."""
     now = time.time() if now is None else now
     horizon = now - retention.keep_days * DAY_S
     with sessions() as s:
@@ -224,6 +236,9 @@ def prune(
                 ModelSnapshot.version.desc()
             )
         ).all()
+        restart = s.scalar(
+            select(func.max(ModelSnapshot.version)).where(ModelSnapshot.source == RESTART_SOURCE)
+        )
     keep: set[int] = set()
     served_until: float | None = None  # the newer version's creation
     for i, (version, created_at) in enumerate(rows):
@@ -231,8 +246,7 @@ def prune(
             keep.add(version)
         served_until = created_at
     good = _last_good(sessions, (v for v, _ in rows), is_good)
-    if good is not None:
-        keep.add(good)
+    keep.update(v for v in (good, restart) if v is not None)
     doomed = sorted(v for v, _ in rows if v not in keep)
     if not doomed:
         return []

@@ -271,6 +271,25 @@ def test_prune_keeps_the_newest_the_recently_served_and_the_last_good(sessions, 
     ) == [6, 7]
 
 
+def test_prune_keeps_the_newest_restart_however_old(sessions, tmp_path):
+    # the restart's time bounds the decisions that winners compare (`restarted_at`)
+    for source in ("learned", "restart", "learned", "restart", "learned", "learned"):
+        snapshots.save(sessions, b"model", 0, "--cb_adf", str(tmp_path), source=source)
+    now = T0 + 100 * model_versions.DAY_S
+    with sessions.begin() as s:
+        s.execute(update(ModelSnapshot).values(created_at=now - 50 * model_versions.DAY_S))
+        restarted = model_versions.restarted_at(s)
+
+    pruned = model_versions.prune(
+        sessions, model_versions.Retention(1, 0.0), lambda snap: True, now=now
+    )
+
+    assert restarted is not None
+    assert pruned == [1, 2, 3, 5]  # 6: the newest (and the last good one); 4: the newest restart
+    with sessions() as s:
+        assert model_versions.restarted_at(s) == restarted
+
+
 def test_retention_settings_are_validated():
     with pytest.raises(ValueError, match="keep_last must be >= 1, got 0"):
         model_versions.Retention(0, 1.0)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.catalog import SAMPLE_CATALOG, ProductIn, read_catalog
-from core.ledger import Decision, Reward
+from core.ledger import Decision, ModelSnapshot, Reward, model_versions, snapshots
 from generator.winners import (
     Comparison,
     WinnerParams,
     compare_variants,
+    current_params,
     preference_pairs,
     select_winners,
     winners,
@@ -77,6 +78,41 @@ def test_min_exposure_holds_back_an_otherwise_clear_winner(
     ledger.serve(catalog[1].product_id, [control, a], 3000, [0.5, 0.5], {control: 0.1, a: 0.5})
     assert [w.variant_id for w in select_winners(sessions, WinnerParams(min_exposure=1000))] == [a]
     assert select_winners(sessions, WinnerParams(min_exposure=2000)) == []
+
+
+def test_after_a_restart_only_the_decisions_since_are_judged(
+    sessions: sessionmaker[Session], catalog: list[ProductIn]
+) -> None:
+    # Old tastes: A beats the control clearly. Then tastes flip (A falls below the control) and
+    # the operator restarts the model: the jobs judge by the decisions since the restart.
+    ledger = Ledger(sessions, seed=8)
+    product = catalog[4].product_id
+    control, a = ledger.product(catalog[4], [("story", "A story that sold once.")])
+    ledger.serve(product, [control, a], 3000, [0.5, 0.5], {control: 0.1, a: 0.5})
+    assert current_params(sessions, 100) == WinnerParams(min_exposure=100, since=None)
+    assert [w.variant_id for w in select_winners(sessions, current_params(sessions, 100))] == [a]
+
+    version = snapshots.save(sessions, b"fresh", 0, "--cb_adf", source="restart")
+    restarted = ledger.ts + 0.5
+    with sessions.begin() as s:
+        s.execute(
+            update(ModelSnapshot)
+            .where(ModelSnapshot.version == version)
+            .values(created_at=restarted)
+        )
+    ledger.serve(product, [control, a], 1500, [0.5, 0.5], {control: 0.3, a: 0.05})
+
+    params = current_params(sessions, 100)
+    assert params.since == restarted
+    after = by_variant(compare_variants(sessions, params))[a]
+    assert after.loses and after.exposure + after.control_exposure == 1500
+    assert select_winners(sessions, params) == []
+    # all of history still says A wins (3,000 old decisions outweigh 1,500 new ones)
+    assert by_variant(compare_variants(sessions, WinnerParams(min_exposure=100)))[a].wins
+    # a later, learned version does not move the cut; the newest restart's time is it
+    snapshots.save(sessions, b"learned", 0, "--cb_adf")
+    with sessions() as s:
+        assert model_versions.restarted_at(s) == restarted
 
 
 def test_a_clear_loser_loses_and_pairs_weigh_gain_by_confidence(
