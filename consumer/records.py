@@ -277,25 +277,42 @@ def _fast_decision(value: bytes, partition: int) -> DecisionRecord | None:
         return None
     context = d.get("context", {})
     activated = d.get("activated", True)
+    # The schema's checks and `_decision_problems`' in one expression, each at most once: what
+    # orjson cannot produce (NaN, infinity; control characters in a plain message) is not
+    # checked again (apart, the two cost `bench/consume.py`'s decision 17 % more time).
     if not (
-        _is_id(decision_id, plain)
-        and _is_id(product_id, plain)
+        type(decision_id) is str
+        and type(product_id) is str
         and type(variant_id) is str
+        and 0 < len(decision_id) <= _DECISION_ID_MAX
+        and 0 < len(product_id) <= ID_MAX
+        and 0 < len(variant_id) <= _VARIANT_ID_MAX
+        and (
+            plain
+            or (is_printable(decision_id) and is_printable(product_id) and "\x00" not in variant_id)
+        )
         and type(policy) is str
         and policy in _POLICIES
         and _number(probability)
         and 0 < probability <= 1
         and type(model_version) is int
-        and type(actions) is list
-        and set(map(type, actions)) <= _STR
-        and type(pmf) is list
-        and set(map(type, pmf)) <= _NUMBERS
         and _number(ts)
+        and _MIN_TS <= ts <= _MAX_TS
         and type(activated) is bool
+        and type(actions) is list
+        and type(pmf) is list
+        and 0 < len(actions) == len(pmf)
+        and set(map(type, actions)) == _STR
+        and variant_id in actions
+        and 0 < min(map(len, actions))
+        and max(map(len, actions)) <= _VARIANT_ID_MAX
+        and set(map(type, pmf)) <= _NUMBERS
+        and 0.0 <= min(pmf)
+        and max(pmf) <= 1.0
         and type(d.get("text", "")) is str
         and type(d.get("style", "")) is str
         and _clean_context(context, plain)
-    ) or _decision_problems(decision_id, product_id, variant_id, actions, pmf, ts):
+    ):
         return None  # the schema's path explains the refusal
     return DecisionRecord(
         decision_id,
@@ -311,12 +328,6 @@ def _fast_decision(value: bytes, partition: int) -> DecisionRecord | None:
         partition,
         not activated,
     )
-
-
-def _is_id(value: object, plain: bool) -> bool:
-    """What `core.messages.Id` accepts unchanged; `plain`: no string of the message can hold a
-    control character."""
-    return type(value) is str and 0 < len(value) <= ID_MAX and (plain or is_printable(value))
 
 
 def _clean_context(context: object, plain: bool) -> bool:
