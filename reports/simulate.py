@@ -275,7 +275,7 @@ def variant_rates(
             if not served.any():
                 continue
             w = 1.0 / p[served]
-            truth = theta[:, v].mean()
+            truth = float(theta[:, v].mean())
             for metric, r, kap, t in (
                 ("ctr", click[served], 1.0, truth),
                 ("cvr", buy[served], 1.0, truth * PURCHASE_GIVEN_CLICK),
