@@ -73,7 +73,7 @@ class WinnerParams:
 def current_params(sessions: sessionmaker[Session], min_exposure: int) -> WinnerParams:
     """The parameters the jobs judge by: every product, decisions since the model's newest
     restart (all of them when it was never restarted)."""
-    with sessions() as s:
+    with reading(sessions) as s:  # not the write lock: the consumer writes on
         since = restarted_at(s)
     return WinnerParams(min_exposure=min_exposure, since=since)
 
