@@ -33,7 +33,7 @@ def test_tune_gc_freezes_start_up_state_and_still_collects_new_cycles() -> None:
         [sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, check=True
     )
     seen = json.loads(out.stdout)
-    assert seen["before"] == 0
-    assert seen["frozen"] > 1000  # the modules imported so far, at least
+    # the modules imported so far, at least (CPython 3.12 starts with a few hundred frozen)
+    assert seen["frozen"] > seen["before"] + 1000
     assert seen["thresholds"] == seen["wanted"]
     assert seen["collected"] >= 1
