@@ -232,22 +232,20 @@ def prune(
     horizon = now - retention.keep_days * DAY_S
     with sessions() as s:
         rows = s.execute(
-            select(ModelSnapshot.version, ModelSnapshot.created_at).order_by(
+            select(ModelSnapshot.version, ModelSnapshot.created_at, ModelSnapshot.source).order_by(
                 ModelSnapshot.version.desc()
             )
         ).all()
-        restart = s.scalar(
-            select(func.max(ModelSnapshot.version)).where(ModelSnapshot.source == RESTART_SOURCE)
-        )
     keep: set[int] = set()
     served_until: float | None = None  # the newer version's creation
-    for i, (version, created_at) in enumerate(rows):
+    for i, (version, created_at, _) in enumerate(rows):
         if i < retention.keep_last or served_until is None or served_until >= horizon:
             keep.add(version)
         served_until = created_at
-    good = _last_good(sessions, (v for v, _ in rows), is_good)
+    restart = next((v for v, _, source in rows if source == RESTART_SOURCE), None)  # newest first
+    good = _last_good(sessions, (v for v, _, _ in rows), is_good)
     keep.update(v for v in (good, restart) if v is not None)
-    doomed = sorted(v for v, _ in rows if v not in keep)
+    doomed = sorted(v for v, _, _ in rows if v not in keep)
     if not doomed:
         return []
     paths: list[str] = []
