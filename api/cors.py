@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The routes a web page calls with a publishable key (and the snippet itself).
 STOREFRONT_PATHS = re.compile(
-    r"^/v1/(products/[^/]+/variant|decisions|decisions/[^/]+/activate|events|client\.js)$"
+    r"^/v1/(products/.+/variant|decisions|decisions/[^/]+/activate|events|client\.js)$"
 )
 
 

@@ -41,13 +41,13 @@ from api.auth import Authorized, bearer_key, key_role
 from api.cors import append_vary
 from api.deps import Resources
 from api.metrics import Metrics
-from api.routes.decisions import JSON, VARIANT_PATH, page_view, query_dict, router
+from api.routes.decisions import JSON, VARIANT_PATH, VARIANT_ROUTE, page_view, query_dict, router
 from core.messages import ID_MAX
 
-#: The route's path with its product id, as the router matches it (one segment, 1 to ID_MAX
-#: long, the route's bounds: longer ones go to FastAPI, which refuses them with its validation
-#: error).
-_VARIANT = re.compile(rf"/v1/products/([^/]{{1,{ID_MAX}}})/variant")
+#: The route's path with its product id, as the router matches it (1 to ID_MAX characters, `/`
+#: included, the route's bounds: longer ones go to FastAPI, which refuses them with its
+#: validation error).
+_VARIANT = re.compile(rf"/v1/products/(.{{1,{ID_MAX}}})/variant")
 #: Request headers that announce a body: such a GET goes through the body limit and FastAPI.
 _BODY = (b"content-length", b"transfer-encoding")
 
@@ -98,7 +98,7 @@ class PageViewLane:
             await response(scope, receive, send)
         finally:
             elapsed = time.perf_counter() - start
-            self._metrics.timed("GET", VARIANT_PATH, f"{status // 100}xx", elapsed)
+            self._metrics.timed("GET", VARIANT_ROUTE, f"{status // 100}xx", elapsed)
 
     async def _respond(
         self, scope: Scope, receive: Receive, product_id: str, authorization: str | None

@@ -258,7 +258,8 @@ class LatencyMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route: Any = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            # the template without converters (`{product_id}`, not `{product_id:path}`)
+            path = getattr(route, "path_format", None) or "unmatched"
             self.metrics.timed(
                 scope["method"], path, f"{status // 100}xx", time.perf_counter() - start
             )

@@ -313,6 +313,25 @@ class Settings(BaseSettings):
         "target_modules=q_proj,v_proj'; the CLI's --set wins over them.",
     )
 
+    @field_validator(
+        "snapshot_dir",
+        "kafka_bootstrap",
+        "generator_model",
+        "generator_device",
+        "generator_dtype",
+        "generator_batch_size",
+        "generator_static_cache",
+        "token_secret",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `COPYLOOP_KAFKA_BOOTSTRAP=` (what compose files write for `${VAR:-}`) means unset, not
+        # an empty address: otherwise `up` would start no broker and then dial the default one.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("holdout")
     @classmethod
     def _holdout_in_unit(cls, value: float) -> float:

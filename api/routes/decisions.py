@@ -41,8 +41,11 @@ from core.messages import ID_MAX
 ServingDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
 #: Query names that are not context.
 RESERVED = ("defer", "key")
-#: The page-view route (also answered by `api.fastlane`, above the middlewares).
-VARIANT_PATH = "/v1/products/{product_id}/variant"
+#: The page-view route (also answered by `api.fastlane`, above the middlewares). A product id
+#: may hold `/` (storefront SKUs do; clients send it as `%2F`, which arrives decoded).
+VARIANT_PATH = "/v1/products/{product_id:path}/variant"
+#: Its template as OpenAPI and the latency metric name it.
+VARIANT_ROUTE = "/v1/products/{product_id}/variant"
 #: The answers' media type.
 JSON = "application/json"
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}

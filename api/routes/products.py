@@ -73,7 +73,7 @@ async def upsert(request: Request, sessions: SessionsDep, catalog: CatalogDep) -
 
 
 @router.get(
-    "/v1/products/{product_id}",
+    "/v1/products/{product_id:path}",
     response_model=ProductOut,
     dependencies=[Depends(require("analyst"))],
     responses={404: {"model": ErrorResponse, "description": "Unknown product."}},

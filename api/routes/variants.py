@@ -87,7 +87,7 @@ def _body_schema() -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/products/{product_id}/variants",
+    "/v1/products/{product_id:path}/variants",
     status_code=201,
     response_model=ManualVariantsOut,
     dependencies=[Depends(require("admin"))],
@@ -138,7 +138,7 @@ async def add(
 
 
 @router.delete(
-    "/v1/products/{product_id}/variants/{variant_id}",
+    "/v1/products/{product_id:path}/variants/{variant_id}",
     response_model=RetiredOut,
     dependencies=[Depends(require("admin"))],
     responses={

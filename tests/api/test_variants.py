@@ -37,8 +37,9 @@ def test_a_manual_variant_passes_the_guardrails_and_is_served_at_once(
     pid = product.product_id
     serve = headers["serve"]
     wait_until(
-        lambda: client.get(f"/v1/products/{pid}/variant", headers=serve).json()["policy"]
-        == "bandit",
+        lambda: (
+            client.get(f"/v1/products/{pid}/variant", headers=serve).json()["policy"] == "bandit"
+        ),
         what="the model to load",
     )
     body = {"variants": [{"text": GOOD, "style": "desk"}, {"text": "A 12 inch copper lamp."}]}
@@ -108,3 +109,31 @@ def test_bad_input_names_the_field_and_stores_nothing(
     for role in ("serve", "analyst", "events"):
         r = client.post(f"/v1/products/{pid}/variants", json={"text": GOOD}, headers=headers[role])
         assert r.status_code == 403
+
+
+def test_product_ids_with_slashes_spaces_and_accents_work_on_every_product_route(
+    client: TestClient, headers: dict[str, dict[str, str]]
+) -> None:
+    """Storefront SKUs hold `/` (`AB-12/XL`): clients send it as `%2F`, which the server sees
+    decoded; each route that takes a product id in its path still finds the product."""
+    from urllib.parse import quote
+
+    pid = "AB-12/XL été 2"
+    body = {"product_id": pid, "title": "Sun hat", "description": "A wide-brim straw sun hat."}
+    assert client.post("/v1/products", json=body, headers=headers["admin"]).status_code == 200
+    path = f"/v1/products/{quote(pid, safe='')}"
+    served = client.get(f"{path}/variant?device=mobile", headers=headers["serve"])
+    assert served.status_code == 200, served.text
+    assert served.json()["product_id"] == pid
+    added = client.post(
+        f"{path}/variants",
+        json={"text": "A wide-brim straw hat that keeps the sun off your face and neck."},
+        headers=headers["admin"],
+    )
+    assert added.status_code == 201, added.text
+    [new] = added.json()["variants"]
+    read = client.get(path, headers=headers["analyst"])
+    assert read.status_code == 200 and read.json()["product_id"] == pid
+    assert new["variant_id"] in {v["variant_id"] for v in read.json()["variants"]}
+    retired = client.delete(f"{path}/variants/{new['variant_id']}", headers=headers["admin"])
+    assert retired.status_code == 200 and retired.json()["status"] == "retired"

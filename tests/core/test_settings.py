@@ -34,6 +34,19 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.bootstrap == "k1:9092" and not s.embedded_broker
 
 
+def test_blank_optional_settings_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`VAR=` (a compose file's `${VAR:-}`) is the default, not an empty address or model."""
+    monkeypatch.setenv("COPYLOOP_KAFKA_BOOTSTRAP", "")
+    monkeypatch.setenv("COPYLOOP_GENERATOR_MODEL", " ")
+    monkeypatch.setenv("COPYLOOP_GENERATOR_BATCH_SIZE", "")
+    monkeypatch.setenv("COPYLOOP_TOKEN_SECRET", "")
+    s = load_settings(_env_file=None)
+    assert s.kafka_bootstrap is None and s.embedded_broker and s.bootstrap == "127.0.0.1:9092"
+    assert (s.generator_model, s.generator_batch_size, s.token_secret) == (None, None, None)
+    monkeypatch.setenv("COPYLOOP_BANDIT_EXTRA_ARGS", "")  # a string setting: blank is a value
+    assert load_settings(_env_file=None).bandit_extra_args == ""
+
+
 def test_holdout_message_is_exact() -> None:
     with pytest.raises(ValidationError, match=r"holdout must be in \[0, 1\], got 2.0"):
         load_settings(holdout=2.0)
