@@ -24,6 +24,7 @@ from core.messages import (
     MAX_CONTEXT_CHARS,
     MAX_CONTEXT_KEY_CHARS,
     MAX_CONTEXT_KEYS,
+    MAX_EVENT_VALUE,
     Activation,
     Decision,
     explain,
@@ -242,7 +243,7 @@ def _fast_event(value: bytes, kafka_timestamp_ms: int | None) -> EventRecord | N
         and is_clean_id(decision_id)
         and type(kind) is str
         and kind in _EVENT_TYPES
-        and (amount is None or (_number(amount) and 0 <= amount and math.isfinite(amount)))
+        and (amount is None or (_number(amount) and 0 <= amount <= MAX_EVENT_VALUE))
     ):
         return None
     raw_ts = d.get("ts")

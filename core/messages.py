@@ -92,6 +92,10 @@ ID_MAX = 128
 MAX_CONTEXT_KEYS = 64
 MAX_CONTEXT_KEY_CHARS = 64
 MAX_CONTEXT_CHARS = 256
+#: Largest purchase value: beyond any one purchase, and small enough that sums of billions of
+#: them stay finite (two values near the float maximum summed to infinity, which the report
+#: could only show as null).
+MAX_EVENT_VALUE = 1e12
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: The same rule as a JSON-schema pattern, for OpenAPI (ECMA regex syntax).
 PRINTABLE_PATTERN = r"^[^\u0000-\u001F\u007F]+$"
@@ -192,7 +196,9 @@ class EventIn(BaseModel):
     decision_id: Id
     type: EventType
     ts: float | None = Field(None, description="ISO-8601 or epoch ms; default: receipt time.")
-    value: float | None = Field(None, ge=0, description="Revenue of a purchase (>= 0).")
+    value: float | None = Field(
+        None, ge=0, le=MAX_EVENT_VALUE, description="Revenue of a purchase (>= 0, <= 1e12)."
+    )
 
     @field_validator("ts", mode="before")
     @classmethod

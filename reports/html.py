@@ -59,13 +59,16 @@ _ENV.filters["named_explorer"] = lambda e: (e["explorer"], e)  # a shadow row: (
 
 
 def bar_chart(
-    bars: list[tuple[str, float, float | None, float | None]], width: int = 420, fmt: str = ".2%"
+    bars: list[tuple[str, float | None, float | None, float | None]],
+    width: int = 420,
+    fmt: str = ".2%",
 ) -> dict[str, Any]:
     """Geometry of a horizontal bar chart with optional interval whiskers.
 
-    `bars` are `(label, value, low, high)`; returns rows of pixel coordinates for the template.
+    `bars` are `(label, value, low, high)`; a value of None (the report's JSON has no number
+    for it) is drawn as "n/a". Returns rows of pixel coordinates for the template.
     """
-    top = max([b[1] for b in bars] + [b[3] or 0 for b in bars] + [1e-12])
+    top = max([b[1] or 0 for b in bars] + [b[3] or 0 for b in bars] + [1e-12])
     scale = (width - 160) / top
     rows = []
     for i, (label, value, low, high) in enumerate(bars):
@@ -74,8 +77,8 @@ def bar_chart(
                 "label": label,
                 "value": value,
                 "y": 10 + i * 34,
-                "w": max(value * scale, 1.0),
-                "text": format(value, fmt),
+                "w": 1.0 if value is None else max(value * scale, 1.0),
+                "text": "n/a" if value is None else format(value, fmt),
                 "lo": None if low is None else 120 + max(low, 0) * scale,
                 "hi": None if high is None else 120 + high * scale,
             }

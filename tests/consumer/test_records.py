@@ -149,6 +149,10 @@ def test_the_fast_event_decoder_agrees_with_the_schema(value: bytes) -> None:
         (b'{"event_id": "e1", "decision_id": "d1", "type": "click", "ts": 1}', "ts: is out of"),
         (b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": -1}', "value:"),
         (b'{"event_id": "e1", "decision_id": "d1", "type": "click", "value": NaN}', "value:"),
+        (
+            b'{"event_id": "e1", "decision_id": "d1", "type": "purchase", "value": 1.5e308}',
+            "value: Input should be less than or equal to 1000000000000",
+        ),
         (b'{"event_id": "e1", "decision_id": "d1", "type": true}', "type:"),
         (b"[1, 2]", "an event must be a JSON object, got list"),
         (b"\xff{", "not JSON"),

@@ -240,3 +240,21 @@ def test_greedy_with_one_snapshot_that_learned_everything_is_unavailable(
         "every model snapshot learned from all 300 sampled decisions: none is held out to "
         "score the greedy policy on"
     )
+
+
+def test_the_page_draws_a_metric_the_json_has_no_number_for_as_na(
+    engine: Engine, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """A ledger's revenue can sum past the float range (values stored before the bound on
+    purchase values): the JSON says null, and the page shows n/a instead of failing."""
+    fill(engine, 200, n_products=2, seed=3, span_s=600.0)
+    report = uplift_report(sessions, settings, ope_sample=50)
+    for arm in ("bandit", "control"):
+        report["arms"][arm]["revenue"] = report["arms"][arm]["revenue_per_impression"] = None
+    rows = [*report["products"], *report["variants"], *report["generator_versions"]]
+    assert rows
+    for row in rows:
+        row["revenue"] = None
+    html = to_html(report)
+    chart = html[html.index('data-metric="revenue_per_impression"') :]
+    assert "n/a" in chart[: chart.index("</figure>")]
