@@ -67,19 +67,14 @@ def _logging(level: str = "INFO") -> None:
     )
 
 
-def _parse_time(value: str | None, name: str) -> float | None:
-    """ISO-8601 or epoch seconds, for --since/--until."""
-    if value is None:
-        return None
+def _parse_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """--since/--until as the HTTP API reads them (`reports.window`)."""
+    from reports.window import BadWindow, parse_window
+
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInput(f"--{name}: expected ISO-8601 or epoch seconds, got {value!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        return parse_window(since, until)
+    except BadWindow as bad:
+        raise BadInput(f"--{bad}") from None
 
 
 # -- running the parts ------------------------------------------------------------------------
@@ -499,8 +494,12 @@ def report(
         ReportFormat.json
     ),
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
-    until: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
+    ] = None,
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
     ope_sample: Annotated[
         int,
@@ -537,7 +536,7 @@ def report(
     from reports.html import to_html
 
     settings = _settings()
-    since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+    since_ts, until_ts = _parse_window(since, until)
     engine = make_engine(settings.database_url, read_only=True)  # the consumer writes on
     try:
         data = uplift_report(
@@ -576,8 +575,12 @@ def export(
         ExportFormat.dsjson
     ),
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
-    until: Annotated[str | None, typer.Option(help="ISO-8601 or epoch seconds.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
+    ] = None,
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
 ) -> None:
     """Closed decisions as VW DSJson (`--cb_explore_adf --dsjson`), one per line."""
@@ -585,7 +588,7 @@ def export(
     from reports.export import export as write_export
 
     settings = _settings()
-    since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+    since_ts, until_ts = _parse_window(since, until)
     engine = make_engine(settings.database_url, read_only=True)  # the consumer writes on
     try:
         sessions = make_sessionmaker(engine)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from api.auth import require
 from api.deps import ReadsDep, SettingsDep
 from api.errors import AUTH_RESPONSES
-from api.routes.reports import TimeParam, parse_time
+from api.routes.reports import TimeParam, parse_times
 from reports import finite
 from reports.features import DEFAULT_FEATURE_SAMPLE, DEFAULT_TOP, feature_report
 from reports.queries import Filters
@@ -41,6 +41,6 @@ def features(
 ) -> dict[str, Any]:
     """`features` ({namespace, feature, importance, weight}, largest first), `namespaces`
     (totals), `groups` ({group, label, ope_without, snips_change}), `all_features`, `sample`."""
-    f = Filters(parse_time(since, "since"), parse_time(until, "until"), product_id)
+    f = Filters(*parse_times(since, until), product_id)
     out: dict[str, Any] = finite(feature_report(sessions, settings, f, sample, top))
     return out

@@ -6,8 +6,6 @@ window, pick the format, and run the (database-heavy) work in the thread pool vi
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -20,13 +18,11 @@ from reports import to_csv, uplift_report
 from reports.features import DEFAULT_FEATURE_SAMPLE
 from reports.html import to_html
 from reports.uplift import DEFAULT_OPE_SAMPLE
+from reports.window import BadWindow, parse_window
 
 router = APIRouter(
     tags=["reports"], dependencies=[Depends(require("analyst"))], responses=AUTH_RESPONSES
 )
-
-#: Epoch numbers at or above this are milliseconds (1e11 s would be the year 5138).
-_MS_THRESHOLD = 1e11
 
 TimeParam = Annotated[
     str | None,
@@ -60,33 +56,16 @@ OpeSampleParam = Annotated[
 ]
 
 
-def parse_time(value: str | None, name: str) -> float | None:
-    """Epoch seconds from ISO-8601 or an epoch number (seconds, or milliseconds when ≥ 1e11).
-
-    >>> parse_time("2026-01-02T03:04:05Z", "since"), parse_time("1767323045", "since")
-    (1767323045.0, 1767323045.0)
-    >>> parse_time("1767323045000", "until")
-    1767323045.0
-    """
-    if value is None or value == "":
-        return None
+def parse_times(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """Both bounds (`reports.window.parse_window`); 422 naming the bound that is wrong."""
     try:
-        number = float(value)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidRequest(
-                f"{name}: expected ISO-8601 or epoch seconds, got {value!r}",
-                [{"field": f"query.{name}", "reason": "not ISO-8601 or an epoch number"}],
-            ) from None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(number):
-        raise InvalidRequest(
-            f"{name}: must be finite, got {value!r}",
-            [{"field": f"query.{name}", "reason": "not a finite number"}],
-        )
-    return number / 1000.0 if abs(number) >= _MS_THRESHOLD else number
+        return parse_window(since, until)
+    except BadWindow as bad:
+        raise _refusal(bad) from None
+
+
+def _refusal(bad: BadWindow) -> InvalidRequest:
+    return InvalidRequest(str(bad), [{"field": f"query.{bad.field}", "reason": bad.reason}])
 
 
 def _report(
@@ -99,11 +78,12 @@ def _report(
     ci: str = "fixed",
     feature_sample: int = 0,
 ) -> dict[str, Any]:
+    since_ts, until_ts = parse_times(since, until)
     return uplift_report(
         sessions,
         settings,
-        since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
+        since=since_ts,
+        until=until_ts,
         product_id=product_id,
         ope_sample=ope_sample,
         ci=ci,

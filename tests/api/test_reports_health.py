@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.errors import InvalidRequest
-from api.routes.reports import parse_time
+from reports.window import BadWindow, parse_bound
 
 
 def test_uplift_report_json_csv_and_html(
@@ -43,18 +42,25 @@ def test_uplift_report_json_csv_and_html(
     r = client.get("/v1/reports/uplift?since=yesterday", headers=h)
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["field"] == "query.since"
+    for query in ("since=nan", "since=2026-12-07&until=2026-12-06", "since=5&until=5"):
+        r = client.get(f"/v1/reports/uplift?{query}", headers=h)
+        assert r.status_code == 422, query
+        [bad] = r.json()["error"]["details"]
+        assert bad["field"] == ("query.since" if "nan" in query else "query.until"), query
+    r = client.get("/v1/reports/features?since=2026-12-07&until=2026-12-06", headers=h)
+    assert r.status_code == 422 and "must be after since" in r.json()["error"]["message"]
     r = client.get("/v1/reports/uplift?format=xml", headers=h)
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["field"] == "query.format"
 
 
 def test_parse_time_units() -> None:
-    assert parse_time("1767323045", "since") == 1767323045.0
-    assert parse_time("1767323045500", "since") == 1767323045.5
-    assert parse_time("2026-01-02T03:04:05", "since") == 1767323045.0  # naive means UTC
-    assert parse_time(None, "since") is None
-    with pytest.raises(InvalidRequest, match=r"until: expected ISO-8601 or epoch seconds"):
-        parse_time("soon", "until")
+    assert parse_bound("1767323045", "since") == 1767323045.0
+    assert parse_bound("1767323045500", "since") == 1767323045.5
+    assert parse_bound("2026-01-02T03:04:05", "since") == 1767323045.0  # naive means UTC
+    assert parse_bound(None, "since") is None
+    with pytest.raises(BadWindow, match=r"until: expected ISO-8601 or epoch seconds"):
+        parse_bound("soon", "until")
 
 
 def test_healthz_and_metrics(

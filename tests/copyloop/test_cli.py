@@ -73,6 +73,11 @@ def test_missing_file_and_bad_usage_exit_2(database_url: str, tmp_path: Path) ->
     assert out.returncode == 2 and "--format" in out.stderr
     out = run(database_url, "report", "--since", "yesterday-ish")
     assert out.returncode == 2 and "--since" in out.stderr
+    for command in ("report", "export"):
+        out = run(database_url, command, "--since", "2026-12-07", "--until", "2026-12-06")
+        assert out.returncode == 2 and "--until: must be after since" in out.stderr, out.stderr
+    out = run(database_url, "report", "--until", "nan")
+    assert out.returncode == 2 and "--until: must be finite" in out.stderr
 
 
 def test_keys_create_prints_key_last_and_stores_only_its_hash(
