@@ -293,7 +293,7 @@ def generate(
     from rich.progress import Progress
 
     from core.ledger import make_engine, make_sessionmaker
-    from generator import GeneratorError, UnknownProductError, UnknownStyleError
+    from generator import GeneratorError, SettingError, UnknownProductError, UnknownStyleError
     from generator.jobs import generate_variants
 
     settings = _settings()
@@ -315,7 +315,7 @@ def generate(
                     per_product=per_product,
                     progress=tick,
                 )
-            except (UnknownProductError, UnknownStyleError) as exc:
+            except (UnknownProductError, UnknownStyleError, SettingError) as exc:
                 raise BadInput(str(exc)) from exc
             except GeneratorError as exc:
                 _fail(str(exc), 1)
@@ -358,7 +358,7 @@ def finetune(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from core.ledger import make_engine, make_sessionmaker
-    from generator import GeneratorError
+    from generator import GeneratorError, SettingError
     from generator.finetune import config_from_settings, parse_overrides
     from generator.finetune import main as run_finetune
 
@@ -381,6 +381,8 @@ def finetune(
 
             try:
                 result = run_finetune(cfg, sessions, settings, tick)
+            except SettingError as exc:
+                raise BadInput(str(exc)) from exc
             except GeneratorError as exc:
                 _fail(str(exc), 1)
     finally:

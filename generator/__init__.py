@@ -10,7 +10,9 @@ every candidate passes before it can be served), `jobs` (generate and store vari
 Errors::
 
     GeneratorError                  base of everything raised here
-    ├── BackendUnavailableError     the requested backend cannot run (e.g. `hf` without a model)
+    ├── BackendUnavailableError     the requested backend cannot run here (a package missing)
+    ├── SettingError                a setting it needs is unset or names no loadable model
+    │                               (also a ValueError; `finetune.FinetuneError` is one)
     ├── UnknownStyleError           a style the backend does not know (also a ValueError)
     └── UnknownProductError         product ids that are not in the ledger (also a LookupError)
 """
@@ -26,6 +28,11 @@ class BackendUnavailableError(GeneratorError):
     """The requested backend cannot run here."""
 
 
+class SettingError(GeneratorError, ValueError):
+    """A setting the generator needs is unset, or names no model it can load: the operator's
+    input to fix (the CLI exits 2)."""
+
+
 class UnknownStyleError(GeneratorError, ValueError):
     """A style the backend does not know."""
 
@@ -37,6 +44,7 @@ class UnknownProductError(GeneratorError, LookupError):
 __all__ = [
     "BackendUnavailableError",
     "GeneratorError",
+    "SettingError",
     "UnknownProductError",
     "UnknownStyleError",
 ]

@@ -30,7 +30,7 @@ Usage::
     result = main(FinetuneConfig(base_model="var/tiny-gpt2", sft_steps=40), sessions, settings)
     result.status, result.gate_reason, result.metrics["heldout_nll"]
 
-Errors: :class:`FinetuneError` (a `generator.GeneratorError`) when there is no base model.
+Errors: :class:`FinetuneError` (a `generator.SettingError`) when there is no base model.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.ledger.tables import Product, Variant
 from core.settings import Settings
-from generator import GeneratorError
+from generator import SettingError
 from generator.finetune_config import (
     FinetuneConfig,
     config_from_settings,
@@ -64,7 +64,7 @@ from generator.winners import winners as pick_winners
 Progress = Callable[[str, int, int], None]
 
 
-class FinetuneError(GeneratorError):
+class FinetuneError(SettingError):
     """A fine-tuning round that cannot start (no base model)."""
 
 

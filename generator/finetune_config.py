@@ -68,7 +68,6 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings as typed :class:`FinetuneConfig` overrides (the CLI's ``--set``):
     numbers, booleans (true/false), comma-separated tuples, `none` for optional fields.

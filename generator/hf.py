@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from generator import BackendUnavailableError, GeneratorError
+from generator import BackendUnavailableError, GeneratorError, SettingError
 from generator.facts import ProductLike
 from generator.prompts import build_prompt, format_for_model
 from generator.rules import Candidate
@@ -181,7 +181,7 @@ class HFGenerator:
                 where, dtype=torch_dtype, local_files_only=local_files_only
             )
         except (OSError, ValueError, KeyError) as exc:
-            raise GeneratorError(
+            raise SettingError(
                 f"cannot load generator_model {where!r} (COPYLOOP_GENERATOR_MODEL): {exc}"
             ) from exc
         if adapter_path is not None:
@@ -352,8 +352,13 @@ class HFGenerator:
 
 
 #: Config attributes that hold a model's context length, by architecture family.
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
-                 "seq_length")
+_CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
 #: The fewest prompt tokens worth generating from (a product's title and a few facts).
 MIN_PROMPT_TOKENS = 64
 

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.catalog import CONTROL_SOURCE, dialect_insert, variant_id
 from core.ledger.tables import Product, Variant
 from core.settings import Settings
-from generator import GeneratorError, UnknownProductError
+from generator import GeneratorError, SettingError, UnknownProductError
 from generator.facts import FactSheet, ProductLike
 from generator.guardrails import GuardrailParams, check, reason_kind
 from generator.rules import STYLES, Candidate, RulesGenerator
@@ -107,7 +107,7 @@ def _hf_backend(settings: Settings, sessions: sessionmaker[Session] | None) -> H
 
     model = settings.generator_model
     if not model:
-        raise GeneratorError(
+        raise SettingError(
             "the hf backend needs generator_model: set COPYLOOP_GENERATOR_MODEL to a local model "
             "directory (or the id of a model in the local cache)"
         )

@@ -16,8 +16,10 @@ from core.ledger import ApiKey, Product, Variant
 from reports.synthetic import fill
 
 
-def run(database_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url}
+def run(
+    database_url: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "copyloop", *args],
         env=env,
@@ -78,6 +80,9 @@ def test_missing_file_and_bad_usage_exit_2(database_url: str, tmp_path: Path) ->
         assert out.returncode == 2 and "--until: must be after since" in out.stderr, out.stderr
     out = run(database_url, "report", "--until", "nan")
     assert out.returncode == 2 and "--until: must be finite" in out.stderr
+    # the hf backend without COPYLOOP_GENERATOR_MODEL is a setting to fix, not a crash
+    out = run(database_url, "generate", "--backend", "hf", env={"COPYLOOP_GENERATOR_MODEL": ""})
+    assert out.returncode == 2 and "needs generator_model" in out.stderr, out.stderr
 
 
 def test_keys_create_prints_key_last_and_stores_only_its_hash(

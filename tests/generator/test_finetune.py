@@ -264,7 +264,7 @@ def test_the_pass_rate_bound_covers_at_its_level() -> None:
         (["--set", "sft_steps=many"], 2, "finetune setting sft_steps takes a int, got 'many'"),
         (["--set", "sft_steps"], 2, "--set takes KEY=VALUE, got 'sft_steps'"),
         (["--set", "lora_r=0"], 2, "lora_r must be >= 1, got 0"),
-        ([], 1, "no base model: set COPYLOOP_GENERATOR_MODEL"),
+        ([], 2, "no base model: set COPYLOOP_GENERATOR_MODEL"),
     ],
 )
 def test_cli_finetune_refuses_bad_settings_with_its_exit_code(
