@@ -56,4 +56,23 @@ def new_id() -> str:
     return raw.hex()
 
 
-__all__ = ["new_id"]
+def minted_at(decision_id: str) -> float | None:
+    """When `new_id` minted `decision_id` (Unix seconds), or None when it is not a UUIDv7 in
+    `new_id`'s form (another producer's id, or garbage).
+
+    >>> minted_at("018f2d3c4b5a7c0d8e0f112233445566")
+    1714450877.274
+    >>> minted_at("nope"), minted_at("018f2d3c4b5a4c0d8e0f112233445566")  # not version 7
+    (None, None)
+    """
+    if len(decision_id) != 32 or decision_id[12] != "7" or decision_id[16] not in "89ab":
+        return None
+    try:
+        millis = int(decision_id[:12], 16)
+        int(decision_id[12:], 16)
+    except ValueError:
+        return None
+    return millis / 1000.0
+
+
+__all__ = ["minted_at", "new_id"]

@@ -8,11 +8,14 @@ window ended (`consumer.join`). Repeating it changes nothing, so clients may ret
 The decision must be one this API issued: the request's `token` (`?token=` or a JSON body
 `{"token": …}`, any content type, so a page can send it without a CORS preflight) proves it
 at no cost; a wrong token is refused (403 `invalid_token`). Without a token, the decision must be
-one this process served recently or one the ledger holds; otherwise 404 `decision_not_found`.
+one this process served recently or one the ledger holds (waiting a few seconds for it when its
+id says it is only seconds old: another worker served it and the consumer is storing it);
+otherwise 404 `decision_not_found`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -34,11 +37,16 @@ from api.errors import (
     InvalidToken,
 )
 from api.schemas import ActivationOut
+from core.ids import minted_at
 from core.ledger.tables import Decision
 from core.messages import ACTIVATION, Activation
 
 #: A body bigger than this is not an activation.
 MAX_BODY = 4096
+#: A token-less activation of a decision minted this recently (by its id's time) that another
+#: process served waits up to `WAIT_S` for the ledger to hold it (`_stored`).
+FRESH_S = 30.0
+WAIT_S = 5.0
 
 router = APIRouter(tags=["decisions"])
 ActivatorDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
@@ -84,8 +92,8 @@ async def activate(
                 f"the token is not decision {decision_id!r}'s",
                 {"field": "token", "decision_id": decision_id},
             )
-    elif not storefront.recently_served(decision_id) and not await run_in_threadpool(
-        _in_ledger, resources.reads, decision_id
+    elif not storefront.recently_served(decision_id) and not await _stored(
+        resources.reads, decision_id
     ):
         raise DecisionNotFound(
             f"no decision {decision_id!r} was served here", {"decision_id": decision_id}
@@ -118,6 +126,24 @@ async def _body_token(request: Request) -> str | None:
     if token is not None and not isinstance(token, str):
         raise InvalidRequest("`token` must be a string", [{"field": "body.token"}])
     return token
+
+
+async def _stored(sessions: sessionmaker[Session], decision_id: str) -> bool:
+    """Whether the ledger holds the decision; for one minted in the last `FRESH_S` (another
+    worker or API process served it: the consumer stores it within about a second), whether it
+    does within `WAIT_S`. Without the wait, a page that activated its copy at once reached the
+    worker that had not served it half the time with 2 workers, and got 404."""
+    if await run_in_threadpool(_in_ledger, sessions, decision_id):
+        return True
+    minted = minted_at(decision_id)
+    if minted is None or not -FRESH_S <= minted - time.time() <= 5.0:
+        return False
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if await run_in_threadpool(_in_ledger, sessions, decision_id):
+            return True
+    return False
 
 
 def _in_ledger(sessions: sessionmaker[Session], decision_id: str) -> bool:

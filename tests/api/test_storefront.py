@@ -5,13 +5,19 @@ Retry-After, CORS on the storefront routes only, and the snippet."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.routes import activations
+from consumer.join import ingest
 from consumer.records import ActivationRecord, decode_decision, decode_events_message
 from core.settings import Settings
 
@@ -187,3 +193,39 @@ def test_cors_on_storefront_routes_only_and_the_snippet_needs_no_key(client: Tes
     assert js.headers["access-control-allow-origin"] == "*"
     again = client.get("/v1/client.js", headers={"If-None-Match": js.headers["etag"]})
     assert again.status_code == 304
+
+
+def test_a_tokenless_activation_waits_for_a_decision_another_process_served(
+    client: TestClient,
+    product: Any,
+    headers: Headers,
+    read_topic: Reader,
+    api_settings: Settings,
+    sessions: sessionmaker[Session],
+) -> None:
+    """With 2 workers, a page that activates at once reaches the worker that did not serve its
+    decision half the time, before the consumer stored it: a fresh id waits for the ledger; an
+    old or foreign id is refused at once."""
+    d = client.get(f"/v1/products/{product.product_id}/variant?defer=1", headers=headers["serve"])
+    decision_id = d.json()["decision_id"]
+    [(_, _, message)] = read_topic(api_settings.decisions_topic, 1)
+    resources = client.app_state["resources"]
+    resources.storefront._recent.clear()  # as if a sibling worker had served it
+
+    def store_later() -> None:
+        time.sleep(0.5)
+        ingest(sessions, [decode_decision(message)], [])
+
+    storing = threading.Thread(target=store_later)
+    storing.start()
+    started = time.monotonic()
+    r = client.post(f"/v1/decisions/{decision_id}/activate", headers=headers["serve"])
+    storing.join()
+    assert r.status_code == 202, r.text
+    assert 0.4 < time.monotonic() - started < activations.WAIT_S
+
+    started = time.monotonic()
+    for old in ("0" * 12 + "7" + "0" * 3 + "8" + "0" * 15, uuid.uuid4().hex, "nope"):
+        r = client.post(f"/v1/decisions/{old}/activate", headers=headers["serve"])
+        assert r.status_code == 404, old
+    assert time.monotonic() - started < 1.0  # no wait for ids not minted seconds ago

@@ -24,7 +24,7 @@ from uvicorn.config import STARTUP_FAILURE
 from api.workers import WorkerPool, balanced, bound_sockets
 from core.broker import free_port, wait_for_port
 
-APP = '''
+APP = """
 import asyncio, os, pathlib
 
 async def app(scope, receive, send):
@@ -53,7 +53,7 @@ async def app(scope, receive, send):
     headers = [(b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 RUN = (
     "import sys, uvicorn; from api.workers import WorkerPool; "
