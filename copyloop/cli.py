@@ -262,6 +262,13 @@ def catalog_import(
             f"products: {result.created} created, {result.updated} updated, "
             f"{result.unchanged} unchanged"
         )
+        if result.updated_ids:
+            from generator.recheck import retire_unsupported
+
+            retired = retire_unsupported(sessions, settings, result.updated_ids)
+            typer.echo(f"variants retired: {len(retired)} (their product's data changed)")
+            for r in retired:
+                err.print(f"retired {r.variant_id} of {r.product_id}: {r.reason}", markup=False)
         if generate:
             from generator.jobs import generate_variants
 

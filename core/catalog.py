@@ -175,11 +175,13 @@ class ProductIn(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
-    """How many products an upsert created, changed, and left as they were."""
+    """How many products an upsert created, changed, and left as they were; `updated_ids`
+    names the changed ones (their copy is held to the new data: `generator.recheck`)."""
 
     created: int
     updated: int
     unchanged: int
+    updated_ids: tuple[str, ...] = ()
 
 
 def describe_validation_error(error: ValidationError) -> tuple[str, str]:
@@ -400,6 +402,7 @@ def upsert_products(
         created=len(created),
         updated=len(updated),
         unchanged=len(products) - len(created) - len(updated),
+        updated_ids=tuple(sorted(updated)),
     )
 
 

@@ -170,6 +170,22 @@ def check(
     return PASS
 
 
+def check_facts(text: str, product: ProductLike | FactSheet, params: GuardrailParams) -> Verdict:
+    """Only the checks that hold a text to the product's data (`unsupported_*`, and
+    `mismatched_value` when `params.labelled_values`): what can change when the data does.
+
+    >>> from core.catalog import ProductIn
+    >>> lamp = ProductIn(product_id="l1", title="Lamp", description="An aluminium lamp.")
+    >>> check_facts("A steel lamp for the desk.", lamp, GuardrailParams()).reason
+    'unsupported_material: steel'
+    """
+    facts = product if isinstance(product, FactSheet) else FactSheet.of(product)
+    verdict = _facts(text, facts, params.brands, params.spelled_numbers)
+    if verdict.ok and params.labelled_values:
+        verdict = _labelled(text, facts)
+    return verdict
+
+
 def _charset(text: str) -> Verdict:
     for char in text:
         if char not in "\n\t" and unicodedata.category(char).startswith("C"):

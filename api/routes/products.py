@@ -1,13 +1,15 @@
 """Catalog admin: upsert products (admin), read one product with its variants and their stats.
 
 Writes go through `core.catalog.upsert_products` (which keeps one active control variant per
-product); the serving cache re-reads the upserted products at once instead of waiting for its
-next refresh. Database work runs in FastAPI's thread pool (sync `def` route, `run_in_threadpool`),
-off the event loop that serves decisions.
+product), then `generator.recheck.retire_unsupported` withdraws copy that the changed products'
+new data no longer supports; the serving cache re-reads the upserted products at once instead
+of waiting for its next refresh. Database work runs in FastAPI's thread pool (sync `def` route,
+`run_in_threadpool`), off the event loop that serves decisions.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -18,13 +20,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import require
 from api.bodies import batch_items, read_json
-from api.deps import CatalogDep, ReadsDep, SessionsDep
+from api.deps import CatalogDep, ReadsDep, SessionsDep, SettingsDep
 from api.errors import AUTH_RESPONSES, ErrorResponse, InvalidRequest, ProductNotFound
 from api.schemas import ProductOut, UpsertOut, VariantOut, VariantStats
 from core.catalog import ProductIn, describe_validation_error, upsert_products
 from core.ledger.tables import Decision, Event, Product, Variant
+from generator.recheck import retire_unsupported
 
 MAX_BATCH = 1000
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["products"], responses=AUTH_RESPONSES)
 
@@ -52,7 +57,9 @@ def _body_schema() -> dict[str, Any]:
         }
     },
 )
-async def upsert(request: Request, sessions: SessionsDep, catalog: CatalogDep) -> UpsertOut:
+async def upsert(
+    request: Request, sessions: SessionsDep, catalog: CatalogDep, settings: SettingsDep
+) -> UpsertOut:
     """Create or update one product or `{"products": [...]}`; all or nothing."""
     items = batch_items(await read_json(request), "products", MAX_BATCH)
     products, bad = [], []
@@ -68,6 +75,12 @@ async def upsert(request: Request, sessions: SessionsDep, catalog: CatalogDep) -
             f"{len(bad)} of {len(items)} products are invalid: {where}; none was stored", bad
         )
     result = await run_in_threadpool(upsert_products, sessions, products)
+    if result.updated_ids:  # copy that states the old data is withdrawn before it is served
+        retired = await run_in_threadpool(
+            retire_unsupported, sessions, settings, result.updated_ids
+        )
+        for r in retired:
+            log.info("retired %s of %s: %s", r.variant_id, r.product_id, r.reason)
     await run_in_threadpool(catalog.reload_products, [p.product_id for p in products])
     return UpsertOut(created=result.created, updated=result.updated, unchanged=result.unchanged)
 

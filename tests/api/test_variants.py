@@ -137,3 +137,38 @@ def test_product_ids_with_slashes_spaces_and_accents_work_on_every_product_route
     assert new["variant_id"] in {v["variant_id"] for v in read.json()["variants"]}
     retired = client.delete(f"{path}/variants/{new['variant_id']}", headers=headers["admin"])
     assert retired.status_code == 200 and retired.json()["status"] == "retired"
+
+
+_STEEL = {
+    "product_id": "lamp-1",
+    "title": "Lumo Desk Lamp",
+    "category": "home-lighting",
+    "description": "A steel desk lamp with 3 brightness settings and a 2 m cord.",
+    "attributes": {"brand": "Lumo", "material": "steel", "cord_length_m": 2},
+}
+_ALUMINIUM = {
+    **_STEEL,
+    "description": "An aluminium desk lamp with 5 brightness settings and a 1.5 m cord.",
+    "attributes": {"brand": "Lumo", "material": "aluminium", "cord_length_m": 1.5},
+}
+
+
+def test_the_api_upsert_withdraws_stale_copy_before_it_is_served(
+    client: TestClient, headers: dict[str, dict[str, str]], sessions: sessionmaker[Session]
+) -> None:
+    admin = headers["admin"]
+    assert client.post("/v1/products", json=_STEEL, headers=admin).status_code == 200
+    stale = "The Lumo desk lamp: steel, with a cord long enough for any desk."
+    r = client.post("/v1/products/lamp-1/variants", json={"text": stale}, headers=admin)
+    [added] = r.json()["variants"]
+    assert added["status"] == "active"
+    r = client.post("/v1/products", json=_ALUMINIUM, headers=admin)
+    assert r.json() == {"created": 0, "updated": 1, "unchanged": 0}
+    product = client.get("/v1/products/lamp-1", headers=headers["analyst"]).json()
+    [row] = [v for v in product["variants"] if v["variant_id"] == added["variant_id"]]
+    assert row["status"] == "retired", row
+    served = {
+        client.get("/v1/products/lamp-1/variant", headers=headers["serve"]).json()["variant_id"]
+        for _ in range(30)
+    }
+    assert added["variant_id"] not in served

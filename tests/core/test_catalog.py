@@ -225,7 +225,7 @@ def test_upsert_creates_products_with_one_control_each(sessions: sessionmaker[Se
 def test_description_change_retires_the_old_control(sessions: sessionmaker[Session]) -> None:
     upsert_products(sessions, [product("a")], now=100.0)
     changed = product("a", description="A heavier stoneware mug for 350 ml of tea.")
-    assert upsert_products(sessions, [changed], now=200.0) == UpsertResult(0, 1, 0)
+    assert upsert_products(sessions, [changed], now=200.0) == UpsertResult(0, 1, 0, ("a",))
     by_status = {v.status: v for v in variants_of(sessions, "a")}
     assert set(by_status) == {"active", "retired"}
     assert by_status["active"].text == changed.description
@@ -250,7 +250,9 @@ def test_description_change_retires_the_old_control(sessions: sessionmaker[Sessi
 def test_title_change_keeps_the_control(sessions: sessionmaker[Session]) -> None:
     upsert_products(sessions, [product("a")])
     [before] = active_controls(sessions, "a")
-    assert upsert_products(sessions, [product("a", title="Big Mug")]) == UpsertResult(0, 1, 0)
+    assert upsert_products(sessions, [product("a", title="Big Mug")]) == UpsertResult(
+        0, 1, 0, ("a",)
+    )
     [after] = active_controls(sessions, "a")
     assert after.variant_id == before.variant_id
 
