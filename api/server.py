@@ -61,9 +61,12 @@ def serve(settings: Settings) -> None:
         _run("api.server:app_from_env", settings)
 
 
-def _run(app: FastAPI | str, settings: Settings) -> None:
-    """One worker: uvicorn in this process. Several: a `WorkerPool` (a socket each)."""
-    config = uvicorn.Config(
+def uvicorn_config(app: FastAPI | str, settings: Settings) -> uvicorn.Config:
+    """How the API runs under uvicorn: the coalescing protocol, no access log, and the client
+    address taken from X-Forwarded-For when the peer is a trusted proxy
+    (`forwarded_allow_ips`), so that a storefront key is rate limited per visitor behind a
+    load balancer."""
+    return uvicorn.Config(
         app,
         host=settings.api_host,
         port=settings.api_port,
@@ -71,7 +74,14 @@ def _run(app: FastAPI | str, settings: Settings) -> None:
         access_log=False,
         log_level="info",
         http=CoalescingHttpToolsProtocol,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
+
+
+def _run(app: FastAPI | str, settings: Settings) -> None:
+    """One worker: uvicorn in this process. Several: a `WorkerPool` (a socket each)."""
+    config = uvicorn_config(app, settings)
     if settings.api_workers <= 1:
         server = uvicorn.Server(config)
         server.run()

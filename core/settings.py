@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         ge=1,
         description="uvicorn worker processes for `serve`/`up` (bench/serve.py: 2 beat 1).",
     )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Comma-separated addresses (or `*`) of the proxies whose X-Forwarded-For "
+        "names the client: behind a load balancer, the storefront rate limit is per visitor only "
+        "when the balancer's address is here (else every visitor shares its address and "
+        "bucket). Unset: uvicorn's default, the FORWARDED_ALLOW_IPS variable or 127.0.0.1,::1.",
+    )
     background_nice: int = Field(
         10,
         ge=0,
@@ -322,6 +329,7 @@ class Settings(BaseSettings):
         "generator_batch_size",
         "generator_static_cache",
         "token_secret",
+        "forwarded_allow_ips",
         mode="before",
     )
     @classmethod

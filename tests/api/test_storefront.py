@@ -229,3 +229,56 @@ def test_a_tokenless_activation_waits_for_a_decision_another_process_served(
         r = client.post(f"/v1/decisions/{old}/activate", headers=headers["serve"])
         assert r.status_code == 404, old
     assert time.monotonic() - started < 1.0  # no wait for ids not minted seconds ago
+
+
+@pytest.mark.parametrize(("trusted", "separate"), [(None, True), ("10.9.9.9", False)])
+def test_behind_a_trusted_proxy_each_visitor_has_its_own_bucket(
+    api_settings: Settings,
+    product: Any,
+    headers: Headers,
+    trusted: str | None,
+    separate: bool,
+) -> None:
+    """Under uvicorn, as `copyloop serve` runs it: X-Forwarded-For from a trusted proxy (by
+    default the loopback, as uvicorn's default) names the visitor the storefront limit counts;
+    from an untrusted peer it is ignored, and every request counts against the peer."""
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    from api.server import uvicorn_config
+    from core.broker import free_port
+
+    settings = api_settings.model_copy(
+        update={
+            "api_port": free_port(),
+            "forwarded_allow_ips": trusted,
+            "storefront_burst": 2.0,
+            "storefront_rate_per_s": 0.01,
+        }
+    )
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        key = _key(headers, "storefront")
+        url = f"http://127.0.0.1:{settings.api_port}/v1/products/{product.product_id}/variant"
+        codes = []
+        for visitor in range(4):
+            request = urllib.request.Request(
+                f"{url}?key={key}", headers={"X-Forwarded-For": f"203.0.113.{visitor}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    codes.append(answer.status)
+            except urllib.error.HTTPError as refused:
+                codes.append(refused.code)
+        assert codes == ([200] * 4 if separate else [200, 200, 429, 429])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
