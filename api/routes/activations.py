@@ -93,7 +93,7 @@ async def activate(
                 {"field": "token", "decision_id": decision_id},
             )
     elif not storefront.recently_served(decision_id) and not await _stored(
-        resources.reads, decision_id
+        resources.reads, decision_id, wait=request.state.role != "storefront"
     ):
         raise DecisionNotFound(
             f"no decision {decision_id!r} was served here", {"decision_id": decision_id}
@@ -128,13 +128,17 @@ async def _body_token(request: Request) -> str | None:
     return token
 
 
-async def _stored(sessions: sessionmaker[Session], decision_id: str) -> bool:
-    """Whether the ledger holds the decision; for one minted in the last `FRESH_S` (another
-    worker or API process served it: the consumer stores it within about a second), whether it
-    does within `WAIT_S`. Without the wait, a page that activated its copy at once reached the
-    worker that had not served it half the time with 2 workers, and got 404."""
+async def _stored(sessions: sessionmaker[Session], decision_id: str, *, wait: bool) -> bool:
+    """Whether the ledger holds the decision; with `wait`, for one minted in the last `FRESH_S`
+    (another worker or API process served it: the consumer stores it within about a second),
+    whether it does within `WAIT_S`. Without the wait, a server that activated its copy at once
+    reached the worker that had not served it half the time with 2 workers, and got 404. A
+    publishable (storefront) key does not wait: its pages send the token (`client.js` does), and
+    a public key must not buy 5 s of polling per request with made-up ids."""
     if await run_in_threadpool(_in_ledger, sessions, decision_id):
         return True
+    if not wait:
+        return False
     minted = minted_at(decision_id)
     if minted is None or not -FRESH_S <= minted - time.time() <= 5.0:
         return False

@@ -228,6 +228,15 @@ def test_a_tokenless_activation_waits_for_a_decision_another_process_served(
     for old in ("0" * 12 + "7" + "0" * 3 + "8" + "0" * 15, uuid.uuid4().hex, "nope"):
         r = client.post(f"/v1/decisions/{old}/activate", headers=headers["serve"])
         assert r.status_code == 404, old
+    # a publishable key does not wait either: its pages send the token
+    fresh = client.get(
+        f"/v1/products/{product.product_id}/variant?defer=1", headers=headers["serve"]
+    )
+    resources.storefront._recent.clear()
+    r = client.post(
+        f"/v1/decisions/{fresh.json()['decision_id']}/activate", headers=headers["storefront"]
+    )
+    assert r.status_code == 404
     assert time.monotonic() - started < 1.0  # no wait for ids not minted seconds ago
 
 
