@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -38,6 +39,8 @@ from types import FrameType
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+
+from core.broker import die_with_parent
 
 log = logging.getLogger("uvicorn.error")
 
@@ -59,10 +62,16 @@ def balanced() -> bool:
 def bound_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     """`n` sockets bound to `host:port` with `SO_REUSEPORT` (one, shared, where that does not
     balance), not yet listening: each worker's server listens on its own when its app has
-    started. Raises `OSError` when the address cannot be bound."""
+    started. Raises `OSError` when the address cannot be bound, or when another process
+    serves on it: `SO_REUSEPORT` would otherwise let a second `copyloop serve` (another ledger,
+    other settings) share the port with the first and take half its connections."""
     family, _, _, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    if balanced() and port:
+        with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)  # EADDRINUSE while anyone listens there, SO_REUSEPORT or not
     sockets: list[socket.socket] = []
     try:
         for _ in range(n if balanced() else 1):
@@ -81,8 +90,16 @@ def bound_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return sockets
 
 
-def _serve(config: uvicorn.Config, sock: socket.socket) -> None:
-    """A worker process: uvicorn's server on the socket it was given."""
+def _serve(config: uvicorn.Config, sock: socket.socket, pool_pid: int) -> None:
+    """A worker process: uvicorn's server on the socket it was given, until the pool that
+    started it dies (SIGTERM then: uvicorn's graceful shutdown). A pool killed with SIGKILL
+    must not leave its workers serving unsupervised on the port, which the pool started in its
+    place could then not bind."""
+    on_parent_death = die_with_parent()
+    if on_parent_death is not None:
+        on_parent_death()
+    if os.getppid() != pool_pid:  # the pool died before the request above took effect
+        return
     config.configure_logging()  # a spawned process starts with logging unconfigured
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -138,7 +155,9 @@ class WorkerPool:
 
     def _start(self, slot: int) -> None:
         sock = self._sockets[slot % len(self._sockets)]
-        worker = _spawn.Process(target=_serve, args=(self.config, sock), name=f"api-worker-{slot}")
+        worker = _spawn.Process(
+            target=_serve, args=(self.config, sock, os.getpid()), name=f"api-worker-{slot}"
+        )
         worker.start()
         self._workers[slot] = worker
         self._started_at[slot] = time.monotonic()

@@ -7,6 +7,7 @@ each connection says which worker accepted it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -229,3 +230,52 @@ def test_a_worker_that_cannot_start_stops_the_pool(tmp_path: Path) -> None:
         assert "failed to start; stopping" in (tmp_path / "pool.log").read_text()
     finally:
         p.stop()
+
+
+def test_a_port_another_server_listens_on_is_refused_not_shared() -> None:
+    """Two `copyloop serve` on one port would split its connections between two ledgers:
+    the second is refused, as without `SO_REUSEPORT`."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as refused:
+            bound_sockets("127.0.0.1", port, 2)
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        other.close()
+    sockets = bound_sockets("127.0.0.1", port, 2)  # free again: bound
+    for s in sockets:
+        s.close()
+
+
+def test_workers_of_a_pool_killed_with_sigkill_stop_and_free_the_port(tmp_path: Path) -> None:
+    """A pool killed alone (the OOM killer's pick, a `kill -9` of its pid) takes its workers
+    with it (SIGTERM: a graceful stop), so that the pool started in its place binds the port
+    instead of finding it held by unsupervised workers."""
+    first = Pool(tmp_path)
+    try:
+        first.wait_ready()
+        workers = first.workers()
+        assert len(workers) == 2
+        first.proc.kill()
+        first.proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, [w.pid for w in alive]
+        assert all((tmp_path / f"stopped-{w.pid}").exists() for w in gone)  # graceful
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from api.workers import bound_sockets; "
+                f"[s.close() for s in bound_sockets('127.0.0.1', {first.port}, 2)]",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 0, second.stderr
+    finally:
+        first.stop()
