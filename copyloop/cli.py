@@ -497,18 +497,20 @@ class ReportCi(StrEnum):
     sequential = "sequential"
 
 
+#: --since / --until of the report and the export (`reports.window`).
+TimeBound = Annotated[
+    str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
+]
+
+
 @app.command()
 def report(
     format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = (
         ReportFormat.json
     ),
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
-    ] = None,
+    since: TimeBound = None,
+    until: TimeBound = None,
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
     ope_sample: Annotated[
         int,
@@ -584,12 +586,8 @@ def export(
         ExportFormat.dsjson
     ),
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
-    since: Annotated[
-        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="ISO-8601 (naive: UTC), epoch seconds or milliseconds.")
-    ] = None,
+    since: TimeBound = None,
+    until: TimeBound = None,
     product_id: Annotated[str | None, typer.Option(help="Only this product.")] = None,
 ) -> None:
     """Closed decisions as VW DSJson (`--cb_explore_adf --dsjson`), one per line."""

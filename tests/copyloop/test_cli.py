@@ -169,3 +169,19 @@ def test_db_rollups_rebuild_and_report_full_scan(database_url: str, engine: Engi
     full = json.loads(run(database_url, "report", "--ope-sample", "0", "--full-scan").stdout)
     assert fast["rollups"]["used"] is True and full["rollups"]["used"] is False
     assert fast["arms"] == full["arms"] == scanned["arms"]
+
+
+def test_catalog_import_reports_what_it_retired(database_url: str, tmp_path: Path) -> None:
+    """A changed product's stale copy is retired by the import, which says so."""
+    from generator.recheck import FACTS_CHANGED
+    from tests.generator.test_recheck import ALUMINIUM, STEEL
+
+    for n, product in enumerate((STEEL, ALUMINIUM)):
+        path = tmp_path / f"catalog{n}.jsonl"
+        path.write_text(product.model_dump_json() + "\n")
+        out = run(database_url, "catalog", "import", str(path))
+        assert out.returncode == 0, out.stderr
+    assert "products: 0 created, 1 updated, 0 unchanged" in out.stdout
+    retired = int(out.stdout.split("variants retired: ")[1].split()[0])
+    assert retired >= 1
+    assert out.stderr.count(f": {FACTS_CHANGED}: unsupported_") == retired

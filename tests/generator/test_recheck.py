@@ -1,15 +1,10 @@
 """Copy held to a product's data when the data changes: variants stating facts the new data
 does not support are retired with the reason, the rest and the control stay, nothing else moves,
-and `copyloop catalog import` runs it (the API's upsert: tests/api/test_variants.py)."""
+and the upserts run it (API: tests/api/test_variants.py; CLI: tests/copyloop/test_cli.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,26 +78,3 @@ def test_copy_stating_the_old_data_is_retired_and_the_rest_stays(
     rules = [v for v in before.values() if v.source == "rules" and v.status == "active"]
     assert rules and all(v.variant_id in gone for v in rules if "steel" in v.text.lower())
     assert retire_unsupported(sessions, settings, ["lamp-1"]) == []  # nothing left to retire
-
-
-def test_catalog_import_reports_what_it_retired(database_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "COPYLOOP_DATABASE_URL": database_url}
-
-    def run(*args: str) -> Any:
-        return subprocess.run(
-            [sys.executable, "-m", "copyloop", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-
-    for n, product in enumerate((STEEL, ALUMINIUM)):
-        path = tmp_path / f"catalog{n}.jsonl"
-        path.write_text(product.model_dump_json() + "\n")
-        out = run("catalog", "import", str(path))
-    assert "products: 0 created, 1 updated, 0 unchanged" in out.stdout
-    retired = int(out.stdout.split("variants retired: ")[1].split()[0])
-    assert retired >= 1
-    assert out.stderr.count(f": {FACTS_CHANGED}: unsupported_") == retired
