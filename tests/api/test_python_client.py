@@ -109,3 +109,14 @@ def test_html_attributes_mark_the_copy_for_the_snippet() -> None:
         'data-copyloop-token="t&lt;1&gt;"'
     )
     assert Variant("p", "original").html_attributes() == 'data-copyloop-product="p"'
+
+
+def test_a_product_id_holding_a_slash_is_served_through_the_client(
+    client: TestClient, seed: Callable[..., Any], headers: Headers
+) -> None:
+    """The client sends `/` in a product id as `%2F`; the API finds the product."""
+    sku = seed("AB-12/XL")
+    copy = Client("http://unused", _key(headers, "serve"), http=client)
+    v = copy.variant(sku.product_id, original="orig", device="mobile")
+    assert v.served and v.error is None, v.error
+    assert v.product_id == "AB-12/XL" and v.variant_id in sku.variant_ids
