@@ -129,6 +129,19 @@ class GuardrailParams:
             labelled_values=True,
         )
 
+    @classmethod
+    def for_copywriters(
+        cls, settings: Settings, known_brands: Iterable[str] = ()
+    ) -> GuardrailParams:
+        """A copywriter's text (`generator.manual`): held to the data like generated copy,
+        except for spelled-out counts and loose `Label: value` lines."""
+        return cls(
+            min_chars=settings.min_variant_chars,
+            max_chars=settings.max_variant_chars,
+            banned_terms=tuple(settings.banned_terms),
+            known_brands=frozenset(known_brands),
+        )
+
 
 def check(
     text: str,

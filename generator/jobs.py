@@ -150,7 +150,7 @@ def generate_variants(
     )
     with sessions() as session:
         products, active_counts = _load(session, product_ids)
-        brands = _known_brands(session)
+        brands = known_brands(session)
     params = GuardrailParams.from_settings(settings, known_brands=brands)
     todo = [p for p in products if active_counts.get(p.product_id, 0) < wanted]
     created = rejected = done = 0
@@ -324,7 +324,7 @@ def _load(
     return products, active
 
 
-def _known_brands(session: Session) -> set[str]:
+def known_brands(session: Session) -> set[str]:
     """Every brand in the catalog, so a candidate naming another product's brand is caught."""
     brand = Product.attributes["brand"].as_string()
     return {b for b in session.scalars(select(brand).distinct()) if isinstance(b, str) and b}

@@ -31,6 +31,7 @@ from core.settings import Settings
 from generator import GeneratorError, UnknownProductError
 from generator.facts import FactSheet
 from generator.guardrails import GuardrailParams, check
+from generator.jobs import known_brands
 
 #: The `source` of a copywriter's variant and its `generator_version`.
 MANUAL_SOURCE = "manual"
@@ -74,14 +75,7 @@ def add_variants(
         ).all()
         known = {r.variant_id: r for r in rows}
         siblings = {r.variant_id: r.text for r in rows if r.status in ("active", "retired")}
-        brand = Product.attributes["brand"].as_string()
-        brands = {b for b in s.scalars(select(brand).distinct()) if isinstance(b, str) and b}
-        params = GuardrailParams(
-            min_chars=settings.min_variant_chars,
-            max_chars=settings.max_variant_chars,
-            banned_terms=tuple(settings.banned_terms),
-            known_brands=frozenset(brands),
-        )
+        params = GuardrailParams.for_copywriters(settings, known_brands(s))
         now = time.time()
         out = []
         for text, style in items:

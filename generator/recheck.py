@@ -26,6 +26,7 @@ from core.ledger.tables import Product, Variant
 from core.settings import Settings
 from generator.facts import FactSheet
 from generator.guardrails import GuardrailParams, check_facts
+from generator.jobs import known_brands
 from generator.manual import MANUAL_SOURCE
 
 #: The reason a retired variant records, before the failed check's own.
@@ -53,16 +54,9 @@ def retire_unsupported(
         return []
     retired: list[Retired] = []
     with sessions.begin() as s:
-        brand = Product.attributes["brand"].as_string()
-        brands = frozenset(
-            b for b in s.scalars(select(brand).distinct()) if isinstance(b, str) and b
-        )
+        brands = known_brands(s)
         strict = GuardrailParams.from_settings(settings, brands)
-        loose = GuardrailParams(  # as generator.manual holds a copywriter's text
-            min_chars=settings.min_variant_chars,
-            max_chars=settings.max_variant_chars,
-            known_brands=brands,
-        )
+        loose = GuardrailParams.for_copywriters(settings, brands)
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             facts = {

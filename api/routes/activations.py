@@ -47,6 +47,8 @@ MAX_BODY = 4096
 #: process served waits up to `WAIT_S` for the ledger to hold it (`_stored`).
 FRESH_S = 30.0
 WAIT_S = 5.0
+#: How far ahead of this host's clock a sibling API host's may have minted an id.
+AHEAD_S = 5.0
 
 router = APIRouter(tags=["decisions"])
 ActivatorDep = Annotated[Resources, Depends(Authorized("serve", "storefront"))]
@@ -140,7 +142,7 @@ async def _stored(sessions: sessionmaker[Session], decision_id: str, *, wait: bo
     if not wait:
         return False
     minted = minted_at(decision_id)
-    if minted is None or not -FRESH_S <= minted - time.time() <= 5.0:
+    if minted is None or not -FRESH_S <= minted - time.time() <= AHEAD_S:
         return False
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:

@@ -131,8 +131,8 @@ def test_unknown_products_and_backends_are_refused(
 def test_known_brands_are_read_from_the_catalog_on_every_database(
     sessions: sessionmaker[Session], catalog: list[ProductIn]
 ) -> None:
-    from generator.jobs import _known_brands
+    from generator.jobs import known_brands
 
     upsert_products(sessions, [ProductIn(product_id="nb", title="T", description="D")])
     with sessions() as s:
-        assert _known_brands(s) == {str(p.attributes["brand"]) for p in catalog}
+        assert known_brands(s) == {str(p.attributes["brand"]) for p in catalog}
